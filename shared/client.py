@@ -1,0 +1,128 @@
+"""What other services call. Validates before sending; needs Celery and pydantic, not torch.
+
+    from shared.client import JobfitClient
+    client = JobfitClient()                      # settings from JOBFIT_* env
+    client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
+    client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from celery.result import AsyncResult
+from pydantic import BaseModel, ValidationError
+
+from shared.celery_app import (
+    INGEST_JOB,
+    INGEST_RESUME,
+    SCORE_JOB,
+    SCORE_RESUME,
+    JobfitCelery,
+    create_celery_app,
+)
+from shared.config import Settings
+from shared.schemas import (
+    CandidatesRequest,
+    JobDocument,
+    MatchRequest,
+    ResumeDocument,
+    describe_validation_error,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidMessageError(ValueError):
+    """The message was refused before sending; ``str()`` names each bad field."""
+
+
+def validate_message(model: type[M], data: M | Mapping[str, Any] | str | bytes) -> M:
+    """A message as its pydantic type, or InvalidMessageError with a readable reason."""
+    if isinstance(data, model):
+        return data
+    try:
+        if isinstance(data, str | bytes):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessageError(describe_validation_error(exc)) from exc
+
+
+def _doc_repr(doc: ResumeDocument | JobDocument) -> str:
+    """What Flower shows instead of the whole document."""
+    size = len(doc.model_dump_json())
+    return f"<{doc.kind} {doc.id!r} {size / 1000:.1f} kB>"
+
+
+class JobfitClient:
+    """Enqueue documents and scoring requests to the workers."""
+
+    def __init__(self, settings: Settings | None = None, app: JobfitCelery | None = None) -> None:
+        self.app = app or create_celery_app(settings, with_tasks=False)
+
+    def _send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> AsyncResult:
+        return self.app.send_task(name, kwargs=kwargs, kwargsrepr=kwargsrepr)
+
+    def submit_resume(
+        self, document: ResumeDocument | Mapping[str, Any] | str, *, score: bool = True
+    ) -> AsyncResult:
+        """Store a resume; by default score it against every stored job."""
+        doc = validate_message(ResumeDocument, document)
+        return self._send(
+            INGEST_RESUME,
+            {"document": doc.model_dump(mode="json"), "score": score},
+            json.dumps({"document": _doc_repr(doc), "score": score}),
+        )
+
+    def submit_job(
+        self, document: JobDocument | Mapping[str, Any] | str, *, score: bool = True
+    ) -> AsyncResult:
+        """Store a job; by default score every stored resume against it."""
+        doc = validate_message(JobDocument, document)
+        return self._send(
+            INGEST_JOB,
+            {"document": doc.model_dump(mode="json"), "score": score},
+            json.dumps({"document": _doc_repr(doc), "score": score}),
+        )
+
+    def request_matches(
+        self, resume_id: str, job_ids: Sequence[str] | None = None
+    ) -> AsyncResult:
+        """Score a stored resume against the given jobs (all stored jobs by default)."""
+        req = validate_message(
+            MatchRequest, {"resume_id": resume_id, "job_ids": list(job_ids) if job_ids else None}
+        )
+        kwargs = req.model_dump(mode="json")
+        return self._send(SCORE_RESUME, kwargs, json.dumps(kwargs)[:500])
+
+    def request_candidates(self, job_id: str) -> AsyncResult:
+        """Score every stored resume against a stored job."""
+        req = validate_message(CandidatesRequest, {"job_id": job_id})
+        kwargs = req.model_dump(mode="json")
+        return self._send(SCORE_JOB, kwargs, json.dumps(kwargs))
+
+
+def read_documents(path: str | Path) -> list[dict[str, Any]]:
+    """Documents from a JSON Lines file, a JSON array or a single JSON object."""
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise InvalidMessageError(f"{path}: expected a JSON array")
+        return data
+    if stripped.startswith("{") and "\n{" not in stripped:
+        return [json.loads(text)]
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InvalidMessageError(f"{path}:{n}: invalid JSON: {exc.msg}") from exc
+    return out

@@ -1,0 +1,118 @@
+"""One typed settings object, read from the environment (``JOBFIT_*``) or ``.env``.
+
+Nested groups use ``__``: ``JOBFIT_DB__URL``, ``JOBFIT_BROKER__URL``, ``JOBFIT_MODEL__PATH``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "all-mpnet-base-v2"
+
+
+class PairType(StrEnum):
+    """The four (resume field, job field) pairs the model was trained on."""
+
+    SKILLS = "skills"
+    POSITIONS = "positions"
+    DEGREES = "degrees"
+    EXPERIENCE = "experience"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "jobfit"
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/jobfit"
+    echo: bool = False
+    pool_size: int = 5
+
+    @field_validator("url")
+    @classmethod
+    def normalise_url(cls, v: str) -> str:
+        """Accept the DSNs people paste (``postgres://``, ``postgresql://``) and pin psycopg 3."""
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix) :]
+        return v
+
+
+class BrokerSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    # Prefix for every Redis key of the transport: lets several deployments (or test runs)
+    # share one Redis without stealing each other's messages.
+    key_prefix: str = ""
+    # Above the longest task (retrain included), or Redis redelivers a running task.
+    visibility_timeout_s: int = 6 * 3600
+    result_expires_s: int = 3600
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.url
+
+
+class ModelSettings(BaseModel):
+    # A local directory; nothing is fetched from a hub at run time.
+    path: Path | None = None
+    name: str = DEFAULT_MODEL_NAME
+    store: Path = Field(default_factory=lambda: _default_home() / "models")
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    fp16: bool = True  # only applied on CUDA
+    batch_size: int = 64
+    max_seq_length: int = 384
+    warmup: bool = True
+
+    def resolved_path(self) -> Path:
+        """The model directory this process loads."""
+        return self.path if self.path is not None else self.store / self.name
+
+
+class ScoringSettings(BaseModel):
+    # Weight of each pair type in the match score (a weighted mean of the pair cosines used).
+    weights: dict[PairType, float] = Field(default_factory=lambda: dict.fromkeys(PairType, 1.0))
+
+    @field_validator("weights")
+    @classmethod
+    def complete_weights(cls, v: dict[PairType, float]) -> dict[PairType, float]:
+        if any(w < 0 for w in v.values()):
+            raise ValueError("pair weights must be >= 0")
+        return {p: float(v.get(p, 0.0)) for p in PairType}
+
+
+class Settings(BaseSettings):
+    """Everything configurable in jobfit, passed down as an argument."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBFIT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+
+    @model_validator(mode="after")
+    def refuse_placeholder_secrets(self) -> Settings:
+        if self.env == "prod":
+            for url in (self.db.url, self.broker.url):
+                if "changeme" in url:
+                    raise ValueError("placeholder secret 'changeme' in a prod URL")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""Documents -> the field texts of the model's training templates, and the pair types.
+
+The templates are the model card's; training (``workers.trainer``) and serving use this one
+module, so what the model saw in training is exactly what it sees in production.
+
+    resume side                                         job side
+    Skills: a, b                                   <->  Skills required: x, y
+    Positions: a, b                                <->  Job title: t
+    Degrees: a, b                                  <->  Education requirement: e
+    Start dates: a, b End dates: c, d Positions: p <->  Experience requirement: r
+
+A field with no content gives no text: it is skipped, never embedded as an empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from shared.config import PairType
+from shared.schemas import JobDocument, ResumeDocument
+
+SEPARATOR = ", "
+
+
+def _join(items: Iterable[str]) -> str:
+    return SEPARATOR.join(" ".join(i.split()) for i in items if i and i.strip())
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join(text.split()) if text else ""
+
+
+def resume_field_texts(doc: ResumeDocument) -> dict[PairType, str]:
+    """The resume's text for each pair type it has content for."""
+    skills = _join(doc.skills)
+    positions = _join(doc.positions)
+    degrees = _join(doc.degrees)
+    starts, ends = _join(doc.start_dates), _join(doc.end_dates)
+    texts: dict[PairType, str] = {}
+    if skills:
+        texts[PairType.SKILLS] = f"Skills: {skills}"
+    if positions:
+        texts[PairType.POSITIONS] = f"Positions: {positions}"
+    if degrees:
+        texts[PairType.DEGREES] = f"Degrees: {degrees}"
+    if starts or ends or positions:
+        texts[PairType.EXPERIENCE] = (
+            f"Start dates: {starts} End dates: {ends} Positions: {positions}"
+        )
+    return texts
+
+
+def job_field_texts(doc: JobDocument) -> dict[PairType, str]:
+    """The job's text for each pair type it has content for."""
+    candidates = {
+        PairType.SKILLS: ("Skills required", _join(doc.skills_required)),
+        PairType.POSITIONS: ("Job title", _one_line(doc.title)),
+        PairType.DEGREES: ("Education requirement", _one_line(doc.education_requirement)),
+        PairType.EXPERIENCE: ("Experience requirement", _one_line(doc.experience_requirement)),
+    }
+    return {p: f"{label}: {value}" for p, (label, value) in candidates.items() if value}
+
+
+def field_texts(doc: ResumeDocument | JobDocument) -> dict[PairType, str]:
+    """Field texts of either kind of document."""
+    if isinstance(doc, ResumeDocument):
+        return resume_field_texts(doc)
+    return job_field_texts(doc)
+
+
+def usable_pairs(
+    resume_texts: Mapping[PairType, str], job_texts: Mapping[PairType, str]
+) -> list[PairType]:
+    """Pair types both sides have text for, in the canonical order."""
+    return [p for p in PairType if p in resume_texts and p in job_texts]
+
+
+def text_hash(text: str) -> str:
+    """Content address of a text: the embedding cache key (with the model version)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

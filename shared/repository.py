@@ -1,0 +1,374 @@
+"""Reads and idempotent writes. Every function takes ``session`` keyword-only and never
+commits: the caller (a task, the CLI) owns the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import delete, select, tuple_
+from sqlalchemy.orm import Session
+
+from shared.db import insert_for
+from shared.orm import (
+    DocumentRow,
+    FailedMessageRow,
+    FieldEmbeddingRow,
+    MatchRow,
+    ModelVersionRow,
+    PairScoreRow,
+    utcnow,
+)
+from shared.schemas import Document, JobDocument, ResumeDocument
+
+DocStatus = Literal["created", "updated", "unchanged"]
+MAX_FAILED_PAYLOAD = 10_000
+
+
+# --- documents ---------------------------------------------------------------------------
+
+
+def upsert_document(session: Session, *, doc: Document) -> tuple[DocumentRow, DocStatus]:
+    """Store ``doc`` under (kind, external id). Same content: nothing written."""
+    content_hash = doc.content_hash()
+    stmt = (
+        insert_for(session, DocumentRow.__table__)  # type: ignore[arg-type]
+        .values(
+            kind=doc.kind,
+            external_id=doc.id,
+            content_hash=content_hash,
+            schema_version=doc.schema_version,
+            payload=doc.model_dump(mode="json"),
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "external_id"])
+        .returning(DocumentRow.id)
+    )
+    inserted = session.execute(stmt).scalar_one_or_none()
+    # Lock the row: two deliveries of two versions of one document update it one at a time.
+    row = session.execute(
+        select(DocumentRow)
+        .where(DocumentRow.kind == doc.kind, DocumentRow.external_id == doc.id)
+        .with_for_update()
+    ).scalar_one()
+    if inserted is not None:
+        return row, "created"
+    if row.content_hash == content_hash:
+        return row, "unchanged"
+    row.content_hash = content_hash
+    row.schema_version = doc.schema_version
+    row.payload = doc.model_dump(mode="json")
+    row.updated_at = utcnow()
+    session.flush()
+    return row, "updated"
+
+
+def get_document(session: Session, *, kind: str, external_id: str) -> DocumentRow | None:
+    return session.execute(
+        select(DocumentRow).where(DocumentRow.kind == kind, DocumentRow.external_id == external_id)
+    ).scalar_one_or_none()
+
+
+def list_documents(
+    session: Session, *, kind: str, external_ids: Sequence[str] | None = None
+) -> list[DocumentRow]:
+    """Documents of one kind (all, or those ids), in id order."""
+    stmt = select(DocumentRow).where(DocumentRow.kind == kind).order_by(DocumentRow.id)
+    if external_ids is not None:
+        stmt = stmt.where(DocumentRow.external_id.in_(list(external_ids)))
+    return list(session.execute(stmt).scalars())
+
+
+def parse_document(row: DocumentRow) -> ResumeDocument | JobDocument:
+    """The stored payload as its message type (validated again)."""
+    if row.kind == "resume":
+        return ResumeDocument.model_validate(row.payload)
+    return JobDocument.model_validate(row.payload)
+
+
+# --- model versions ----------------------------------------------------------------------
+
+
+def ensure_model_version(
+    session: Session, *, version: str, name: str, path: str, dim: int
+) -> ModelVersionRow:
+    """Register ``version`` once; the first version ever registered becomes active."""
+    session.execute(
+        insert_for(session, ModelVersionRow.__table__)  # type: ignore[arg-type]
+        .values(
+            version=version,
+            name=name,
+            path=path,
+            dim=dim,
+            status="registered",
+            params={},
+            metrics={},
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["version"])
+    )
+    row = session.execute(
+        select(ModelVersionRow).where(ModelVersionRow.version == version)
+    ).scalar_one()
+    if active_model_version(session=session) is None:
+        row.status = "active"
+        session.flush()
+    return row
+
+
+def active_model_version(*, session: Session) -> ModelVersionRow | None:
+    return session.execute(
+        select(ModelVersionRow).where(ModelVersionRow.status == "active").limit(1)
+    ).scalar_one_or_none()
+
+
+def get_model_version(session: Session, *, version: str) -> ModelVersionRow | None:
+    return session.execute(
+        select(ModelVersionRow).where(ModelVersionRow.version == version)
+    ).scalar_one_or_none()
+
+
+# --- embeddings --------------------------------------------------------------------------
+
+
+def load_embeddings(
+    session: Session, *, model_version_id: int, text_hashes: Iterable[str]
+) -> dict[str, bytes]:
+    """Stored vectors (raw float32 bytes) for those text hashes under one model version."""
+    hashes = sorted(set(text_hashes))
+    if not hashes:
+        return {}
+    rows = session.execute(
+        select(FieldEmbeddingRow.text_hash, FieldEmbeddingRow.vector).where(
+            FieldEmbeddingRow.model_version_id == model_version_id,
+            FieldEmbeddingRow.text_hash.in_(hashes),
+        )
+    )
+    return {h: bytes(v) for h, v in rows}
+
+
+def insert_embeddings(
+    session: Session, *, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
+) -> None:
+    """Insert (text_hash, text, dim, vector) rows; a row another worker wrote first is kept."""
+    if not rows:
+        return
+    now = utcnow()
+    session.execute(
+        insert_for(session, FieldEmbeddingRow.__table__)  # type: ignore[arg-type]
+        .values(
+            [
+                {
+                    "model_version_id": model_version_id,
+                    "text_hash": h,
+                    "text": text,
+                    "dim": dim,
+                    "vector": vec,
+                    "created_at": now,
+                }
+                for h, text, dim, vec in sorted(rows)
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["model_version_id", "text_hash"])
+    )
+
+
+def count_embeddings(session: Session, *, model_version_id: int | None = None) -> int:
+    from sqlalchemy import func
+
+    stmt = select(func.count()).select_from(FieldEmbeddingRow)
+    if model_version_id is not None:
+        stmt = stmt.where(FieldEmbeddingRow.model_version_id == model_version_id)
+    return int(session.execute(stmt).scalar_one())
+
+
+# --- matches -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchWrite:
+    resume_id: int
+    job_id: int
+    score: float | None
+    pair_scores: dict[str, float]
+    resume_hash: str
+    job_hash: str
+
+
+def scoring_key(weights: dict[str, float]) -> str:
+    """Identifies the scoring rule; rows scored under other weights are stale."""
+    canon = ",".join(f"{k}={weights[k]:.6g}" for k in sorted(weights))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def fresh_match_keys(
+    session: Session,
+    *,
+    model_version_id: int,
+    pairs: Sequence[tuple[DocumentRow, DocumentRow]],
+    key: str,
+) -> set[tuple[int, int]]:
+    """The (resume, job) pairs already scored on the current content, model and weights."""
+    if not pairs:
+        return set()
+    wanted = {(r.id, j.id): (r.content_hash, j.content_hash) for r, j in pairs}
+    rows = session.execute(
+        select(MatchRow.resume_id, MatchRow.job_id, MatchRow.resume_hash, MatchRow.job_hash).where(
+            MatchRow.model_version_id == model_version_id,
+            MatchRow.scoring_key == key,
+            tuple_(MatchRow.resume_id, MatchRow.job_id).in_(list(wanted)),
+        )
+    )
+    return {(r, j) for r, j, rh, jh in rows if wanted.get((r, j)) == (rh, jh)}
+
+
+def upsert_matches(
+    session: Session, *, model_version_id: int, key: str, writes: Sequence[MatchWrite]
+) -> int:
+    """Write match rows and their pair scores; a redelivered write leaves the same rows."""
+    if not writes:
+        return 0
+    now = utcnow()
+    ordered = sorted(writes, key=lambda w: (w.resume_id, w.job_id))  # one lock order: no deadlock
+    ins = insert_for(session, MatchRow.__table__)  # type: ignore[arg-type]
+    stmt = (
+        ins.values(
+            [
+                {
+                    "resume_id": w.resume_id,
+                    "job_id": w.job_id,
+                    "model_version_id": model_version_id,
+                    "score": w.score,
+                    "pairs_used": list(w.pair_scores),
+                    "resume_hash": w.resume_hash,
+                    "job_hash": w.job_hash,
+                    "scoring_key": key,
+                    "scored_at": now,
+                }
+                for w in ordered
+            ]
+        )
+        .on_conflict_do_update(
+            index_elements=["resume_id", "job_id", "model_version_id"],
+            set_={
+                c: ins.excluded[c]
+                for c in ("score", "pairs_used", "resume_hash", "job_hash", "scoring_key", "scored_at")
+            },
+        )
+        .returning(MatchRow.id, MatchRow.resume_id, MatchRow.job_id)
+    )
+    ids = {(r, j): mid for mid, r, j in session.execute(stmt)}
+    match_ids = [ids[(w.resume_id, w.job_id)] for w in ordered]
+    # Pair types a new version of a document no longer has must not linger.
+    session.execute(delete(PairScoreRow).where(PairScoreRow.match_id.in_(match_ids)))
+    pair_rows = [
+        {"match_id": mid, "pair_type": p, "score": s}
+        for mid, w in zip(match_ids, ordered, strict=True)
+        for p, s in w.pair_scores.items()
+    ]
+    if pair_rows:
+        pins = insert_for(session, PairScoreRow.__table__)  # type: ignore[arg-type]
+        session.execute(
+            pins.values(pair_rows).on_conflict_do_update(
+                index_elements=["match_id", "pair_type"], set_={"score": pins.excluded.score}
+            )
+        )
+    return len(ordered)
+
+
+@dataclass(frozen=True)
+class RankedMatch:
+    resume_id: str
+    job_id: str
+    title: str
+    score: float | None
+    pair_scores: dict[str, float]
+    model_version: str
+
+
+def ranked(
+    session: Session,
+    *,
+    resume_id: str | None = None,
+    job_id: str | None = None,
+    model_version: str | None = None,
+    top: int = 10,
+) -> list[RankedMatch]:
+    """Matches of one resume (best jobs) or one job (best resumes), best first."""
+    from sqlalchemy.orm import aliased
+
+    resume, job = aliased(DocumentRow), aliased(DocumentRow)
+    stmt = (
+        select(MatchRow, resume.external_id, job.external_id, job.payload, ModelVersionRow.version)
+        .join(resume, MatchRow.resume_id == resume.id)
+        .join(job, MatchRow.job_id == job.id)
+        .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+        .order_by(MatchRow.score.desc().nulls_last(), job.external_id, resume.external_id)
+        .limit(top)
+    )
+    if resume_id is not None:
+        stmt = stmt.where(resume.external_id == resume_id)
+    if job_id is not None:
+        stmt = stmt.where(job.external_id == job_id)
+    if model_version is not None:
+        stmt = stmt.where(ModelVersionRow.version == model_version)
+    else:
+        stmt = stmt.where(ModelVersionRow.status == "active")
+    rows = session.execute(stmt).all()
+    pairs = _pair_scores(session, [m.id for m, *_ in rows])
+    return [
+        RankedMatch(
+            resume_id=rid,
+            job_id=jid,
+            title=str(payload.get("title", "")),
+            score=m.score,
+            pair_scores=pairs.get(m.id, {}),
+            model_version=version,
+        )
+        for m, rid, jid, payload, version in rows
+    ]
+
+
+def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    if not match_ids:
+        return out
+    for mid, p, s in session.execute(
+        select(PairScoreRow.match_id, PairScoreRow.pair_type, PairScoreRow.score).where(
+            PairScoreRow.match_id.in_(match_ids)
+        )
+    ):
+        out.setdefault(mid, {})[p] = s
+    return out
+
+
+# --- failed messages ---------------------------------------------------------------------
+
+
+def record_failed_message(
+    session: Session,
+    *,
+    reason: str,
+    payload: Any,
+    task_name: str | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Record a message a worker could not use; a redelivery of it is recorded once."""
+    text = payload if isinstance(payload, str) else repr(payload)
+    text = text[:MAX_FAILED_PAYLOAD]
+    key_src = f"{task_id or ''}\x1f{task_name or ''}\x1f{reason}\x1f{'' if task_id else text}"
+    session.execute(
+        insert_for(session, FailedMessageRow.__table__)  # type: ignore[arg-type]
+        .values(
+            dedupe_key=hashlib.sha256(key_src.encode("utf-8", "replace")).hexdigest(),
+            task_name=(task_name or "")[:200] or None,
+            task_id=(task_id or "")[:200] or None,
+            reason=reason[:MAX_FAILED_PAYLOAD],
+            payload=text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\x00"),
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )

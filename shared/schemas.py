@@ -1,0 +1,184 @@
+"""Messages that cross the queue (pydantic v2). Producers validate before sending; workers
+validate again on receipt, because a message can come from any Celery client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from shared.config import PairType
+
+SCHEMA_VERSION = 1
+# Largest text accepted in one document field, in UTF-8 bytes (a list field counts its items).
+MAX_FIELD_BYTES = 100_000
+MAX_LIST_ITEMS = 2_000
+
+ExternalId = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[\w.:@/+-]+$"
+    ),
+]
+
+
+def _check_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text contains a NUL character")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_FIELD_BYTES:
+        raise ValueError(f"text longer than {MAX_FIELD_BYTES} bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text is not valid UTF-8 (lone surrogate)") from exc
+    return value.strip()
+
+
+def _to_list(value: Any) -> Any:
+    """Accept a list, or a newline-separated string (how job postings often come)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [line for line in value.splitlines() if line.strip()]
+    return value
+
+
+TextList = Annotated[
+    list[Annotated[str, Field(strict=True)]],
+    BeforeValidator(_to_list),
+    Field(max_length=MAX_LIST_ITEMS),
+]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: ExternalId
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _check_text(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = [_check_text(v) for v in value]
+            if sum(len(v.encode("utf-8")) for v in items) > MAX_FIELD_BYTES:
+                raise ValueError(f"field longer than {MAX_FIELD_BYTES} bytes in all")
+            return [v for v in items if v]
+        return value
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON: same content, same hash, whatever the key order."""
+        canon = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+class ResumeDocument(_Document):
+    """A resume, with the fields of the real dataset. Lists keep the resume's order."""
+
+    kind: Literal["resume"] = "resume"
+    career_objective: str | None = None
+    skills: TextList = []
+    positions: TextList = []
+    companies: TextList = []
+    start_dates: TextList = []
+    end_dates: TextList = []
+    degrees: TextList = []
+    majors: TextList = []
+    institutions: TextList = []
+    passing_years: TextList = []
+    certifications: TextList = []
+    languages: TextList = []
+
+
+class JobDocument(_Document):
+    """A job posting."""
+
+    kind: Literal["job"] = "job"
+    title: Annotated[str, StringConstraints(min_length=1)]
+    education_requirement: str | None = None
+    experience_requirement: str | None = None
+    age_requirement: str | None = None
+    skills_required: TextList = []
+    responsibilities: TextList = []
+
+
+Document = ResumeDocument | JobDocument
+
+
+class MatchRequest(BaseModel):
+    """Score one resume against the given jobs (all stored jobs when ``job_ids`` is None)."""
+
+    model_config = ConfigDict(extra="forbid")
+    resume_id: ExternalId
+    job_ids: list[ExternalId] | None = None
+
+
+class CandidatesRequest(BaseModel):
+    """Score one job against all stored resumes."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: ExternalId
+
+
+class IngestResult(BaseModel):
+    """What an ingest task did; small, so it fits a result backend and Flower."""
+
+    status: Literal["created", "updated", "unchanged", "rejected"]
+    document_id: str | None = None
+    embedded: int = 0  # texts sent to the model
+    scored: int = 0  # match rows written
+    model_version: str | None = None
+    reason: str | None = None
+
+
+class ScoreResult(BaseModel):
+    status: Literal["ok", "rejected", "not_found"]
+    scored: int = 0
+    embedded: int = 0
+    model_version: str | None = None
+    reason: str | None = None
+
+
+class PairScore(BaseModel):
+    pair_type: PairType
+    score: float
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schema of every message, for producers that are not written in Python."""
+    models: list[type[BaseModel]] = [
+        ResumeDocument,
+        JobDocument,
+        MatchRequest,
+        CandidatesRequest,
+        IngestResult,
+        ScoreResult,
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "schema_version": SCHEMA_VERSION,
+        "messages": {m.__name__: m.model_json_schema() for m in models},
+    }
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem: ``field.path: message``."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(message)"
+        parts.append(f"{loc}: {err['msg']}")
+    return f"{exc.title}: " + "; ".join(parts)

@@ -1,0 +1,193 @@
+"""Tasks of the ``embed`` queue: thin adapters. Validate the message, open one transaction,
+call one service function, own the retries. Bad input is recorded and acknowledged."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from celery import Task, shared_task, signals
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from shared import repository as repo
+from shared.celery_app import INGEST_JOB, INGEST_RESUME, SCORE_JOB, SCORE_RESUME
+from shared.db import transaction
+from shared.schemas import (
+    CandidatesRequest,
+    IngestResult,
+    JobDocument,
+    MatchRequest,
+    ResumeDocument,
+    ScoreResult,
+    describe_validation_error,
+)
+from workers import service
+from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError)
+
+
+class JobfitTask(Task):  # type: ignore[misc]
+    """Retries transient infrastructure errors with backoff; records final failures."""
+
+    autoretry_for = TRANSIENT
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 8
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        record_failure(
+            self.app,
+            reason=f"{type(exc).__name__}: {exc}",
+            payload={"args": args, "kwargs": kwargs},
+            task_name=self.name,
+            task_id=task_id,
+        )
+
+
+def record_failure(
+    app: Any, *, reason: str, payload: Any, task_name: str | None, task_id: str | None
+) -> None:
+    """Write a failed-message row in its own transaction. Never raises: a worker that cannot
+    record a bad message must still acknowledge it and keep running."""
+    log.warning("rejected message %s (%s): %s", task_id, task_name, reason)
+    try:
+        with transaction(get_runtime(app).session_factory) as session:
+            repo.record_failed_message(
+                session=session,
+                reason=reason,
+                payload=_short(payload),
+                task_name=task_name,
+                task_id=task_id,
+            )
+    except Exception:
+        log.exception("could not record failed message %s", task_id)
+
+
+def _short(payload: Any) -> str:
+    try:
+        return json.dumps(payload, default=repr, ensure_ascii=False)[: repo.MAX_FAILED_PAYLOAD]
+    except (TypeError, ValueError, RecursionError):
+        return repr(payload)[: repo.MAX_FAILED_PAYLOAD]
+
+
+def _validate(
+    task: Task, model: type[M], data: Any
+) -> tuple[M | None, str | None]:
+    """Parse a message (a JSON object, or a JSON string of one); record it when invalid."""
+    try:
+        if isinstance(data, str | bytes):
+            return model.model_validate_json(data), None
+        return model.model_validate(data), None
+    except ValidationError as exc:
+        reason = describe_validation_error(exc)
+    except (ValueError, TypeError, RecursionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    record_failure(
+        task.app, reason=reason, payload=data, task_name=task.name, task_id=task.request.id
+    )
+    return None, reason
+
+
+def _ingest(task: Task, model: type[ResumeDocument] | type[JobDocument], document: Any, score: bool) -> dict[str, Any]:
+    doc, reason = _validate(task, model, document)
+    if doc is None:
+        return IngestResult(status="rejected", reason=reason).model_dump()
+    rt = get_runtime(task.app)
+    ctx = rt.model()
+    with transaction(rt.session_factory) as session:
+        _, status, embedded = service.ingest_document(session=session, ctx=ctx, doc=doc)
+    scored = 0
+    if score:
+        # A second transaction, begun after the document is committed: of a resume and a job
+        # ingested at the same time, at least one of the two tasks sees the other.
+        with transaction(rt.session_factory) as session:
+            if isinstance(doc, ResumeDocument):
+                out = service.score_resume(session=session, ctx=ctx, resume_id=doc.id)
+            else:
+                out = service.score_job(session=session, ctx=ctx, job_id=doc.id)
+        if out is not None:
+            scored, more = out
+            embedded += more
+    return IngestResult(
+        status=status,
+        document_id=doc.id,
+        embedded=embedded,
+        scored=scored,
+        model_version=ctx.version,
+    ).model_dump()
+
+
+@shared_task(bind=True, base=JobfitTask, name=INGEST_RESUME)
+def ingest_resume(self: Task, document: Any, score: bool = True) -> dict[str, Any]:
+    """Store a resume, embed its fields and (by default) score it against every stored job."""
+    return _ingest(self, ResumeDocument, document, score)
+
+
+@shared_task(bind=True, base=JobfitTask, name=INGEST_JOB)
+def ingest_job(self: Task, document: Any, score: bool = True) -> dict[str, Any]:
+    """Store a job, embed its fields and (by default) score every stored resume against it."""
+    return _ingest(self, JobDocument, document, score)
+
+
+@shared_task(bind=True, base=JobfitTask, name=SCORE_RESUME)
+def score_resume(self: Task, resume_id: Any, job_ids: Any = None) -> dict[str, Any]:
+    """Score one stored resume against the given jobs (all stored jobs by default)."""
+    req, reason = _validate(self, MatchRequest, {"resume_id": resume_id, "job_ids": job_ids})
+    if req is None:
+        return ScoreResult(status="rejected", reason=reason).model_dump()
+    rt = get_runtime(self.app)
+    ctx = rt.model()
+    with transaction(rt.session_factory) as session:
+        out = service.score_resume(
+            session=session, ctx=ctx, resume_id=req.resume_id, job_ids=req.job_ids
+        )
+    return _score_result(out, ctx.version, f"no resume {req.resume_id!r}")
+
+
+@shared_task(bind=True, base=JobfitTask, name=SCORE_JOB)
+def score_job(self: Task, job_id: Any) -> dict[str, Any]:
+    """Score every stored resume against one stored job."""
+    req, reason = _validate(self, CandidatesRequest, {"job_id": job_id})
+    if req is None:
+        return ScoreResult(status="rejected", reason=reason).model_dump()
+    rt = get_runtime(self.app)
+    ctx = rt.model()
+    with transaction(rt.session_factory) as session:
+        out = service.score_job(session=session, ctx=ctx, job_id=req.job_id)
+    return _score_result(out, ctx.version, f"no job {req.job_id!r}")
+
+
+def _score_result(out: tuple[int, int] | None, version: str, missing: str) -> dict[str, Any]:
+    if out is None:
+        return ScoreResult(status="not_found", model_version=version, reason=missing).model_dump()
+    return ScoreResult(
+        status="ok", scored=out[0], embedded=out[1], model_version=version
+    ).model_dump()
+
+
+@signals.worker_ready.connect
+def _load_model_when_ready(sender: Any = None, **_: Any) -> None:
+    """Solo/threads pools run tasks in this process: load and warm the model before work."""
+    pool = getattr(sender, "pool", None)
+    if sender is None or "prefork" in type(pool).__module__:
+        return
+    get_runtime(sender.app).model()
+
+
+@signals.worker_process_init.connect
+def _load_model_in_child(**_: Any) -> None:
+    """Prefork: each child loads its own model, after the fork (never CUDA in the parent)."""
+    from celery import current_app
+
+    get_runtime(current_app).model()

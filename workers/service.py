@@ -1,0 +1,135 @@
+"""The pipeline's logic as plain functions: tests call them without Celery.
+
+ingest: document -> stored row -> its field texts embedded (cache-through)
+score:  (resumes x jobs) not yet scored on their current content -> pair cosines -> rows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from shared import repository as repo
+from shared.config import PairType
+from shared.fields import field_texts, text_hash
+from shared.orm import DocumentRow
+from shared.schemas import Document
+from workers.model import Embedder, from_bytes, to_bytes
+from workers.scoring import Vector, score_match
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """The model a task runs with: one version for the whole task, never mixed."""
+
+    embedder: Embedder
+    model_version_id: int
+    weights: Mapping[PairType, float]
+
+    @property
+    def version(self) -> str:
+        return self.embedder.version
+
+
+def embed_texts(
+    *, session: Session, ctx: ModelContext, texts: Iterable[str]
+) -> tuple[dict[str, Vector], int]:
+    """Vectors by text hash. Only texts with no stored embedding reach the model, in one
+    ``encode`` call; returns the vectors and how many texts were embedded."""
+    by_hash = {text_hash(t): t for t in texts}
+    cached = repo.load_embeddings(
+        session=session, model_version_id=ctx.model_version_id, text_hashes=by_hash
+    )
+    vectors = {h: from_bytes(raw) for h, raw in cached.items()}
+    missing = sorted((h for h in by_hash if h not in cached), key=lambda h: len(by_hash[h]))
+    if missing:
+        encoded = ctx.embedder.encode([by_hash[h] for h in missing])
+        rows = []
+        for h, vec in zip(missing, encoded, strict=True):
+            vectors[h] = np.asarray(vec, dtype=np.float32)
+            rows.append((h, by_hash[h], int(vec.shape[0]), to_bytes(vec)))
+        repo.insert_embeddings(session=session, model_version_id=ctx.model_version_id, rows=rows)
+    return vectors, len(missing)
+
+
+def ingest_document(
+    *, session: Session, ctx: ModelContext, doc: Document
+) -> tuple[DocumentRow, repo.DocStatus, int]:
+    """Store the document and embed its fields. Same id and content again: no work."""
+    row, status = repo.upsert_document(session=session, doc=doc)
+    if status == "unchanged":
+        return row, status, 0
+    _, embedded = embed_texts(session=session, ctx=ctx, texts=field_texts(doc).values())
+    return row, status, embedded
+
+
+def score_pairs(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    resumes: Sequence[DocumentRow],
+    jobs: Sequence[DocumentRow],
+) -> tuple[int, int]:
+    """Score every (resume, job) whose stored match is missing or stale.
+
+    Returns (matches written, texts embedded). Pairs already scored on the same content,
+    model version and weights are skipped, so a redelivered task writes nothing.
+    """
+    weights = {p.value: float(ctx.weights.get(p, 0.0)) for p in PairType}
+    key = repo.scoring_key(weights)
+    pairs = [(r, j) for r in resumes for j in jobs]
+    fresh = repo.fresh_match_keys(
+        session=session, model_version_id=ctx.model_version_id, pairs=pairs, key=key
+    )
+    todo = [(r, j) for r, j in pairs if (r.id, j.id) not in fresh]
+    if not todo:
+        return 0, 0
+    docs = {row.id: row for pair in todo for row in pair}
+    texts = {doc_id: field_texts(repo.parse_document(row)) for doc_id, row in docs.items()}
+    vectors, embedded = embed_texts(
+        session=session, ctx=ctx, texts=(t for ft in texts.values() for t in ft.values())
+    )
+
+    def doc_vectors(doc_id: int) -> dict[PairType, Vector]:
+        return {p: vectors[text_hash(t)] for p, t in texts[doc_id].items()}
+
+    writes = []
+    for r, j in todo:
+        m = score_match(doc_vectors(r.id), doc_vectors(j.id), ctx.weights)
+        writes.append(
+            repo.MatchWrite(
+                resume_id=r.id,
+                job_id=j.id,
+                score=m.score,
+                pair_scores={p.value: s for p, s in m.pair_scores.items()},
+                resume_hash=r.content_hash,
+                job_hash=j.content_hash,
+            )
+        )
+    written = repo.upsert_matches(
+        session=session, model_version_id=ctx.model_version_id, key=key, writes=writes
+    )
+    return written, embedded
+
+
+def score_resume(
+    *, session: Session, ctx: ModelContext, resume_id: str, job_ids: Sequence[str] | None = None
+) -> tuple[int, int] | None:
+    """One resume against the given jobs (all stored jobs by default). None: no such resume."""
+    resume = repo.get_document(session=session, kind="resume", external_id=resume_id)
+    if resume is None:
+        return None
+    jobs = repo.list_documents(session=session, kind="job", external_ids=job_ids)
+    return score_pairs(session=session, ctx=ctx, resumes=[resume], jobs=jobs)
+
+
+def score_job(*, session: Session, ctx: ModelContext, job_id: str) -> tuple[int, int] | None:
+    """One job against every stored resume. None: no such job."""
+    job = repo.get_document(session=session, kind="job", external_id=job_id)
+    if job is None:
+        return None
+    resumes = repo.list_documents(session=session, kind="resume")
+    return score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=[job])
