@@ -1,0 +1,170 @@
+"""Fixtures on real services: Postgres and Redis on 127.0.0.1, a real worker process.
+
+Each test session gets its own Postgres database and its own Redis key prefix, so runs on one
+machine (a developer's and CI's) never see each other's rows or messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("JOBFIT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("JOBFIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The JOBFIT_* environment that makes a child process read these settings."""
+    env = {
+        "JOBFIT_ENV": settings.env,
+        "JOBFIT_DB__URL": settings.db.url,
+        "JOBFIT_BROKER__URL": settings.broker.url,
+        "JOBFIT_BROKER__KEY_PREFIX": settings.broker.key_prefix,
+        "JOBFIT_MODEL__STORE": str(settings.model.store),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if settings.model.path is not None:
+        env["JOBFIT_MODEL__PATH"] = str(settings.model.path)
+    return env
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from workers.provision import minilm_path
+
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path: Path):
+    """The small test model, loaded once per test session (for direct comparisons)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A private, migrated Postgres database for this test session."""
+    from shared.db import ensure_database, upgrade
+
+    name = f"jobfit_test_{RUN_ID}"
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    ensure_database(url)
+    upgrade(Settings(db=DatabaseSettings(url=url)))
+    yield url
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str, minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        env="test",
+        db=DatabaseSettings(url=pg_url),
+        broker=BrokerSettings(url=REDIS_URL, key_prefix=f"jobfit-test-{RUN_ID}:"),
+        model=ModelSettings(path=minilm_path, store=tmp_path_factory.mktemp("models")),
+    )
+
+
+@pytest.fixture(scope="session")
+def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(settings)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def celery_app(settings: Settings):
+    from shared.celery_app import create_celery_app
+
+    return create_celery_app(settings, with_tasks=False)
+
+
+class WorkerProcess:
+    """``jobfit worker --queues embed``: the command docker compose runs, as a real process."""
+
+    def __init__(self, settings: Settings, app, name: str, log_path: Path) -> None:
+        self.settings, self.app, self.name, self.log_path = settings, app, name, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{RUN_ID}"
+
+    def start(self, timeout: float = 180) -> None:
+        env = {**os.environ, **settings_env(self.settings)}
+        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed"]
+        cmd += ["--hostname", self.hostname, "--loglevel", "INFO"]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker died: {self.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("worker not ready in time")
+
+    def ping(self) -> bool:
+        replies = self.app.control.ping(destination=[self.hostname], timeout=1.0)
+        return any(self.hostname in r for r in replies)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, celery_app, tmp_path_factory) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(settings, celery_app, "embed1", tmp_path_factory.mktemp("logs") / "w1.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def clean_db(session_factory: sessionmaker[Session]) -> None:
+    """Empty every table but the model registry (the worker keeps its version id)."""
+    with session_factory.begin() as s:
+        s.execute(
+            text("TRUNCATE documents, matches, pair_scores, field_embeddings, failed_messages CASCADE")
+        )
+
+
+@pytest.fixture()
+def client(celery_app):
+    from shared.client import JobfitClient
+
+    return JobfitClient(app=celery_app)

@@ -1,0 +1,127 @@
+"""Bad messages that reach a worker anyway: recorded with a reason, acknowledged, and the
+worker keeps serving."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kombu import Connection, Exchange
+from sqlalchemy import select
+
+from shared.celery_app import EMBED_QUEUE, INGEST_JOB, INGEST_RESUME
+from shared.client import InvalidMessageError
+from shared.orm import DocumentRow, FailedMessageRow
+from shared.schemas import MAX_FIELD_BYTES
+
+pytestmark = pytest.mark.integration
+TIMEOUT = 60
+
+
+def failed(session_factory) -> list[FailedMessageRow]:
+    with session_factory() as s:
+        return list(s.execute(select(FailedMessageRow).order_by(FailedMessageRow.id)).scalars())
+
+
+def wait_failed(session_factory, n: int, timeout: float = TIMEOUT) -> list[FailedMessageRow]:
+    deadline = time.monotonic() + timeout
+    while len(rows := failed(session_factory)) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rows
+
+
+BAD_RESUMES = [
+    ({"skills": ["Python"]}, "id: Field required"),
+    ({"id": "r-types", "skills": [1, 2]}, "skills.0"),
+    ({"id": "r-version", "schema_version": 2}, "schema_version"),
+    ({"id": "r-big", "skills": ["x" * (MAX_FIELD_BYTES + 1)]}, "longer than"),
+    ({"id": "r-extra", "hobbies": ["chess"]}, "hobbies: Extra inputs are not permitted"),
+    ({"id": "r-nul", "career_objective": "a\x00b"}, "NUL"),
+    ("{not json", "Invalid JSON"),
+    (["a", "list"], "Input should be a valid dictionary"),
+]
+
+
+def test_invalid_documents_are_recorded_and_worker_survives(
+    worker, client, celery_app, clean_db, session_factory
+):
+    for payload, _ in BAD_RESUMES:
+        res = celery_app.send_task(INGEST_RESUME, kwargs={"document": payload})
+        out = res.get(timeout=TIMEOUT)
+        assert out["status"] == "rejected"
+    # Wrong call signature: the task itself fails, and the failure is recorded too.
+    sig = celery_app.send_task(INGEST_JOB, kwargs={"doc": {}, "bogus": 1})
+    with pytest.raises(TypeError):
+        sig.get(timeout=TIMEOUT)
+
+    rows = failed(session_factory)
+    reasons = [r.reason for r in rows]
+    for (_, expected), reason in zip(BAD_RESUMES, reasons, strict=False):
+        assert expected in reason, (expected, reason)
+    assert any("TypeError" in r and r_.task_name == INGEST_JOB for r_ in rows for r in [r_.reason])
+    assert len(rows) == len(BAD_RESUMES) + 1
+    assert all(r.task_id for r in rows)
+
+    assert worker.alive() and worker.ping()
+    good = client.submit_resume({"id": "r-good", "skills": ["Python"]}).get(timeout=TIMEOUT)
+    assert good["status"] == "created"
+    with session_factory() as s:
+        ids = set(s.execute(select(DocumentRow.external_id)).scalars())
+    assert ids == {"r-good"}, "nothing of the bad messages was stored"
+
+
+def test_redelivered_bad_message_is_recorded_once(
+    worker, client, celery_app, clean_db, session_factory
+):
+    task_id = str(uuid.uuid4())
+    for _ in range(3):
+        celery_app.send_task(INGEST_RESUME, kwargs={"document": {"id": ""}}, task_id=task_id)
+    # One solo worker takes messages in order: once this one is done, so are the three.
+    client.submit_resume({"id": "r-after"}).get(timeout=TIMEOUT)
+    assert worker.ping()
+    rows = failed(session_factory)
+    assert len(rows) == 1 and rows[0].task_id == task_id
+
+
+def test_undecodable_and_unknown_messages(worker, settings, clean_db, session_factory):
+    """Raw messages no Celery client would send: garbage JSON, an unknown task, pickle."""
+    with Connection(
+        settings.broker.url,
+        transport_options={"global_keyprefix": settings.broker.key_prefix},
+    ) as conn:
+        producer = conn.Producer()
+        exchange = Exchange(EMBED_QUEUE, type="direct")
+        common = {"exchange": exchange, "routing_key": EMBED_QUEUE, "retry": True}
+        producer.publish(
+            b"{definitely not json",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": INGEST_RESUME, "id": "raw-garbage", "lang": "py"},
+            **common,
+        )
+        producer.publish(
+            [[], {}, {}],
+            serializer="json",
+            headers={"task": "jobfit.no_such_task", "id": "raw-unknown", "lang": "py"},
+            **common,
+        )
+        producer.publish(
+            b"\x80\x04\x95",
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            headers={"task": INGEST_RESUME, "id": "raw-pickle", "lang": "py"},
+            **common,
+        )
+    rows = wait_failed(session_factory, 3)
+    by_id = {r.task_id: r.reason for r in rows}
+    assert set(by_id) >= {"raw-garbage", "raw-unknown", "raw-pickle"}, by_id
+    assert "unknown task name 'jobfit.no_such_task'" in by_id["raw-unknown"]
+    assert "x-python-serialize" in by_id["raw-pickle"]
+    assert worker.alive() and worker.ping()
+
+
+def test_client_refuses_before_sending(client):
+    for payload, expected in BAD_RESUMES:
+        with pytest.raises(InvalidMessageError, match=expected.split(":")[0]):
+            client.submit_resume(payload)

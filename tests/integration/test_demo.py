@@ -1,0 +1,46 @@
+"""`jobfit demo`, the main job, as a newcomer runs it (with the small model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, RUN_ID, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def run_demo(env: dict[str, str], backend: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "demo", "--backend", backend, "--show", "2"],
+        env={**os.environ, **env, "COLUMNS": "200"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_demo_on_services_scores_every_pair(settings, clean_db):
+    env = settings_env(settings)
+    env["JOBFIT_BROKER__KEY_PREFIX"] = f"jobfit-demo-{RUN_ID}:"  # its own worker, its own queue
+    out = run_demo(env, "services")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "backend: services" in out.stdout
+    assert "match rows in the database for the sample: 840 of 840" in out.stdout
+    assert "Spearman" in out.stdout
+
+
+def test_demo_falls_back_to_embedded_when_services_are_down(settings, tmp_path):
+    env = settings_env(settings)
+    env["JOBFIT_MODEL__STORE"] = str(tmp_path / "models")
+    env["JOBFIT_BROKER__URL"] = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    out = run_demo(env, "auto")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "unreachable" in out.stdout
+    assert "backend: embedded" in out.stdout
+    assert "match rows in the database for the sample: 840 of 840" in out.stdout
+    assert (tmp_path / "demo.sqlite3").is_file()
