@@ -9,7 +9,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,7 +25,8 @@ data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
-console = Console()
+# Wide enough for the ranked tables when the output is not a terminal (logs, CI).
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -102,14 +103,18 @@ def submit(
     from shared.client import InvalidMessageError, JobfitClient, read_documents, validate_message
     from shared.schemas import JobDocument, ResumeDocument
 
-    model = ResumeDocument if kind is Kind.resume else JobDocument
+    client = JobfitClient(get_settings())
     try:
-        docs = [validate_message(model, d) for d in read_documents(file)]
+        raw = read_documents(file)
+        docs: list[ResumeDocument] | list[JobDocument]
+        if kind is Kind.resume:
+            docs = [validate_message(ResumeDocument, d) for d in raw]
+        else:
+            docs = [validate_message(JobDocument, d) for d in raw]
     except InvalidMessageError as exc:
         err.print(f"[red]invalid {kind.value}:[/red] {exc}")
         raise typer.Exit(2) from exc
-    client = JobfitClient(get_settings())
-    send = client.submit_resume if kind is Kind.resume else client.submit_job
+    send: Any = client.submit_resume if kind is Kind.resume else client.submit_job
     with progress_bar() as bar:
         task = bar.add_task(f"sending {kind.value}s", total=len(docs))
         results = []
@@ -272,6 +277,21 @@ def demo(
     code = run_demo(get_settings(), backend=backend, show=show, top=top, console=console)
     err.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
     raise typer.Exit(code)
+
+
+@app.command()
+def bench(
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Raw model encode vs the whole pipeline on the bundled sample (JSON out)."""
+    worker_env()
+    from workers.bench import bench_sample
+
+    result = bench_sample(get_settings(), err)
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    sys.stdout.write(text + "\n")
 
 
 def main() -> None:

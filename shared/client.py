@@ -1,9 +1,9 @@
 """What other services call. Validates before sending; needs Celery and pydantic, not torch.
 
-    from shared.client import JobfitClient
-    client = JobfitClient()                      # settings from JOBFIT_* env
-    client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
-    client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
+from shared.client import JobfitClient
+client = JobfitClient()                      # settings from JOBFIT_* env
+client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
+client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
 """
 
 from __future__ import annotations
@@ -89,9 +89,7 @@ class JobfitClient:
             json.dumps({"document": _doc_repr(doc), "score": score}),
         )
 
-    def request_matches(
-        self, resume_id: str, job_ids: Sequence[str] | None = None
-    ) -> AsyncResult:
+    def request_matches(self, resume_id: str, job_ids: Sequence[str] | None = None) -> AsyncResult:
         """Score a stored resume against the given jobs (all stored jobs by default)."""
         req = validate_message(
             MatchRequest, {"resume_id": resume_id, "job_ids": list(job_ids) if job_ids else None}

@@ -66,7 +66,9 @@ class ModelSettings(BaseModel):
     store: Path = Field(default_factory=lambda: _default_home() / "models")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fp16: bool = True  # only applied on CUDA
-    batch_size: int = 64
+    # None: 16 on CPU (measured: mpnet on 2 cores encodes the sample 2.5x faster at 16 than
+    # at 64, long padded batches thrash the cache), 128 on CUDA.
+    batch_size: int | None = None
     max_seq_length: int = 384
     warmup: bool = True
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,8 +50,8 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def insert_for(session: Session, table: Table) -> Insert:
-    """A dialect INSERT that supports ON CONFLICT (Postgres and SQLite both do)."""
+def insert_for(session: Session, table: Any) -> Any:
+    """A dialect INSERT (``postgresql.Insert`` or ``sqlite.Insert``): both have ON CONFLICT."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert(table)

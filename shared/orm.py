@@ -47,7 +47,9 @@ class DocumentRow(Base):
     """A resume or a job as the producer sent it (latest version per external id)."""
 
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("kind", "external_id", name="uq_documents_kind_external_id"),)
+    __table_args__ = (
+        UniqueConstraint("kind", "external_id", name="uq_documents_kind_external_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(10))  # resume | job

@@ -30,11 +30,11 @@ MAX_FAILED_PAYLOAD = 10_000
 # --- documents ---------------------------------------------------------------------------
 
 
-def upsert_document(session: Session, *, doc: Document) -> tuple[DocumentRow, DocStatus]:
+def upsert_document(*, session: Session, doc: Document) -> tuple[DocumentRow, DocStatus]:
     """Store ``doc`` under (kind, external id). Same content: nothing written."""
     content_hash = doc.content_hash()
     stmt = (
-        insert_for(session, DocumentRow.__table__)  # type: ignore[arg-type]
+        insert_for(session, DocumentRow.__table__)
         .values(
             kind=doc.kind,
             external_id=doc.id,
@@ -66,14 +66,14 @@ def upsert_document(session: Session, *, doc: Document) -> tuple[DocumentRow, Do
     return row, "updated"
 
 
-def get_document(session: Session, *, kind: str, external_id: str) -> DocumentRow | None:
+def get_document(*, session: Session, kind: str, external_id: str) -> DocumentRow | None:
     return session.execute(
         select(DocumentRow).where(DocumentRow.kind == kind, DocumentRow.external_id == external_id)
     ).scalar_one_or_none()
 
 
 def list_documents(
-    session: Session, *, kind: str, external_ids: Sequence[str] | None = None
+    *, session: Session, kind: str, external_ids: Sequence[str] | None = None
 ) -> list[DocumentRow]:
     """Documents of one kind (all, or those ids), in id order."""
     stmt = select(DocumentRow).where(DocumentRow.kind == kind).order_by(DocumentRow.id)
@@ -93,11 +93,11 @@ def parse_document(row: DocumentRow) -> ResumeDocument | JobDocument:
 
 
 def ensure_model_version(
-    session: Session, *, version: str, name: str, path: str, dim: int
+    *, session: Session, version: str, name: str, path: str, dim: int
 ) -> ModelVersionRow:
     """Register ``version`` once; the first version ever registered becomes active."""
     session.execute(
-        insert_for(session, ModelVersionRow.__table__)  # type: ignore[arg-type]
+        insert_for(session, ModelVersionRow.__table__)
         .values(
             version=version,
             name=name,
@@ -125,7 +125,7 @@ def active_model_version(*, session: Session) -> ModelVersionRow | None:
     ).scalar_one_or_none()
 
 
-def get_model_version(session: Session, *, version: str) -> ModelVersionRow | None:
+def get_model_version(*, session: Session, version: str) -> ModelVersionRow | None:
     return session.execute(
         select(ModelVersionRow).where(ModelVersionRow.version == version)
     ).scalar_one_or_none()
@@ -135,7 +135,7 @@ def get_model_version(session: Session, *, version: str) -> ModelVersionRow | No
 
 
 def load_embeddings(
-    session: Session, *, model_version_id: int, text_hashes: Iterable[str]
+    *, session: Session, model_version_id: int, text_hashes: Iterable[str]
 ) -> dict[str, bytes]:
     """Stored vectors (raw float32 bytes) for those text hashes under one model version."""
     hashes = sorted(set(text_hashes))
@@ -151,14 +151,14 @@ def load_embeddings(
 
 
 def insert_embeddings(
-    session: Session, *, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
+    *, session: Session, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
 ) -> None:
     """Insert (text_hash, text, dim, vector) rows; a row another worker wrote first is kept."""
     if not rows:
         return
     now = utcnow()
     session.execute(
-        insert_for(session, FieldEmbeddingRow.__table__)  # type: ignore[arg-type]
+        insert_for(session, FieldEmbeddingRow.__table__)
         .values(
             [
                 {
@@ -176,7 +176,7 @@ def insert_embeddings(
     )
 
 
-def count_embeddings(session: Session, *, model_version_id: int | None = None) -> int:
+def count_embeddings(*, session: Session, model_version_id: int | None = None) -> int:
     from sqlalchemy import func
 
     stmt = select(func.count()).select_from(FieldEmbeddingRow)
@@ -205,8 +205,8 @@ def scoring_key(weights: dict[str, float]) -> str:
 
 
 def fresh_match_keys(
-    session: Session,
     *,
+    session: Session,
     model_version_id: int,
     pairs: Sequence[tuple[DocumentRow, DocumentRow]],
     key: str,
@@ -226,14 +226,14 @@ def fresh_match_keys(
 
 
 def upsert_matches(
-    session: Session, *, model_version_id: int, key: str, writes: Sequence[MatchWrite]
+    *, session: Session, model_version_id: int, key: str, writes: Sequence[MatchWrite]
 ) -> int:
     """Write match rows and their pair scores; a redelivered write leaves the same rows."""
     if not writes:
         return 0
     now = utcnow()
     ordered = sorted(writes, key=lambda w: (w.resume_id, w.job_id))  # one lock order: no deadlock
-    ins = insert_for(session, MatchRow.__table__)  # type: ignore[arg-type]
+    ins = insert_for(session, MatchRow.__table__)
     stmt = (
         ins.values(
             [
@@ -255,7 +255,14 @@ def upsert_matches(
             index_elements=["resume_id", "job_id", "model_version_id"],
             set_={
                 c: ins.excluded[c]
-                for c in ("score", "pairs_used", "resume_hash", "job_hash", "scoring_key", "scored_at")
+                for c in (
+                    "score",
+                    "pairs_used",
+                    "resume_hash",
+                    "job_hash",
+                    "scoring_key",
+                    "scored_at",
+                )
             },
         )
         .returning(MatchRow.id, MatchRow.resume_id, MatchRow.job_id)
@@ -270,7 +277,7 @@ def upsert_matches(
         for p, s in w.pair_scores.items()
     ]
     if pair_rows:
-        pins = insert_for(session, PairScoreRow.__table__)  # type: ignore[arg-type]
+        pins = insert_for(session, PairScoreRow.__table__)
         session.execute(
             pins.values(pair_rows).on_conflict_do_update(
                 index_elements=["match_id", "pair_type"], set_={"score": pins.excluded.score}
@@ -290,8 +297,8 @@ class RankedMatch:
 
 
 def ranked(
-    session: Session,
     *,
+    session: Session,
     resume_id: str | None = None,
     job_id: str | None = None,
     model_version: str | None = None,
@@ -349,8 +356,8 @@ def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, 
 
 
 def record_failed_message(
-    session: Session,
     *,
+    session: Session,
     reason: str,
     payload: Any,
     task_name: str | None = None,
@@ -361,7 +368,7 @@ def record_failed_message(
     text = text[:MAX_FAILED_PAYLOAD]
     key_src = f"{task_id or ''}\x1f{task_name or ''}\x1f{reason}\x1f{'' if task_id else text}"
     session.execute(
-        insert_for(session, FailedMessageRow.__table__)  # type: ignore[arg-type]
+        insert_for(session, FailedMessageRow.__table__)
         .values(
             dedupe_key=hashlib.sha256(key_src.encode("utf-8", "replace")).hexdigest(),
             task_name=(task_name or "")[:200] or None,

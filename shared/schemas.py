@@ -63,7 +63,7 @@ TextList = Annotated[
 class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     id: ExternalId
 
     @field_validator("*", mode="after")

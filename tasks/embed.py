@@ -34,7 +34,7 @@ M = TypeVar("M", bound=BaseModel)
 TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError)
 
 
-class JobfitTask(Task):  # type: ignore[misc]
+class JobfitTask(Task):
     """Retries transient infrastructure errors with backoff; records final failures."""
 
     autoretry_for = TRANSIENT
@@ -81,9 +81,7 @@ def _short(payload: Any) -> str:
         return repr(payload)[: repo.MAX_FAILED_PAYLOAD]
 
 
-def _validate(
-    task: Task, model: type[M], data: Any
-) -> tuple[M | None, str | None]:
+def _validate(task: Task, model: type[M], data: Any) -> tuple[M | None, str | None]:
     """Parse a message (a JSON object, or a JSON string of one); record it when invalid."""
     try:
         if isinstance(data, str | bytes):
@@ -99,7 +97,9 @@ def _validate(
     return None, reason
 
 
-def _ingest(task: Task, model: type[ResumeDocument] | type[JobDocument], document: Any, score: bool) -> dict[str, Any]:
+def _ingest(
+    task: Task, model: type[ResumeDocument] | type[JobDocument], document: Any, score: bool
+) -> dict[str, Any]:
     doc, reason = _validate(task, model, document)
     if doc is None:
         return IngestResult(status="rejected", reason=reason).model_dump()

@@ -159,7 +159,10 @@ def clean_db(session_factory: sessionmaker[Session]) -> None:
     """Empty every table but the model registry (the worker keeps its version id)."""
     with session_factory.begin() as s:
         s.execute(
-            text("TRUNCATE documents, matches, pair_scores, field_embeddings, failed_messages CASCADE")
+            text(
+                "TRUNCATE documents, matches, pair_scores, field_embeddings,"
+                " failed_messages CASCADE"
+            )
         )
 
 

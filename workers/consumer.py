@@ -21,12 +21,14 @@ def _body(message: Any) -> str:
     return repr(body)
 
 
-class RecordingConsumer(Consumer):  # type: ignore[misc]
+class RecordingConsumer(Consumer):
     def _record(self, message: Any, reason: str) -> None:
         from tasks.embed import record_failure
 
         name, task_id = _headers(message)
-        record_failure(self.app, reason=reason, payload=_body(message), task_name=name, task_id=task_id)
+        record_failure(
+            self.app, reason=reason, payload=_body(message), task_name=name, task_id=task_id
+        )
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self._record(message, f"undecodable message ({message.content_type}): {exc}")

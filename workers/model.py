@@ -52,12 +52,13 @@ class ModelSpec:
     @classmethod
     def from_settings(cls, s: ModelSettings) -> ModelSpec:
         path = s.resolved_path()
+        device = resolve_device(s.device)
         return cls(
             path=path,
             name=model_name(path),
-            device=resolve_device(s.device),
+            device=device,
             fp16=s.fp16,
-            batch_size=s.batch_size,
+            batch_size=s.batch_size or (128 if device.startswith("cuda") else 16),
             max_seq_length=s.max_seq_length,
         )
 

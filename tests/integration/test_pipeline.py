@@ -39,8 +39,13 @@ def snapshot(session_factory) -> dict[tuple[str, str], tuple]:
     with session_factory() as s:
         rows = s.execute(
             select(
-                r.external_id, j.external_id, MatchRow.id, MatchRow.score, MatchRow.pairs_used,
-                MatchRow.scored_at, ModelVersionRow.version,
+                r.external_id,
+                j.external_id,
+                MatchRow.id,
+                MatchRow.score,
+                MatchRow.pairs_used,
+                MatchRow.scored_at,
+                ModelVersionRow.version,
             )
             .join(r, MatchRow.resume_id == r.id)
             .join(j, MatchRow.job_id == j.id)
@@ -123,8 +128,8 @@ def test_new_content_replaces_document_and_rescores(worker, client, clean_db, se
     after = snapshot(session_factory)
     assert set(after) == set(before), "replaced, not duplicated"
     assert count(session_factory, DocumentRow) == 4
-    for key, (score, used, scored_at, _, pairs) in after.items():
-        old_score, old_used, old_at, _, old_pairs = before[key]
+    for key, (_, used, scored_at, _, pairs) in after.items():
+        _, _, old_at, _, old_pairs = before[key]
         assert scored_at > old_at
         assert "degrees" not in used and "degrees" not in pairs, "stale pair rows removed"
         assert pairs["positions"] != pytest.approx(old_pairs["positions"], abs=1e-4)
@@ -168,7 +173,11 @@ def test_cli_submit_and_ranked_tables(worker, settings, clean_db, tmp_path):
     def jobfit(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "shared.cli", *args],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
 
     assert jobfit("submit", "job", str(tmp_path / "jobs.jsonl"), "--wait").returncode == 0

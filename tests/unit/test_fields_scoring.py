@@ -82,11 +82,15 @@ def test_match_score_is_weighted_mean_of_used_pairs():
 
 def test_no_shared_pair_or_zero_weight_gives_no_score():
     r = {PairType.SKILLS: unit(1, 0)}
-    assert score_match(r, {PairType.DEGREES: unit(1, 0)}, dict.fromkeys(PairType, 1.0)).score is None
+    assert (
+        score_match(r, {PairType.DEGREES: unit(1, 0)}, dict.fromkeys(PairType, 1.0)).score is None
+    )
     zero = score_match(r, {PairType.SKILLS: unit(1, 0)}, {PairType.SKILLS: 0.0})
     assert zero.score is None and zero.pair_scores == {PairType.SKILLS: pytest.approx(1.0)}
 
 
 def test_cosine_handles_unnormalised_and_zero_vectors():
-    assert cosine(np.array([3.0, 0.0], dtype=np.float32), np.array([1.0, 0.0], dtype=np.float32)) == pytest.approx(1.0)
+    assert cosine(
+        np.array([3.0, 0.0], dtype=np.float32), np.array([1.0, 0.0], dtype=np.float32)
+    ) == pytest.approx(1.0)
     assert cosine(np.zeros(2, dtype=np.float32), np.ones(2, dtype=np.float32)) == 0.0

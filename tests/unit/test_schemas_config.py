@@ -56,7 +56,10 @@ def test_json_schema_export_covers_every_message():
 def test_settings_normalise_dsn_and_complete_weights(monkeypatch):
     assert DatabaseSettings(url="postgres://u@h/db").url == "postgresql+psycopg://u@h/db"
     assert ScoringSettings(weights={PairType.SKILLS: 2.0}).weights == {
-        PairType.SKILLS: 2.0, PairType.POSITIONS: 0.0, PairType.DEGREES: 0.0, PairType.EXPERIENCE: 0.0
+        PairType.SKILLS: 2.0,
+        PairType.POSITIONS: 0.0,
+        PairType.DEGREES: 0.0,
+        PairType.EXPERIENCE: 0.0,
     }
     monkeypatch.setenv("JOBFIT_DB__URL", "postgresql://x@y/z")
     monkeypatch.setenv("JOBFIT_MODEL__BATCH_SIZE", "8")
@@ -74,5 +77,5 @@ def test_read_documents_formats(tmp_path):
     assert [d["id"] for d in read_documents(tmp_path / "a.jsonl")] == ["1", "2"]
     assert read_documents(tmp_path / "b.json") == [{"id": "1"}]
     assert read_documents(tmp_path / "c.json") == [{"id": "1"}]
-    with pytest.raises(InvalidMessageError, match="d.jsonl:2"):
+    with pytest.raises(InvalidMessageError, match=r"d\.jsonl:2"):
         read_documents(tmp_path / "d.jsonl")

@@ -1,0 +1,30 @@
+"""Producers install jobfit without torch: the client side must never import it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_client_and_cli_do_not_import_torch():
+    code = (
+        "import sys, shared.client, shared.cli, shared.repository, shared.celery_app;"
+        "c = shared.celery_app.create_celery_app(with_tasks=False);"
+        "bad = [m for m in ('torch', 'sentence_transformers', 'numpy') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_celery_config_is_safe_by_default():
+    from shared.celery_app import create_celery_app
+    from shared.config import Settings
+
+    conf = create_celery_app(Settings(), with_tasks=False).conf
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.broker_transport_options["visibility_timeout"] >= 3600
+    assert conf.result_expires <= 24 * 3600

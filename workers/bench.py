@@ -1,0 +1,85 @@
+"""``jobfit bench``: the pipeline against its limit, measured in one run on the same texts.
+
+raw    = ``SentenceTransformer.encode`` of the sample's unique field texts, called directly
+e2e    = submit the sample -> worker -> every match row committed (fresh database, so every
+         text is embedded once through the pipeline)
+ratio  = e2e / raw (1.0 would be a pipeline that costs nothing on top of the model)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from rich.console import Console
+from sqlalchemy import create_engine, make_url, text
+
+from shared.celery_app import create_celery_app
+from shared.client import read_documents
+from shared.config import Settings
+from shared.db import ensure_database, upgrade
+from shared.fields import field_texts
+from shared.schemas import JobDocument, ResumeDocument
+from workers.demo import SAMPLE_DIR, run_pipeline
+from workers.model import ModelSpec, version_of
+
+
+def unique_texts(resumes: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[str]:
+    docs = [ResumeDocument.model_validate(r) for r in resumes]
+    docs += [JobDocument.model_validate(j) for j in jobs]  # type: ignore[misc]
+    return sorted({t for d in docs for t in field_texts(d).values()})
+
+
+def raw_encode_seconds(settings: Settings, texts: list[str]) -> float:
+    """Wall time of one direct ``encode`` call over ``texts`` (after a warm-up)."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = ModelSpec.from_settings(settings.model)
+    model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
+    model.max_seq_length = spec.max_seq_length
+    model.encode(texts[:8], batch_size=spec.batch_size)
+    t0 = time.perf_counter()
+    model.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True)
+    return time.perf_counter() - t0
+
+
+def bench_sample(settings: Settings, console: Console) -> dict[str, Any]:
+    """Raw encode vs end to end on the bundled sample, against the configured services."""
+    resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")
+    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")
+    texts = unique_texts(resumes, jobs)
+    raw_s = raw_encode_seconds(settings, texts)
+
+    run = uuid.uuid4().hex[:8]
+    db_url = make_url(settings.db.url).set(database=f"jobfit_bench_{run}")
+    bench_settings = settings.model_copy(deep=True)
+    bench_settings.db.url = db_url.render_as_string(hide_password=False)
+    bench_settings.broker.key_prefix = f"jobfit-bench-{run}:"
+    ensure_database(bench_settings.db.url)
+    os.environ["JOBFIT_DB__URL"] = bench_settings.db.url
+    os.environ["JOBFIT_BROKER__KEY_PREFIX"] = bench_settings.broker.key_prefix
+    try:
+        upgrade(bench_settings)
+        app = create_celery_app(bench_settings)
+        summaries, timing = run_pipeline(app, True, resumes, jobs, console)
+    finally:
+        admin = create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_url.database}" WITH (FORCE)'))
+        admin.dispose()
+    embedded = sum(s.get("embedded", 0) for s in summaries)
+    return {
+        "model": version_of(ModelSpec.from_settings(settings.model).path),
+        "device": ModelSpec.from_settings(settings.model).device,
+        "documents": {"resumes": len(resumes), "jobs": len(jobs)},
+        "unique_texts": len(texts),
+        "texts_embedded_by_pipeline": embedded,
+        "raw_encode_s": round(raw_s, 3),
+        "raw_sentences_per_s": round(len(texts) / raw_s, 1),
+        "worker_start_s": round(timing["worker_start_s"], 3),
+        "e2e_s": round(timing["score_s"], 3),
+        "e2e_sentences_per_s": round(len(texts) / timing["score_s"], 1),
+        "e2e_over_raw": round(timing["score_s"] / raw_s, 3),
+    }
