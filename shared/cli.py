@@ -70,10 +70,10 @@ def worker(
     worker_env()
     settings = get_settings()
     if "embed" in queues.split(","):
-        from workers.model import ModelNotFoundError, check_model_dir
+        from workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
 
         try:
-            check_model_dir(settings.model.resolved_path())
+            check_model_dir(resolve_model_path(settings.model))
         except ModelNotFoundError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc

@@ -62,6 +62,9 @@ class BrokerSettings(BaseModel):
 class ModelSettings(BaseModel):
     # A local directory; nothing is fetched from a hub at run time.
     path: Path | None = None
+    # Or a hub id (e.g. "sentence-transformers/all-MiniLM-L6-v2"), read from the local hub
+    # cache; downloaded only where HF_HUB_OFFLINE=0 is set explicitly.
+    hub_id: str | None = None
     name: str = DEFAULT_MODEL_NAME
     store: Path = Field(default_factory=lambda: _default_home() / "models")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -73,7 +76,7 @@ class ModelSettings(BaseModel):
     warmup: bool = True
 
     def resolved_path(self) -> Path:
-        """The model directory this process loads."""
+        """The model directory, unless a hub id is set (see workers.model.resolve_model_path)."""
         return self.path if self.path is not None else self.store / self.name
 
 

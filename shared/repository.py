@@ -4,9 +4,9 @@ commits: the caller (a task, the CLI) owns the transaction."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
@@ -25,6 +25,18 @@ from shared.schemas import Document, JobDocument, ResumeDocument
 
 DocStatus = Literal["created", "updated", "unchanged"]
 MAX_FAILED_PAYLOAD = 10_000
+# Rows per statement: keeps every statement under the drivers' bind-parameter limits
+# (65,535 for Postgres, 32,766 for SQLite), whatever the number of documents scored.
+CHUNK = 1000
+
+T = TypeVar("T")
+
+
+def chunked(items: Sequence[T], size: int | None = None) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``size`` (default CHUNK) items."""
+    n = size or CHUNK
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 # --- documents ---------------------------------------------------------------------------
@@ -138,42 +150,41 @@ def load_embeddings(
     *, session: Session, model_version_id: int, text_hashes: Iterable[str]
 ) -> dict[str, bytes]:
     """Stored vectors (raw float32 bytes) for those text hashes under one model version."""
-    hashes = sorted(set(text_hashes))
-    if not hashes:
-        return {}
-    rows = session.execute(
-        select(FieldEmbeddingRow.text_hash, FieldEmbeddingRow.vector).where(
-            FieldEmbeddingRow.model_version_id == model_version_id,
-            FieldEmbeddingRow.text_hash.in_(hashes),
+    out: dict[str, bytes] = {}
+    for part in chunked(sorted(set(text_hashes))):
+        rows = session.execute(
+            select(FieldEmbeddingRow.text_hash, FieldEmbeddingRow.vector).where(
+                FieldEmbeddingRow.model_version_id == model_version_id,
+                FieldEmbeddingRow.text_hash.in_(part),
+            )
         )
-    )
-    return {h: bytes(v) for h, v in rows}
+        out.update((h, bytes(v)) for h, v in rows)
+    return out
 
 
 def insert_embeddings(
     *, session: Session, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
 ) -> None:
     """Insert (text_hash, text, dim, vector) rows; a row another worker wrote first is kept."""
-    if not rows:
-        return
     now = utcnow()
-    session.execute(
-        insert_for(session, FieldEmbeddingRow.__table__)
-        .values(
-            [
-                {
-                    "model_version_id": model_version_id,
-                    "text_hash": h,
-                    "text": text,
-                    "dim": dim,
-                    "vector": vec,
-                    "created_at": now,
-                }
-                for h, text, dim, vec in sorted(rows)
-            ]
+    for part in chunked(sorted(rows)):
+        session.execute(
+            insert_for(session, FieldEmbeddingRow.__table__)
+            .values(
+                [
+                    {
+                        "model_version_id": model_version_id,
+                        "text_hash": h,
+                        "text": text,
+                        "dim": dim,
+                        "vector": vec,
+                        "created_at": now,
+                    }
+                    for h, text, dim, vec in part
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["model_version_id", "text_hash"])
         )
-        .on_conflict_do_nothing(index_elements=["model_version_id", "text_hash"])
-    )
 
 
 def count_embeddings(*, session: Session, model_version_id: int | None = None) -> int:
@@ -212,27 +223,36 @@ def fresh_match_keys(
     key: str,
 ) -> set[tuple[int, int]]:
     """The (resume, job) pairs already scored on the current content, model and weights."""
-    if not pairs:
-        return set()
     wanted = {(r.id, j.id): (r.content_hash, j.content_hash) for r, j in pairs}
-    rows = session.execute(
-        select(MatchRow.resume_id, MatchRow.job_id, MatchRow.resume_hash, MatchRow.job_hash).where(
-            MatchRow.model_version_id == model_version_id,
-            MatchRow.scoring_key == key,
-            tuple_(MatchRow.resume_id, MatchRow.job_id).in_(list(wanted)),
+    fresh: set[tuple[int, int]] = set()
+    for part in chunked(list(wanted)):
+        rows = session.execute(
+            select(
+                MatchRow.resume_id, MatchRow.job_id, MatchRow.resume_hash, MatchRow.job_hash
+            ).where(
+                MatchRow.model_version_id == model_version_id,
+                MatchRow.scoring_key == key,
+                tuple_(MatchRow.resume_id, MatchRow.job_id).in_(part),
+            )
         )
-    )
-    return {(r, j) for r, j, rh, jh in rows if wanted.get((r, j)) == (rh, jh)}
+        fresh.update((r, j) for r, j, rh, jh in rows if wanted.get((r, j)) == (rh, jh))
+    return fresh
 
 
 def upsert_matches(
     *, session: Session, model_version_id: int, key: str, writes: Sequence[MatchWrite]
 ) -> int:
     """Write match rows and their pair scores; a redelivered write leaves the same rows."""
-    if not writes:
-        return 0
-    now = utcnow()
     ordered = sorted(writes, key=lambda w: (w.resume_id, w.job_id))  # one lock order: no deadlock
+    for part in chunked(ordered):
+        _upsert_match_rows(session, model_version_id, key, part)
+    return len(ordered)
+
+
+def _upsert_match_rows(
+    session: Session, model_version_id: int, key: str, ordered: Sequence[MatchWrite]
+) -> None:
+    now = utcnow()
     ins = insert_for(session, MatchRow.__table__)
     stmt = (
         ins.values(
@@ -283,7 +303,6 @@ def upsert_matches(
                 index_elements=["match_id", "pair_type"], set_={"score": pins.excluded.score}
             )
         )
-    return len(ordered)
 
 
 @dataclass(frozen=True)

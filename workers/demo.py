@@ -163,10 +163,8 @@ def run_demo(settings: Settings, *, backend: str, show: int, top: int, console: 
         f"backend: {'services' if use_services else 'embedded'} — "
         f"broker {settings.broker.url}, database {settings.db.url.split('@')[-1]}"
     )
-    if (
-        settings.model.path is None
-        and not (settings.model.resolved_path() / "modules.json").is_file()
-    ):
+    default_model = settings.model.path is None and settings.model.hub_id is None
+    if default_model and not (settings.model.resolved_path() / "modules.json").is_file():
         from shared.cli import ModelChoice, provision
 
         console.print("provisioning the default model (all-mpnet-base-v2) …")

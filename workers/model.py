@@ -51,7 +51,7 @@ class ModelSpec:
 
     @classmethod
     def from_settings(cls, s: ModelSettings) -> ModelSpec:
-        path = s.resolved_path()
+        path = resolve_model_path(s)
         device = resolve_device(s.device)
         return cls(
             path=path,
@@ -61,6 +61,26 @@ class ModelSpec:
             batch_size=s.batch_size or (128 if device.startswith("cuda") else 16),
             max_seq_length=s.max_seq_length,
         )
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "1").lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model_path(s: ModelSettings) -> Path:
+    """The local directory to load: the configured path, a hub id's cached snapshot, or the
+    default model in the store."""
+    if s.path is not None or not s.hub_id:
+        return s.resolved_path()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(s.hub_id, local_files_only=hub_offline()))
+    except Exception as exc:  # the hub client raises several types for "not available"
+        raise ModelNotFoundError(
+            f"hub model {s.hub_id!r} is not in the local cache (offline: {hub_offline()}); "
+            f"{PROVISION_HINT}"
+        ) from exc
 
 
 def resolve_device(device: str) -> str:

