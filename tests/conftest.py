@@ -62,13 +62,17 @@ def minilm(minilm_path: Path):
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A private, migrated Postgres database for this test session."""
-    from shared.db import ensure_database, upgrade
-
+    """A private Postgres database for this test session, created and migrated by
+    ``jobfit db upgrade`` (the command compose's one-shot ``migrate`` service runs)."""
     name = f"jobfit_test_{RUN_ID}"
     url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    ensure_database(url)
-    upgrade(Settings(db=DatabaseSettings(url=url)))
+    subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "upgrade"],
+        env={**os.environ, "JOBFIT_DB__URL": url},
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
     yield url
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -105,8 +109,11 @@ def celery_app(settings: Settings):
 class WorkerProcess:
     """``jobfit worker --queues embed``: the command docker compose runs, as a real process."""
 
-    def __init__(self, settings: Settings, app, name: str, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, app, name: str, log_path: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.settings, self.app, self.name, self.log_path = settings, app, name, log_path
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -116,7 +123,7 @@ class WorkerProcess:
     def start(self, timeout: float = 180) -> None:
         env = {**os.environ, **settings_env(self.settings)}
         cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed"]
-        cmd += ["--hostname", self.hostname, "--loglevel", "INFO"]
+        cmd += ["--hostname", self.hostname, "--loglevel", "INFO", *self.extra]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
