@@ -176,7 +176,9 @@ def ranked_table(rows: list, *, by_job: bool, labels: dict | None = None) -> Tab
 def matches(
     resume_id: str,
     top: Annotated[int, typer.Option(help="How many jobs.")] = 10,
-    model_version: Annotated[str | None, typer.Option(help="Default: the active one.")] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="Default: the latest that scored it.")
+    ] = None,
 ) -> None:
     """Best jobs for a resume, with per-pair scores."""
     _print_ranked(resume_id, None, top, model_version)
@@ -186,7 +188,9 @@ def matches(
 def candidates(
     job_id: str,
     top: Annotated[int, typer.Option(help="How many resumes.")] = 10,
-    model_version: Annotated[str | None, typer.Option(help="Default: the active one.")] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="Default: the latest that scored it.")
+    ] = None,
 ) -> None:
     """Best resumes for a job, with per-pair scores."""
     _print_ranked(None, job_id, top, model_version)

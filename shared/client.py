@@ -67,27 +67,26 @@ class JobfitClient:
     def _send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> AsyncResult:
         return self.app.send_task(name, kwargs=kwargs, kwargsrepr=kwargsrepr)
 
+    def _send_document(
+        self, name: str, doc: ResumeDocument | JobDocument, score: bool
+    ) -> AsyncResult:
+        return self._send(
+            name,
+            {"document": doc.model_dump(mode="json"), "score": score},
+            json.dumps({"document": _doc_repr(doc), "score": score}),
+        )
+
     def submit_resume(
         self, document: ResumeDocument | Mapping[str, Any] | str, *, score: bool = True
     ) -> AsyncResult:
         """Store a resume; by default score it against every stored job."""
-        doc = validate_message(ResumeDocument, document)
-        return self._send(
-            INGEST_RESUME,
-            {"document": doc.model_dump(mode="json"), "score": score},
-            json.dumps({"document": _doc_repr(doc), "score": score}),
-        )
+        return self._send_document(INGEST_RESUME, validate_message(ResumeDocument, document), score)
 
     def submit_job(
         self, document: JobDocument | Mapping[str, Any] | str, *, score: bool = True
     ) -> AsyncResult:
         """Store a job; by default score every stored resume against it."""
-        doc = validate_message(JobDocument, document)
-        return self._send(
-            INGEST_JOB,
-            {"document": doc.model_dump(mode="json"), "score": score},
-            json.dumps({"document": _doc_repr(doc), "score": score}),
-        )
+        return self._send_document(INGEST_JOB, validate_message(JobDocument, document), score)
 
     def request_matches(self, resume_id: str, job_ids: Sequence[str] | None = None) -> AsyncResult:
         """Score a stored resume against the given jobs (all stored jobs by default)."""

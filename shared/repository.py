@@ -323,26 +323,42 @@ def ranked(
     model_version: str | None = None,
     top: int = 10,
 ) -> list[RankedMatch]:
-    """Matches of one resume (best jobs) or one job (best resumes), best first."""
+    """Matches of one resume (best jobs) or one job (best resumes), best first.
+
+    Without ``model_version``: the version that scored this document most recently (what the
+    workers serve now), so a model switch never mixes two versions' scores in one ranking.
+    """
     from sqlalchemy.orm import aliased
 
     resume, job = aliased(DocumentRow), aliased(DocumentRow)
-    stmt = (
+
+    def of_document(stmt: Any) -> Any:
+        stmt = (
+            stmt.select_from(MatchRow)
+            .join(resume, MatchRow.resume_id == resume.id)
+            .join(job, MatchRow.job_id == job.id)
+            .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+        )
+        if resume_id is not None:
+            stmt = stmt.where(resume.external_id == resume_id)
+        if job_id is not None:
+            stmt = stmt.where(job.external_id == job_id)
+        return stmt
+
+    if model_version is None:
+        model_version = session.execute(
+            of_document(select(ModelVersionRow.version))
+            .order_by(MatchRow.scored_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    stmt = of_document(
         select(MatchRow, resume.external_id, job.external_id, job.payload, ModelVersionRow.version)
-        .join(resume, MatchRow.resume_id == resume.id)
-        .join(job, MatchRow.job_id == job.id)
-        .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+    )
+    stmt = (
+        stmt.where(ModelVersionRow.version == model_version)
         .order_by(MatchRow.score.desc().nulls_last(), job.external_id, resume.external_id)
         .limit(top)
     )
-    if resume_id is not None:
-        stmt = stmt.where(resume.external_id == resume_id)
-    if job_id is not None:
-        stmt = stmt.where(job.external_id == job_id)
-    if model_version is not None:
-        stmt = stmt.where(ModelVersionRow.version == model_version)
-    else:
-        stmt = stmt.where(ModelVersionRow.status == "active")
     rows = session.execute(stmt).all()
     pairs = _pair_scores(session, [m.id for m, *_ in rows])
     return [

@@ -93,3 +93,32 @@ def test_new_weights_make_rows_stale_and_rescore(session_factory, ctx):
         pairs = dict(s.execute(select(PairScoreRow.pair_type, PairScoreRow.score)).all())
     assert row.score == pytest.approx(pairs["skills"])
     assert set(pairs) == {"skills", "positions"}  # zero weight: still reported
+
+
+def test_rankings_never_mix_model_versions(session_factory, ctx):
+    with session_factory.begin() as s:
+        service.ingest_document(session=s, ctx=ctx, doc=ResumeDocument(id="r", skills=["Go"]))
+        for i in range(3):
+            job = JobDocument(id=f"j{i}", title="Dev", skills_required=[f"Go {i}"])
+            service.ingest_document(session=s, ctx=ctx, doc=job)
+        service.score_resume(session=s, ctx=ctx, resume_id="r")
+
+    class Other(CountingEmbedder):
+        version = "counting@v2"
+
+    with session_factory.begin() as s:
+        v2 = repo.ensure_model_version(session=s, version=Other.version, name="c", path="-", dim=8)
+    ctx2 = service.ModelContext(Other(), v2.id, ctx.weights)
+    with session_factory.begin() as s:
+        assert service.score_resume(session=s, ctx=ctx2, resume_id="r") == (
+            3,
+            5,
+        )  # 1 + 3 + "Job title: Dev"
+    with session_factory() as s:
+        latest = repo.ranked(session=s, resume_id="r")
+        first = repo.ranked(session=s, resume_id="r", model_version=ctx.version)
+        by_job = repo.ranked(session=s, job_id="j0")
+    assert [m.model_version for m in latest] == ["counting@v2"] * 3
+    assert [m.model_version for m in first] == ["counting@test"] * 3
+    assert [m.model_version for m in by_job] == ["counting@v2"]
+    assert latest == sorted(latest, key=lambda m: -(m.score or 0))
