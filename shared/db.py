@@ -72,19 +72,6 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
-
-
-def head_revision(settings: Settings) -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
-
-
 def ensure_database(url: str) -> bool:
     """Create the Postgres database of ``url`` if the server is up and it is missing.
     Returns True if it was created. SQLite needs nothing."""

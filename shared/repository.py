@@ -137,12 +137,6 @@ def active_model_version(*, session: Session) -> ModelVersionRow | None:
     ).scalar_one_or_none()
 
 
-def get_model_version(*, session: Session, version: str) -> ModelVersionRow | None:
-    return session.execute(
-        select(ModelVersionRow).where(ModelVersionRow.version == version)
-    ).scalar_one_or_none()
-
-
 # --- embeddings --------------------------------------------------------------------------
 
 
@@ -185,15 +179,6 @@ def insert_embeddings(
             )
             .on_conflict_do_nothing(index_elements=["model_version_id", "text_hash"])
         )
-
-
-def count_embeddings(*, session: Session, model_version_id: int | None = None) -> int:
-    from sqlalchemy import func
-
-    stmt = select(func.count()).select_from(FieldEmbeddingRow)
-    if model_version_id is not None:
-        stmt = stmt.where(FieldEmbeddingRow.model_version_id == model_version_id)
-    return int(session.execute(stmt).scalar_one())
 
 
 # --- matches -----------------------------------------------------------------------------

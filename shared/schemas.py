@@ -17,8 +17,6 @@ from pydantic import (
     field_validator,
 )
 
-from shared.config import PairType
-
 SCHEMA_VERSION = 1
 # Largest text accepted in one document field, in UTF-8 bytes (a list field counts its items).
 MAX_FIELD_BYTES = 100_000
@@ -151,11 +149,6 @@ class ScoreResult(BaseModel):
     embedded: int = 0
     model_version: str | None = None
     reason: str | None = None
-
-
-class PairScore(BaseModel):
-    pair_type: PairType
-    score: float
 
 
 def json_schemas() -> dict[str, Any]:

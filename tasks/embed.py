@@ -191,3 +191,12 @@ def _load_model_in_child(**_: Any) -> None:
     from celery import current_app
 
     get_runtime(current_app).model()
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _close_connections(sender: Any = None, **_: Any) -> None:
+    """Close this process's database connections on the way out."""
+    from celery import current_app
+
+    get_runtime(getattr(sender, "app", None) or current_app).dispose()
