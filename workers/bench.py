@@ -8,7 +8,6 @@ ratio  = e2e / raw (1.0 would be a pipeline that costs nothing on top of the mod
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from typing import Any
@@ -27,16 +26,15 @@ from workers.model import ModelSpec, version_of
 
 
 def unique_texts(resumes: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[str]:
-    docs = [ResumeDocument.model_validate(r) for r in resumes]
-    docs += [JobDocument.model_validate(j) for j in jobs]  # type: ignore[misc]
+    docs: list[ResumeDocument | JobDocument] = [ResumeDocument.model_validate(r) for r in resumes]
+    docs += [JobDocument.model_validate(j) for j in jobs]
     return sorted({t for d in docs for t in field_texts(d).values()})
 
 
-def raw_encode_seconds(settings: Settings, texts: list[str]) -> float:
+def raw_encode_seconds(spec: ModelSpec, texts: list[str]) -> float:
     """Wall time of one direct ``encode`` call over ``texts`` (after a warm-up)."""
     from sentence_transformers import SentenceTransformer
 
-    spec = ModelSpec.from_settings(settings.model)
     model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
     model.max_seq_length = spec.max_seq_length
     model.encode(texts[:8], batch_size=spec.batch_size)
@@ -50,7 +48,8 @@ def bench_sample(settings: Settings, console: Console) -> dict[str, Any]:
     resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")
     jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")
     texts = unique_texts(resumes, jobs)
-    raw_s = raw_encode_seconds(settings, texts)
+    spec = ModelSpec.from_settings(settings.model)
+    raw_s = raw_encode_seconds(spec, texts)
 
     run = uuid.uuid4().hex[:8]
     db_url = make_url(settings.db.url).set(database=f"jobfit_bench_{run}")
@@ -58,12 +57,15 @@ def bench_sample(settings: Settings, console: Console) -> dict[str, Any]:
     bench_settings.db.url = db_url.render_as_string(hide_password=False)
     bench_settings.broker.key_prefix = f"jobfit-bench-{run}:"
     ensure_database(bench_settings.db.url)
-    os.environ["JOBFIT_DB__URL"] = bench_settings.db.url
-    os.environ["JOBFIT_BROKER__KEY_PREFIX"] = bench_settings.broker.key_prefix
+    # The worker child reads its settings from the environment: point it at the bench's.
+    child_env = {
+        "JOBFIT_DB__URL": bench_settings.db.url,
+        "JOBFIT_BROKER__KEY_PREFIX": bench_settings.broker.key_prefix,
+    }
     try:
         upgrade(bench_settings)
         app = create_celery_app(bench_settings)
-        summaries, timing = run_pipeline(app, True, resumes, jobs, console)
+        summaries, timing = run_pipeline(app, True, resumes, jobs, console, worker_env=child_env)
     finally:
         admin = create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -71,8 +73,8 @@ def bench_sample(settings: Settings, console: Console) -> dict[str, Any]:
         admin.dispose()
     embedded = sum(s.get("embedded", 0) for s in summaries)
     return {
-        "model": version_of(ModelSpec.from_settings(settings.model).path),
-        "device": ModelSpec.from_settings(settings.model).device,
+        "model": version_of(spec.path),
+        "device": spec.device,
         "documents": {"resumes": len(resumes), "jobs": len(jobs)},
         "unique_texts": len(texts),
         "texts_embedded_by_pipeline": embedded,

@@ -66,7 +66,9 @@ def embedded_settings(settings: Settings) -> Settings:
 
 
 @contextlib.contextmanager
-def worker_process(app: JobfitCelery, console: Console) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    app: JobfitCelery, console: Console, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``jobfit worker --queues embed`` as a child process (the same command compose runs)."""
     cmd = [
         sys.executable,
@@ -78,7 +80,7 @@ def worker_process(app: JobfitCelery, console: Console) -> Iterator[subprocess.P
         "--loglevel",
         "WARNING",
     ]
-    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while not app.control.ping(timeout=1.0):
@@ -133,11 +135,13 @@ def run_pipeline(
     resumes: list[dict[str, Any]],
     jobs: list[dict[str, Any]],
     console: Console,
+    *,
+    worker_env: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Start a worker, submit jobs then resumes, wait for every task. Returns the task
     summaries and the timings: worker start (model load + warm-up) and submit-to-done."""
     client = JobfitClient(app=app)
-    runner = worker_process(app, console) if use_services else worker_in_process(app)
+    runner = worker_process(app, console, worker_env) if use_services else worker_in_process(app)
     t0 = time.perf_counter()
     with runner:
         t1 = time.perf_counter()
