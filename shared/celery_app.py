@@ -18,8 +18,12 @@ INGEST_RESUME = "jobfit.ingest_resume"
 INGEST_JOB = "jobfit.ingest_job"
 SCORE_RESUME = "jobfit.score_resume"
 SCORE_JOB = "jobfit.score_job"
+RESCORE = "jobfit.rescore"
+SUBMIT_LABEL = "jobfit.submit_label"
+RETRAIN = "jobfit.retrain"
+EVALUATE = "jobfit.evaluate"
 
-TASK_MODULES = ["tasks.embed"]
+TASK_MODULES = ["tasks.embed", "tasks.train"]
 
 
 class JobfitCelery(Celery):
@@ -61,8 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "jobfit.ingest_*": {"queue": EMBED_QUEUE},
             "jobfit.score_*": {"queue": EMBED_QUEUE},
-            "jobfit.retrain": {"queue": TRAIN_QUEUE},
-            "jobfit.evaluate": {"queue": TRAIN_QUEUE},
+            RESCORE: {"queue": EMBED_QUEUE},
+            SUBMIT_LABEL: {"queue": TRAIN_QUEUE},
+            RETRAIN: {"queue": TRAIN_QUEUE},
+            EVALUATE: {"queue": TRAIN_QUEUE},
         },
         "worker_consumer": "workers.consumer:RecordingConsumer",
         # Model loads are slow: don't let the parent kill a child that is still loading.

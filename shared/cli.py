@@ -4,7 +4,6 @@ import it lazily, inside the command."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from enum import StrEnum
@@ -12,11 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.config import PairType, Settings, get_settings
+from shared.console import console, err, progress_bar, worker_env
 
 app = typer.Typer(help="Score how well resumes fit jobs, on Celery workers.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -25,9 +23,6 @@ data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
-# Wide enough for the ranked tables when the output is not a terminal (logs, CI).
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
 
 
 class Kind(StrEnum):
@@ -38,23 +33,6 @@ class Kind(StrEnum):
 class ModelChoice(StrEnum):
     mpnet = "mpnet"
     minilm = "minilm"
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    )
-
-
-def worker_env() -> None:
-    """Workers never reach a model hub and must not fork tokenizer threads."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @app.command()
@@ -296,6 +274,11 @@ def bench(
     if out:
         out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
+
+
+from shared.cli_train import register  # noqa: E402  (its commands use the helpers above)
+
+register(app, data_app)
 
 
 def main() -> None:

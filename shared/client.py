@@ -4,6 +4,7 @@ from shared.client import JobfitClient
 client = JobfitClient()                      # settings from JOBFIT_* env
 client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
 client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
+client.submit_label("R1", "J1", 0.8)         # joins the next training set
 """
 
 from __future__ import annotations
@@ -17,19 +18,27 @@ from celery.result import AsyncResult
 from pydantic import BaseModel, ValidationError
 
 from shared.celery_app import (
+    EVALUATE,
     INGEST_JOB,
     INGEST_RESUME,
+    RESCORE,
+    RETRAIN,
     SCORE_JOB,
     SCORE_RESUME,
+    SUBMIT_LABEL,
     JobfitCelery,
     create_celery_app,
 )
 from shared.config import Settings
 from shared.schemas import (
     CandidatesRequest,
+    EvaluateRequest,
     JobDocument,
+    LabelMessage,
     MatchRequest,
+    RescoreRequest,
     ResumeDocument,
+    RetrainRequest,
     describe_validation_error,
 )
 
@@ -101,6 +110,35 @@ class JobfitClient:
         req = validate_message(CandidatesRequest, {"job_id": job_id})
         kwargs = req.model_dump(mode="json")
         return self._send(SCORE_JOB, kwargs, json.dumps(kwargs))
+
+    def submit_label(
+        self, resume_id: str, job_id: str, score: float, *, source: str = "client"
+    ) -> AsyncResult:
+        """A match label (0..1) for the next training set; the latest label of a pair wins."""
+        msg = validate_message(
+            LabelMessage,
+            {"resume_id": resume_id, "job_id": job_id, "score": score, "source": source},
+        )
+        kwargs = {"label": msg.model_dump(mode="json")}
+        return self._send(SUBMIT_LABEL, kwargs, json.dumps(kwargs))
+
+    def retrain(self, **request: Any) -> AsyncResult:
+        """Fine-tune a new model version (see ``RetrainRequest``); the ``train`` queue."""
+        req = validate_message(RetrainRequest, request)
+        kwargs = {"request": req.model_dump(mode="json")}
+        return self._send(RETRAIN, kwargs, json.dumps(kwargs))
+
+    def evaluate(self, version: str | None = None, split: str = "resume") -> AsyncResult:
+        """Metrics of a model version on the stored evaluation split."""
+        req = validate_message(EvaluateRequest, {"version": version, "split": split})
+        kwargs = {"request": req.model_dump(mode="json")}
+        return self._send(EVALUATE, kwargs, json.dumps(kwargs))
+
+    def rescore(self, version: str | None = None) -> AsyncResult:
+        """Refresh every stored match with the active model version (embed queue)."""
+        req = validate_message(RescoreRequest, {"version": version})
+        kwargs = {"request": req.model_dump(mode="json")}
+        return self._send(RESCORE, kwargs, json.dumps(kwargs))
 
 
 def read_documents(path: str | Path) -> list[dict[str, Any]]:

@@ -74,6 +74,10 @@ class ModelSettings(BaseModel):
     batch_size: int | None = None
     max_seq_length: int = 384
     warmup: bool = True
+    # Embed workers serve the registry's active version and look for a newer one at most
+    # this often (at the start of a task): the bound on how long a promotion takes to reach
+    # them. 0 checks before every task.
+    reload_interval_s: float = 5.0
 
     def resolved_path(self) -> Path:
         """The model directory, unless a hub id is set (see workers.model.resolve_model_path)."""
@@ -92,6 +96,19 @@ class ScoringSettings(BaseModel):
         return {p: float(v.get(p, 0.0)) for p in PairType}
 
 
+class TrainSettings(BaseModel):
+    # head: encoder frozen, a head trained on its cached embeddings (minutes on a CPU).
+    # full: sentence-transformers' trainer, CosineSimilarityLoss, all weights (use a GPU).
+    mode: Literal["head", "full", "full+head"] = "head"
+    epochs: int = Field(default=1, ge=1)
+    # A candidate becomes active only if its match-level Spearman on the stored evaluation
+    # split beats the active version's by more than this.
+    promote_margin: float = 0.005
+    device: str = "auto"
+    # Refresh stored matches with the new version after a promotion.
+    rescore_after_promotion: bool = True
+
+
 class Settings(BaseSettings):
     """Everything configurable in jobfit, passed down as an argument."""
 
@@ -107,6 +124,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     @model_validator(mode="after")
     def refuse_placeholder_secrets(self) -> Settings:

@@ -76,6 +76,9 @@ class ModelVersionRow(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The last time a worker could not load this version (it kept serving the one it had).
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class FieldEmbeddingRow(Base):
@@ -144,3 +147,42 @@ class FailedMessageRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[str] = mapped_column(Text)  # truncated, for a human to read
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LabelRow(Base):
+    """A match-level label: how well a resume fits a job, 0..1. Keyed by the documents'
+    external ids, so a label may arrive before its documents; the latest value wins."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("resume_id", "job_id", name="uq_labels_resume_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    resume_id: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[str] = mapped_column(String(200), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PairLabelRow(Base):
+    """A field-pair training example from a generic pair file (sentence_0, sentence_1, label)."""
+
+    __tablename__ = "pair_labels"
+
+    pair_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sentence_0: Mapped[str] = mapped_column(Text)
+    sentence_1: Mapped[str] = mapped_column(Text)
+    label: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SplitAssignmentRow(Base):
+    """Which side of a train/evaluation split a resume (or a job) is on, stored once: every
+    model version is judged on the same examples."""
+
+    __tablename__ = "split_assignments"
+
+    split: Mapped[str] = mapped_column(String(20), primary_key=True)  # resume | job
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    part: Mapped[str] = mapped_column(String(10))  # train | eval

@@ -127,6 +127,7 @@ def ensure_model_version(
     ).scalar_one()
     if active_model_version(session=session) is None:
         row.status = "active"
+        row.promoted_at = utcnow()
         session.flush()
     return row
 

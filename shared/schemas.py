@@ -151,6 +151,42 @@ class ScoreResult(BaseModel):
     reason: str | None = None
 
 
+class LabelMessage(BaseModel):
+    """A match label from another service: how well ``resume_id`` fits ``job_id``, 0..1."""
+
+    model_config = ConfigDict(extra="forbid")
+    resume_id: ExternalId
+    job_id: ExternalId
+    score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    source: str = Field(default="client", min_length=1, max_length=100)
+
+
+class RetrainRequest(BaseModel):
+    """Train a new model version from the active one (or ``base_version``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["head", "full", "full+head"] | None = None  # None: settings.train.mode
+    epochs: int | None = Field(default=None, ge=1, le=100)
+    max_steps: int = Field(default=-1, ge=-1)
+    head_epochs: int | None = Field(default=None, ge=1, le=100_000)
+    split: Literal["resume", "job"] = "resume"
+    base_version: str | None = Field(default=None, max_length=200)
+    promote: bool = True
+    promote_margin: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(default=None, max_length=200)  # None: the active version
+    split: Literal["resume", "job"] = "resume"
+
+
+class RescoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(default=None, max_length=200)  # None: the active version
+    batch_size: int = Field(default=32, ge=1, le=10_000)
+
+
 def json_schemas() -> dict[str, Any]:
     """JSON Schema of every message, for producers that are not written in Python."""
     models: list[type[BaseModel]] = [
@@ -160,6 +196,10 @@ def json_schemas() -> dict[str, Any]:
         CandidatesRequest,
         IngestResult,
         ScoreResult,
+        LabelMessage,
+        RetrainRequest,
+        EvaluateRequest,
+        RescoreRequest,
     ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -13,17 +13,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import repository as repo
-from shared.celery_app import INGEST_JOB, INGEST_RESUME, SCORE_JOB, SCORE_RESUME
+from shared.celery_app import (
+    EMBED_QUEUE,
+    INGEST_JOB,
+    INGEST_RESUME,
+    RESCORE,
+    SCORE_JOB,
+    SCORE_RESUME,
+)
 from shared.db import transaction
 from shared.schemas import (
     CandidatesRequest,
     IngestResult,
     JobDocument,
     MatchRequest,
+    RescoreRequest,
     ResumeDocument,
     ScoreResult,
     describe_validation_error,
 )
+from tasks.progress import StateReporter
 from workers import service
 from workers.runtime import get_runtime
 
@@ -168,6 +177,40 @@ def score_job(self: Task, job_id: Any) -> dict[str, Any]:
     return _score_result(out, ctx.version, f"no job {req.job_id!r}")
 
 
+@shared_task(bind=True, base=JobfitTask, name=RESCORE)
+def rescore(self: Task, request: Any = None) -> dict[str, Any]:
+    """Score every stored (resume, job) with the version this worker serves (after a
+    promotion: the new one), in batches of resumes, one transaction each, with progress.
+    Pairs already scored with that version are skipped, so a redelivery redoes nothing."""
+    req, reason = _validate(self, RescoreRequest, request or {})
+    if req is None:
+        return ScoreResult(status="rejected", reason=reason).model_dump()
+    rt = get_runtime(self.app)
+    ctx = rt.model(refresh=True)
+    if req.version is not None and req.version != ctx.version:
+        # This worker could not switch (yet): leave the rescore to one that serves it.
+        return ScoreResult(
+            status="rejected",
+            model_version=ctx.version,
+            reason=f"this worker serves {ctx.version}, not {req.version}",
+        ).model_dump()
+    report = StateReporter(self)
+    with transaction(rt.session_factory) as session:
+        resume_ids = [r.external_id for r in repo.list_documents(session=session, kind="resume")]
+    scored = embedded = 0
+    for start in range(0, len(resume_ids), req.batch_size):
+        batch = resume_ids[start : start + req.batch_size]
+        with transaction(rt.session_factory) as session:
+            resumes = repo.list_documents(session=session, kind="resume", external_ids=batch)
+            jobs = repo.list_documents(session=session, kind="job")
+            s, e = service.score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs)
+        scored, embedded = scored + s, embedded + e
+        report("rescoring", start + len(batch), len(resume_ids), model_version=ctx.version)
+    return ScoreResult(
+        status="ok", scored=scored, embedded=embedded, model_version=ctx.version
+    ).model_dump()
+
+
 def _score_result(out: tuple[int, int] | None, version: str, missing: str) -> dict[str, Any]:
     if out is None:
         return ScoreResult(status="not_found", model_version=version, reason=missing).model_dump()
@@ -176,11 +219,18 @@ def _score_result(out: tuple[int, int] | None, version: str, missing: str) -> di
     ).model_dump()
 
 
+def _serves_embed(app: Any) -> bool:
+    """Only workers that consume the embed queue hold a model (a train worker loads models
+    when a task asks for one)."""
+    consume = app.amqp.queues.consume_from
+    return not consume or EMBED_QUEUE in consume
+
+
 @signals.worker_ready.connect
 def _load_model_when_ready(sender: Any = None, **_: Any) -> None:
     """Solo/threads pools run tasks in this process: load and warm the model before work."""
     pool = getattr(sender, "pool", None)
-    if sender is None or "prefork" in type(pool).__module__:
+    if sender is None or "prefork" in type(pool).__module__ or not _serves_embed(sender.app):
         return
     get_runtime(sender.app).model()
 
@@ -190,7 +240,8 @@ def _load_model_in_child(**_: Any) -> None:
     """Prefork: each child loads its own model, after the fork (never CUDA in the parent)."""
     from celery import current_app
 
-    get_runtime(current_app).model()
+    if _serves_embed(current_app):
+        get_runtime(current_app).model()
 
 
 @signals.worker_shutdown.connect

@@ -118,7 +118,7 @@ def load_labels(path: Path) -> dict[tuple[str, str], float]:
 
 
 def wait_all(results: list[AsyncResult], console: Console) -> list[dict[str, Any]]:
-    from shared.cli import progress_bar
+    from shared.console import progress_bar
 
     out = []
     with progress_bar() as bar:

@@ -93,16 +93,29 @@ def resolve_device(device: str) -> str:
 
 
 def weights_digest(path: Path) -> str:
-    """sha256 of the model's weight file: the model's identity."""
-    for name in WEIGHT_FILES:
-        f = path / name
-        if f.is_file():
-            h = hashlib.sha256()
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            return h.hexdigest()
-    raise ModelNotFoundError(f"no weights ({', '.join(WEIGHT_FILES)}) in {path}")
+    """sha256 of the model's weight file: the model's identity. A model with extra trained
+    modules (``2_Dense/model.safetensors``, ...) hashes those too."""
+    root = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if root is None:
+        raise ModelNotFoundError(f"no weights ({', '.join(WEIGHT_FILES)}) in {path}")
+    digest = _file_sha256(root)
+    extra = sorted(
+        f for f in path.glob("*/*") if f.name in WEIGHT_FILES and f.parent.name[:1].isdigit()
+    )
+    if not extra:
+        return digest
+    h = hashlib.sha256(digest.encode())
+    for f in extra:
+        h.update(f"{f.parent.name}/{f.name}:{_file_sha256(f)}".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def model_name(path: Path) -> str:

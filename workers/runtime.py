@@ -6,18 +6,26 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import registry
 from shared import repository as repo
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
-from workers.model import ModelSpec, SentenceTransformerEmbedder
+from workers.model import ModelNotFoundError, ModelSpec, SentenceTransformerEmbedder, model_name
 from workers.service import ModelContext
 
 log = logging.getLogger(__name__)
+
+# A version that failed to load is tried again after this long (it may have been a
+# transient error such as a filesystem hiccup).
+RETRY_FAILED_S = 60.0
 
 
 class WorkerRuntime:
@@ -30,6 +38,9 @@ class WorkerRuntime:
         self._factory: sessionmaker[Session] | None = None
         self._ctx: ModelContext | None = None
         self._pid = os.getpid()
+        self._interval = settings.model.reload_interval_s
+        self._checked = 0.0
+        self._failed: dict[str, float] = {}
 
     def _check_fork(self) -> None:
         # A forked child must not reuse the parent's connections or model handles.
@@ -46,30 +57,80 @@ class WorkerRuntime:
                 self._factory = make_session_factory(self._engine)
             return self._factory
 
-    def model(self) -> ModelContext:
-        """The model this process serves, loaded and registered on first use."""
+    def model(self, *, refresh: bool = False) -> ModelContext:
+        """The model a task runs with: the registry's active version, loaded once per process.
+
+        At most every ``model.reload_interval_s`` (or when ``refresh``), the registry is asked
+        for the active version; a new one is loaded and swapped in between tasks. A task keeps
+        the context it got, so one task never mixes two versions. A version that fails to load
+        is recorded on its row and the current one keeps serving."""
         factory = self.session_factory
         with self._lock:
-            if self._ctx is None:
-                spec = ModelSpec.from_settings(self.settings.model)
-                embedder = SentenceTransformerEmbedder(spec)
-                if self.settings.model.warmup:
-                    embedder.warm_up()
-                with transaction(factory) as session:
-                    row = repo.ensure_model_version(
-                        session=session,
-                        version=embedder.version,
-                        name=spec.name,
-                        path=str(spec.path),
-                        dim=embedder.dim,
-                    )
-                    version_id = row.id
-                self._ctx = ModelContext(
-                    embedder=embedder,
-                    model_version_id=version_id,
-                    weights=dict(self.settings.scoring.weights),
-                )
+            now = time.monotonic()
+            if refresh or self._ctx is None or now - self._checked >= self._interval:
+                self._checked = now
+                self._ctx = self._follow_registry(factory)
             return self._ctx
+
+    def _follow_registry(self, factory: sessionmaker[Session]) -> ModelContext:
+        with transaction(factory) as session:
+            active = repo.active_model_version(session=session)
+            target = (active.version, active.path) if active is not None else None
+        current = self._ctx
+        if target is not None and (current is None or target[0] != current.version):
+            version, path = target
+            failed_at = self._failed.get(version)
+            if failed_at is None or time.monotonic() - failed_at > RETRY_FAILED_S:
+                try:
+                    return self._load(factory, Path(path), expected=version)
+                except Exception as exc:  # any load failure: keep serving what we have
+                    self._failed[version] = time.monotonic()
+                    log.exception("could not load model version %s from %s", version, path)
+                    self._report_load_error(factory, version, exc)
+        if current is not None:
+            return current
+        return self._load(factory, None, expected=None)
+
+    def _load(
+        self, factory: sessionmaker[Session], path: Path | None, *, expected: str | None
+    ) -> ModelContext:
+        spec = ModelSpec.from_settings(self.settings.model)
+        if path is not None:
+            spec = replace(spec, path=path, name=model_name(path))
+        embedder = SentenceTransformerEmbedder(spec)
+        if expected is not None and embedder.version != expected:
+            raise ModelNotFoundError(
+                f"weights at {path} are {embedder.version}, the registry expects {expected}"
+            )
+        if self.settings.model.warmup:
+            embedder.warm_up()
+        with transaction(factory) as session:
+            row = repo.ensure_model_version(
+                session=session,
+                version=embedder.version,
+                name=spec.name,
+                path=str(spec.path),
+                dim=embedder.dim,
+            )
+            version_id = row.id
+        log.info("serving model version %s", embedder.version)
+        return ModelContext(
+            embedder=embedder,
+            model_version_id=version_id,
+            weights=dict(self.settings.scoring.weights),
+        )
+
+    @staticmethod
+    def _report_load_error(
+        factory: sessionmaker[Session], version: str, exc: BaseException
+    ) -> None:
+        try:
+            with transaction(factory) as session:
+                registry.record_load_error(
+                    session=session, version=version, error=f"{type(exc).__name__}: {exc}"
+                )
+        except Exception:
+            log.exception("could not record the load error of %s", version)
 
     def dispose(self) -> None:
         with self._lock:
