@@ -152,7 +152,7 @@ def split_parts(*, session: Session, split: SplitName) -> dict[str, str]:
             SplitAssignmentRow.split == split
         )
     )
-    return dict(rows.tuples().all())
+    return {external_id: part for external_id, part in rows}
 
 
 # --- model versions ----------------------------------------------------------------------

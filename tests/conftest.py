@@ -60,11 +60,10 @@ def minilm(minilm_path: Path):
     return SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A private Postgres database for this test session, created and migrated by
-    ``jobfit db upgrade`` (the command compose's one-shot ``migrate`` service runs)."""
-    name = f"jobfit_test_{RUN_ID}"
+def private_database(suffix: str = "") -> Iterator[str]:
+    """A private Postgres database, created and migrated by ``jobfit db upgrade`` (the
+    command compose's one-shot ``migrate`` service runs), dropped afterwards."""
+    name = f"jobfit_test_{RUN_ID}{suffix}"
     url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     subprocess.run(
         [sys.executable, "-m", "shared.cli", "db", "upgrade"],
@@ -78,6 +77,12 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """This test session's database."""
+    yield from private_database()
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +115,17 @@ class WorkerProcess:
     """``jobfit worker --queues embed``: the command docker compose runs, as a real process."""
 
     def __init__(
-        self, settings: Settings, app, name: str, log_path: Path, extra: tuple[str, ...] = ()
+        self,
+        settings: Settings,
+        app,
+        name: str,
+        log_path: Path,
+        extra: tuple[str, ...] = (),
+        queues: str = "embed",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.settings, self.app, self.name, self.log_path = settings, app, name, log_path
-        self.extra = extra
+        self.extra, self.queues, self.env = extra, queues, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,8 +133,8 @@ class WorkerProcess:
         return f"{self.name}@{RUN_ID}"
 
     def start(self, timeout: float = 180) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
-        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed"]
+        env = {**os.environ, **settings_env(self.settings), **self.env}
+        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", self.queues]
         cmd += ["--hostname", self.hostname, "--loglevel", "INFO", *self.extra]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -141,6 +153,13 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: a crash, not a shutdown."""
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.alive():

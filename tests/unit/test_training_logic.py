@@ -1,0 +1,169 @@
+"""Pure training logic: pair labels, splits, metrics, the promotion rule, atomic saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.config import PairType
+from shared.splits import EVAL_FRACTION, split_part
+from workers import training
+from workers.retraining import base_name, save_atomically, sweep_tmp
+from workers.training import MatchExample
+
+S, P = PairType.SKILLS, PairType.POSITIONS
+
+
+def m(rid: str, jid: str, y: float, pairs) -> MatchExample:
+    return MatchExample(rid, jid, y, tuple(pairs))
+
+
+def test_each_field_pair_carries_its_match_label_and_duplicates_take_the_mean():
+    matches = [
+        m(
+            "r1",
+            "j1",
+            0.8,
+            [(S, "Skills: a", "Skills required: x"), (P, "Positions: p", "Job title: t")],
+        ),
+        m(
+            "r2",
+            "j1",
+            0.4,
+            [(S, "Skills: b", "Skills required: x"), (P, "Positions: p", "Job title: t")],
+        ),
+    ]
+    pairs = training.pair_examples(matches, extra=[("u", "v", 1.0)])
+    assert pairs == sorted(
+        [
+            ("Skills: a", "Skills required: x", 0.8),
+            ("Skills: b", "Skills required: x", 0.4),
+            ("Positions: p", "Job title: t", pytest.approx(0.6)),
+            ("u", "v", 1.0),
+        ]
+    )
+
+
+def test_match_examples_use_only_pairs_both_sides_have_and_count_pending_labels():
+    rt = {"r1": {S: "Skills: a"}, "r2": {P: "Positions: p"}}
+    jt = {"j1": {S: "Skills required: x", P: "Job title: t"}}
+    out, pending = training.match_examples(
+        [("r1", "j1", 0.5), ("r2", "j1", 0.7), ("r9", "j1", 0.1)], rt, jt
+    )
+    assert pending == 1
+    assert [(e.resume_id, [p for p, _, _ in e.pairs]) for e in out] == [("r1", [S]), ("r2", [P])]
+
+
+def test_split_is_deterministic_by_id_and_near_the_fraction():
+    ids = [f"resume-{i}" for i in range(2000)]
+    parts = [split_part("resume", i) for i in ids]
+    assert parts == [split_part("resume", i) for i in ids]
+    share = parts.count("eval") / len(parts)
+    assert abs(share - EVAL_FRACTION) < 0.03
+    # The job split is an independent assignment.
+    assert parts != [split_part("job", i) for i in ids]
+
+
+def test_split_examples_keeps_every_match_of_a_resume_on_one_side():
+    matches = [m(f"r{i % 7}", f"j{i % 3}", 0.5, [(S, "a", "b")]) for i in range(21)]
+    parts = {f"r{i}": ("eval" if i < 2 else "train") for i in range(7)}
+    train, held = training.split_examples(matches, parts, "resume")
+    assert {x.resume_id for x in held} == {"r0", "r1"}
+    assert not {x.resume_id for x in train} & {"r0", "r1"}
+
+
+def test_metrics_perfect_ranking_and_ndcg():
+    vec = {
+        "a": np.array([1.0, 0.0]),
+        "b1": np.array([1.0, 0.0]),
+        "b2": np.array([0.6, 0.8]),
+        "b3": np.array([0.0, 1.0]),
+    }
+    matches = [
+        m("r1", "j1", 0.9, [(S, "a", "b1")]),
+        m("r1", "j2", 0.5, [(S, "a", "b2")]),
+        m("r1", "j3", 0.1, [(S, "a", "b3")]),
+    ]
+    out = training.metrics_from_vectors(vec, matches)
+    assert out["match_spearman"] == pytest.approx(1.0)
+    assert out["pair_spearman"] == pytest.approx(1.0)
+    assert out["ndcg_at_10"] == pytest.approx(1.0)
+    reversed_ = [m(x.resume_id, x.job_id, 1 - x.label, x.pairs) for x in matches]
+    assert training.metrics_from_vectors(vec, reversed_)["match_spearman"] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("cand", "active", "margin", "promote"),
+    [
+        (0.70, 0.60, 0.005, True),
+        (0.603, 0.60, 0.005, False),
+        (0.50, 0.60, 0.005, False),
+        (0.50, None, 0.005, True),
+        (float("nan"), 0.1, 0.0, False),
+        (0.30, float("nan"), 0.0, True),
+        (0.60, 0.60, -1.0, True),
+    ],
+)
+def test_promotion_rule(cand, active, margin, promote):
+    ok, reason = training.should_promote(
+        {"match_spearman": cand}, None if active is None else {"match_spearman": active}, margin
+    )
+    assert ok is promote and reason
+
+
+def test_data_hash_changes_with_labels_and_eval_hash_ignores_training_side():
+    a = training.TrainingData(
+        train=[m("r1", "j1", 0.5, [(S, "a", "b")])], eval=[m("r2", "j1", 0.2, [(S, "c", "b")])]
+    )
+    b = training.TrainingData(train=[m("r1", "j1", 0.6, [(S, "a", "b")])], eval=a.eval)
+    assert a.data_hash() != b.data_hash()
+    assert a.eval_hash() == b.eval_hash()
+    assert training.metrics_key("resume", a.eval_hash()).startswith("resume:")
+
+
+def test_read_pair_file_csv_jsonl_and_errors(tmp_path: Path):
+    f = tmp_path / "p.csv"
+    f.write_text('sentence_0,sentence_1,label\n"Skills: a, b",Skills required: b,0.7\n')
+    assert training.read_pair_file(f) == [("Skills: a, b", "Skills required: b", 0.7)]
+    j = tmp_path / "p.jsonl"
+    j.write_text('{"sentence_0": "x", "sentence_1": "y", "label": 0.1}\n')
+    assert training.read_pair_file(j) == [("x", "y", 0.1)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence_0,sentence_1,label\nx,y,7\n")
+    with pytest.raises(ValueError, match="not in"):
+        training.read_pair_file(bad)
+    missing = tmp_path / "missing.csv"
+    missing.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        training.read_pair_file(missing)
+
+
+def test_base_name_strips_the_fine_tune_suffix():
+    assert base_name("all-MiniLM-L6-v2-ft-20261127-081500-ab12cd") == "all-MiniLM-L6-v2"
+    assert base_name("all-mpnet-base-v2") == "all-mpnet-base-v2"
+
+
+class _FailingModel:
+    def save(self, path: str) -> None:
+        Path(path).mkdir()
+        (Path(path) / "partial").write_text("x")
+        raise OSError("disk full")
+
+
+def test_a_failed_save_leaves_nothing_in_the_store(tmp_path: Path):
+    with pytest.raises(OSError, match="disk full"):
+        save_atomically(_FailingModel(), tmp_path, "m-ft")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_removes_only_old_temporary_dirs(tmp_path: Path):
+    old, new, keep = tmp_path / ".tmp-old", tmp_path / ".tmp-new", tmp_path / "model"
+    for d in (old, new, keep):
+        d.mkdir()
+    import os
+
+    os.utime(old, (1, 1))
+    assert sweep_tmp(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-new", "model"]
