@@ -248,6 +248,9 @@ def demo(
         str, typer.Option(help="auto: the configured Redis+Postgres if reachable, else embedded")
     ] = "auto",
     show: Annotated[int, typer.Option(help="Resumes to print the top matches of.")] = 3,
+    train: Annotated[
+        bool, typer.Option(help="Fine-tune on the sample's labels and serve the winner.")
+    ] = True,
     top: Annotated[int, typer.Option(help="Jobs per resume to print.")] = 5,
 ) -> None:
     """The main job: provision, migrate, start a worker, submit the bundled sample, wait, and
@@ -256,7 +259,9 @@ def demo(
     from workers.demo import run_demo
 
     t0 = time.perf_counter()
-    code = run_demo(get_settings(), backend=backend, show=show, top=top, console=console)
+    code = run_demo(
+        get_settings(), backend=backend, show=show, top=top, console=console, train=train
+    )
     err.print(f"demo finished in {time.perf_counter() - t0:.1f}s")
     raise typer.Exit(code)
 

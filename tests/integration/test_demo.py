@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, RUN_ID, settings_env
+from tests.conftest import ROOT, RUN_ID, private_database, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +24,26 @@ def run_demo(env: dict[str, str], backend: str) -> subprocess.CompletedProcess[s
     )
 
 
-def test_demo_on_services_scores_every_pair(settings, clean_db):
+@pytest.fixture()
+def demo_db():
+    """The demo promotes a fine-tuned version: its own database keeps that from the other
+    tests' worker."""
+    yield from private_database("_demo")
+
+
+def test_demo_on_services_fine_tunes_and_scores_every_pair(settings, demo_db, tmp_path):
     env = settings_env(settings)
+    env["JOBFIT_DB__URL"] = demo_db
+    env["JOBFIT_MODEL__STORE"] = str(tmp_path / "models")
     env["JOBFIT_BROKER__KEY_PREFIX"] = f"jobfit-demo-{RUN_ID}:"  # its own worker, its own queue
     out = run_demo(env, "services")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "backend: services" in out.stdout
+    assert "retrain: promoted" in out.stdout
+    assert "held-out resumes of the sample" in out.stdout
     assert "match rows in the database for the sample: 840 of 840" in out.stdout
     assert "Spearman" in out.stdout
+    assert "-ft-" in out.stdout  # the tables name the fine-tuned version
 
 
 def test_demo_falls_back_to_embedded_when_services_are_down(settings, tmp_path):
