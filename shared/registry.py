@@ -20,7 +20,7 @@ from shared.orm import (
     SplitAssignmentRow,
     utcnow,
 )
-from shared.repository import chunked
+from shared.repository import chunked, insert_model_version
 from shared.splits import SplitName, split_part
 
 # Status of a model version: the one the workers serve, one that lost (or was not yet
@@ -169,22 +169,16 @@ def register_model_version(
     params: dict[str, Any],
 ) -> ModelVersionRow:
     """Record a trained model as a candidate (idempotent: same version, same row)."""
-    session.execute(
-        insert_for(session, ModelVersionRow.__table__)
-        .values(
-            version=version,
-            name=name,
-            path=path,
-            dim=dim,
-            status=CANDIDATE,
-            parent_version=parent_version,
-            params=params,
-            metrics={},
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["version"])
+    return insert_model_version(
+        session=session,
+        version=version,
+        name=name,
+        path=path,
+        dim=dim,
+        status=CANDIDATE,
+        parent_version=parent_version,
+        params=params,
     )
-    return get_version(session=session, version=version)
 
 
 def get_version(*, session: Session, version: str) -> ModelVersionRow:

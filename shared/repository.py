@@ -104,10 +104,18 @@ def parse_document(row: DocumentRow) -> ResumeDocument | JobDocument:
 # --- model versions ----------------------------------------------------------------------
 
 
-def ensure_model_version(
-    *, session: Session, version: str, name: str, path: str, dim: int
+def insert_model_version(
+    *,
+    session: Session,
+    version: str,
+    name: str,
+    path: str,
+    dim: int,
+    status: str,
+    parent_version: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> ModelVersionRow:
-    """Register ``version`` once; the first version ever registered becomes active."""
+    """Insert ``version`` unless it exists (idempotent); returns its row."""
     session.execute(
         insert_for(session, ModelVersionRow.__table__)
         .values(
@@ -115,16 +123,26 @@ def ensure_model_version(
             name=name,
             path=path,
             dim=dim,
-            status="registered",
-            params={},
+            status=status,
+            parent_version=parent_version,
+            params=params or {},
             metrics={},
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["version"])
     )
-    row = session.execute(
+    return session.execute(
         select(ModelVersionRow).where(ModelVersionRow.version == version)
     ).scalar_one()
+
+
+def ensure_model_version(
+    *, session: Session, version: str, name: str, path: str, dim: int
+) -> ModelVersionRow:
+    """Register ``version`` once; the first version ever registered becomes active."""
+    row = insert_model_version(
+        session=session, version=version, name=name, path=path, dim=dim, status="registered"
+    )
     if active_model_version(session=session) is None:
         row.status = "active"
         row.promoted_at = utcnow()

@@ -5,9 +5,11 @@ it as a progress bar)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task, shared_task
+from pydantic import BaseModel
 
 from shared import registry
 from shared.celery_app import EVALUATE, RESCORE, RETRAIN, SUBMIT_LABEL
@@ -19,6 +21,8 @@ from workers import retraining
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @shared_task(bind=True, base=JobfitTask, name=SUBMIT_LABEL)
@@ -40,20 +44,8 @@ def submit_label(self: Task, label: Any) -> dict[str, Any]:
 def retrain(self: Task, request: Any = None) -> dict[str, Any]:
     """Fine-tune a new version, evaluate it next to the active one, promote the winner, and
     then ask the embed workers to rescore the stored matches."""
-    req, reason = _validate(self, RetrainRequest, request or {})
-    if req is None:
-        return {"status": "rejected", "reason": reason}
-    rt = get_runtime(self.app)
-    try:
-        out = retraining.retrain(
-            settings=rt.settings,
-            factory=rt.session_factory,
-            request=req,
-            progress=StateReporter(self),
-        )
-    except retraining.NotEnoughDataError as exc:
-        return {"status": "rejected", "reason": str(exc)}
-    if out["status"] == "promoted" and rt.settings.train.rescore_after_promotion:
+    out = _run(self, RetrainRequest, request, retraining.retrain)
+    if out["status"] == "promoted" and self.app.settings.train.rescore_after_promotion:
         self.app.send_task(RESCORE, kwargs={"request": {"version": out["version"]}})
     return out
 
@@ -61,17 +53,25 @@ def retrain(self: Task, request: Any = None) -> dict[str, Any]:
 @shared_task(bind=True, base=JobfitTask, name=EVALUATE)
 def evaluate(self: Task, request: Any = None) -> dict[str, Any]:
     """Metrics of a version (default: the active one) on the stored evaluation split."""
-    req, reason = _validate(self, EvaluateRequest, request or {})
+    out = _run(self, EvaluateRequest, request, retraining.evaluate)
+    return out if out.get("status") == "rejected" else {"status": "ok", **out}
+
+
+def _run(
+    task: Task, model: type[M], request: Any, call: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """Validate the request, call the service with progress as task state; a request the
+    data cannot satisfy (too few labels, unknown version) is answered, not retried."""
+    req, reason = _validate(task, model, request or {})
     if req is None:
         return {"status": "rejected", "reason": reason}
-    rt = get_runtime(self.app)
+    rt = get_runtime(task.app)
     try:
-        out = retraining.evaluate(
+        return call(
             settings=rt.settings,
             factory=rt.session_factory,
             request=req,
-            progress=StateReporter(self),
+            progress=StateReporter(task),
         )
     except (retraining.NotEnoughDataError, LookupError) as exc:
         return {"status": "rejected", "reason": str(exc)}
-    return {"status": "ok", **out}

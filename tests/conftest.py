@@ -85,18 +85,16 @@ def pg_url() -> Iterator[str]:
     yield from private_database()
 
 
-@pytest.fixture(scope="session")
-def settings(pg_url: str, minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def make_settings(db_url: str, key_prefix: str, model_path: Path, store: Path) -> Settings:
     return Settings(
         env="test",
-        db=DatabaseSettings(url=pg_url),
-        broker=BrokerSettings(url=REDIS_URL, key_prefix=f"jobfit-test-{RUN_ID}:"),
-        model=ModelSettings(path=minilm_path, store=tmp_path_factory.mktemp("models")),
+        db=DatabaseSettings(url=db_url),
+        broker=BrokerSettings(url=REDIS_URL, key_prefix=key_prefix),
+        model=ModelSettings(path=model_path, store=store),
     )
 
 
-@pytest.fixture(scope="session")
-def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+def session_factory_for(settings: Settings) -> Iterator[sessionmaker[Session]]:
     from shared.db import make_engine, make_session_factory
 
     engine = make_engine(settings)
@@ -104,11 +102,27 @@ def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def celery_app(settings: Settings):
+def producer_app(settings: Settings):
     from shared.celery_app import create_celery_app
 
     return create_celery_app(settings, with_tasks=False)
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str, minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(
+        pg_url, f"jobfit-test-{RUN_ID}:", minilm_path, tmp_path_factory.mktemp("models")
+    )
+
+
+@pytest.fixture(scope="session")
+def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    yield from session_factory_for(settings)
+
+
+@pytest.fixture(scope="session")
+def celery_app(settings: Settings):
+    return producer_app(settings)
 
 
 class WorkerProcess:

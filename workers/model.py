@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.config import ModelSettings
+from workers.provision import sha256_file
 from workers.scoring import Vector
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def weights_digest(path: Path) -> str:
     root = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if root is None:
         raise ModelNotFoundError(f"no weights ({', '.join(WEIGHT_FILES)}) in {path}")
-    digest = _file_sha256(root)
+    digest = sha256_file(root)
     extra = sorted(
         f for f in path.glob("*/*") if f.name in WEIGHT_FILES and f.parent.name[:1].isdigit()
     )
@@ -106,15 +107,7 @@ def weights_digest(path: Path) -> str:
         return digest
     h = hashlib.sha256(digest.encode())
     for f in extra:
-        h.update(f"{f.parent.name}/{f.name}:{_file_sha256(f)}".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(f: Path) -> str:
-    h = hashlib.sha256()
-    with f.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
+        h.update(f"{f.parent.name}/{f.name}:{sha256_file(f)}".encode())
     return h.hexdigest()
 
 

@@ -200,30 +200,23 @@ def retrain(
             },
         )
     log.info("registered candidate %s (%s, %.1fs)", version, params.mode, train_s)
-    candidate = evaluate_version(
-        settings=settings,
-        factory=factory,
-        version=version,
-        data=data,
-        split=request.split,
-        progress=progress,
-        model=model,
-    )
-    with transaction(factory) as session:
-        active_row = repo.active_model_version(session=session)
-        active_version = active_row.version if active_row else None
-    active = (
-        evaluate_version(
+
+    def judge(v: str, loaded: Any = None) -> dict[str, Any]:
+        return evaluate_version(
             settings=settings,
             factory=factory,
-            version=active_version,
+            version=v,
             data=data,
             split=request.split,
             progress=progress,
+            model=loaded,
         )
-        if active_version
-        else None
-    )
+
+    candidate = judge(version, model)
+    with transaction(factory) as session:
+        active_row = repo.active_model_version(session=session)
+        active_version = active_row.version if active_row else None
+    active = judge(active_version) if active_version else None
     margin = (
         request.promote_margin
         if request.promote_margin is not None

@@ -17,12 +17,19 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared import registry
 from shared.client import JobfitClient, read_documents
-from shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+from shared.config import Settings
 from shared.fields import field_texts
 from shared.orm import DocumentRow, MatchRow, ModelVersionRow
 from shared.schemas import ResumeDocument
 from shared.splits import split_part
-from tests.conftest import REDIS_URL, RUN_ID, WorkerProcess, private_database
+from tests.conftest import (
+    RUN_ID,
+    WorkerProcess,
+    make_settings,
+    private_database,
+    producer_app,
+    session_factory_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,28 +52,19 @@ def pick_resumes() -> tuple[list[dict], dict]:
 @pytest.fixture(scope="module")
 def tsettings(minilm_path: Path, tmp_path_factory) -> Iterator[Settings]:
     for url in private_database("_train"):
-        yield Settings(
-            env="test",
-            db=DatabaseSettings(url=url),
-            broker=BrokerSettings(url=REDIS_URL, key_prefix=f"jobfit-test-{RUN_ID}-train:"),
-            model=ModelSettings(path=minilm_path, store=tmp_path_factory.mktemp("store")),
+        yield make_settings(
+            url, f"jobfit-test-{RUN_ID}-train:", minilm_path, tmp_path_factory.mktemp("store")
         )
 
 
 @pytest.fixture(scope="module")
 def tfactory(tsettings: Settings) -> Iterator[sessionmaker[Session]]:
-    from shared.db import make_engine, make_session_factory
-
-    engine = make_engine(tsettings)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from session_factory_for(tsettings)
 
 
 @pytest.fixture(scope="module")
 def tapp(tsettings: Settings):
-    from shared.celery_app import create_celery_app
-
-    return create_celery_app(tsettings, with_tasks=False)
+    return producer_app(tsettings)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +285,35 @@ def test_a_model_that_fails_to_load_keeps_the_old_one_serving(
     assert err
     with tfactory.begin() as s:
         registry.promote(session=s, version=good)  # roll back
+
+
+def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, settings_env
+    from workers.training import load_training_data
+
+    f = tmp_path / "pairs.csv"
+    f.write_text(
+        "sentence_0,sentence_1,label\n"
+        '"Skills: Python, SQL",Skills required: SQL,0.9\n'
+        "Positions: Cook,Job title: Data Engineer,0.05\n"
+    )
+    cmd = [sys.executable, "-m", "shared.cli", "data", "import-pairs", str(f)]
+    env = {**os.environ, **settings_env(tsettings)}
+    for _ in range(2):  # idempotent: a second import changes nothing
+        subprocess.run(cmd, env=env, cwd=ROOT, check=True, timeout=120)
+    with tfactory() as s:
+        extra = load_training_data(session=s).extra_pairs
+    assert sorted(extra) == [
+        ("Positions: Cook", "Job title: Data Engineer", 0.05),
+        ("Skills: Python, SQL", "Skills required: SQL", 0.9),
+    ]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence_0,sentence_1,label\nx,y,3\n")
+    out = subprocess.run(
+        [*cmd[:-1], str(bad)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "not in [-1, 1]" in out.stderr
