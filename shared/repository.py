@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.db import insert_for
@@ -173,6 +173,25 @@ def load_embeddings(
         )
         out.update((h, bytes(v)) for h, v in rows)
     return out
+
+
+def lock_texts(*, session: Session, model_version_id: int, text_hashes: Iterable[str]) -> None:
+    """Transaction-scoped Postgres advisory locks on (model version, text), taken in one
+    global order (no deadlock between two such callers). A worker that needs texts another
+    worker is embedding waits for that commit, then finds them stored: each text reaches the
+    model once per version. No-op on SQLite (one writer at a time anyway)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(
+        {
+            int.from_bytes(
+                hashlib.sha256(f"{model_version_id}:{h}".encode()).digest()[:8], "big", signed=True
+            )
+            for h in text_hashes
+        }
+    )
+    for key in keys:
+        session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def insert_embeddings(

@@ -43,6 +43,15 @@ def embed_texts(
     cached = repo.load_embeddings(
         session=session, model_version_id=ctx.model_version_id, text_hashes=by_hash
     )
+    missing = [h for h in by_hash if h not in cached]
+    if missing:
+        # Another worker may be embedding the same texts right now: wait for it, look again.
+        repo.lock_texts(session=session, model_version_id=ctx.model_version_id, text_hashes=missing)
+        cached.update(
+            repo.load_embeddings(
+                session=session, model_version_id=ctx.model_version_id, text_hashes=missing
+            )
+        )
     vectors = {h: from_bytes(raw) for h, raw in cached.items()}
     missing = sorted((h for h in by_hash if h not in cached), key=lambda h: len(by_hash[h]))
     if missing:

@@ -55,9 +55,37 @@ def test_interleaved_resumes_and_jobs_on_three_executors(
     # skills text shared by all resumes; 'Skills required' shared by all jobs; per-doc titles,
     # positions and experience texts: stored once each
     assert texts == 2 + n + 2 * n
+    # ...and sent to the model once each, although several workers needed them at once.
+    assert sum(s["embedded"] for s in summaries) == texts
     deadline = time.monotonic() + 60  # each child loads at its start, whether or not it works
     while (log := prefork_worker.log_path.read_text()).count("loaded model") < 2:
         assert time.monotonic() < deadline, "one model per child process"
         time.sleep(0.5)
     assert log.count("loaded model") == 2
     assert "succeeded" in log and "succeeded" in worker.log_path.read_text(), "both served"
+
+
+def test_a_text_reaches_the_model_once_when_workers_need_it_at_the_same_time(
+    worker, prefork_worker, client, clean_db, session_factory
+):
+    # Identical long field texts under different ids: the first three tasks run at once on
+    # three executors (once both prefork children have their model), all missing the same texts.
+    deadline = time.monotonic() + 120
+    while prefork_worker.log_path.read_text().count("serving model version") < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    long_skills = [f"skill {i} with a long description of the work involved" for i in range(60)]
+    docs = [
+        {"id": f"same-{i}", "skills": long_skills, "positions": ["Engineer"], "degrees": ["BSc"]}
+        for i in range(9)
+    ]
+    summaries = [r.get(timeout=120) for r in [client.submit_resume(d) for d in docs]]
+    assert {s["status"] for s in summaries} == {"created"}
+    with session_factory() as s:
+        texts = s.execute(select(func.count()).select_from(FieldEmbeddingRow)).scalar_one()
+    assert texts == 4  # skills, positions, degrees, experience
+    assert sum(s["embedded"] for s in summaries) == texts
+    # A repeated run embeds nothing new.
+    again = [r.get(timeout=120) for r in [client.submit_resume(d) for d in docs]]
+    assert {s["status"] for s in again} == {"unchanged"}
+    assert sum(s["embedded"] for s in again) == 0
