@@ -269,12 +269,16 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A dataset CSV instead of the sample."),
+    ] = None,
 ) -> None:
-    """Raw model encode vs the whole pipeline on the bundled sample (JSON out)."""
+    """Raw model encode vs the whole pipeline on the same texts (JSON out)."""
     worker_env()
     from workers.bench import bench_sample
 
-    result = bench_sample(get_settings(), err)
+    result = bench_sample(get_settings(), err, dataset)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")
