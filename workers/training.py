@@ -287,12 +287,15 @@ def train_head(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         if (epoch + 1) % 10 == 0 or epoch + 1 == params.head_epochs:
+            elapsed = time.perf_counter() - t0
             progress(
                 "training head",
                 epoch + 1,
                 params.head_epochs,
+                epoch=epoch + 1,
                 loss=float(loss.detach()),
-                elapsed_s=time.perf_counter() - t0,
+                elapsed_s=elapsed,
+                eta_s=elapsed / (epoch + 1) * (params.head_epochs - epoch - 1),
             )
     return SentenceTransformer(
         modules=[*encoder_mods, first, second, Normalize()], device=str(model.device)
