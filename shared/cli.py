@@ -4,6 +4,7 @@ import it lazily, inside the command."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from enum import StrEnum
@@ -283,6 +284,65 @@ def bench(
     if out:
         out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="Default: JOBFIT_FLOWER__PORT (5555).")] = None,
+    address: Annotated[str | None, typer.Option(help="Default: JOBFIT_FLOWER__ADDRESS.")] = None,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="Allow starting without credentials.")
+    ] = False,
+) -> None:
+    """Flower on jobfit's broker, with basic auth from JOBFIT_FLOWER__BASIC_AUTH (user:pass),
+    persistent state and Prometheus metrics at /metrics."""
+    settings = get_settings()
+    auth = settings.flower.basic_auth
+    if not auth and not insecure_dev:
+        err.print(
+            "[red]error:[/red] no credentials: set JOBFIT_FLOWER__BASIC_AUTH=user:password "
+            "(or pass --insecure-dev on a private machine)"
+        )
+        raise typer.Exit(2)
+    if auth and any(":" not in a or a.endswith(":") for a in auth.split(",")):
+        err.print("[red]error:[/red] JOBFIT_FLOWER__BASIC_AUTH must be user:password[,…]")
+        raise typer.Exit(2)
+    from shared.celery_app import create_celery_app
+
+    if auth:
+        os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line: `ps` shows that
+    settings.flower.db.parent.mkdir(parents=True, exist_ok=True)
+    celery = create_celery_app(settings, with_tasks=False)
+    celery.start(
+        [
+            "flower",
+            f"--port={port or settings.flower.port}",
+            f"--address={address or settings.flower.address}",
+            "--persistent=True",
+            f"--db={settings.flower.db}",
+            "--state_save_interval=60000",
+        ]
+    )
+
+
+@app.command()
+def health(
+    model: Annotated[bool, typer.Option(help="Check the model store too.")] = True,
+    workers: Annotated[int, typer.Option(help="Workers that must answer a ping.")] = 1,
+    hostname: Annotated[
+        str | None, typer.Option(help="This worker must answer (a worker's healthcheck).")
+    ] = None,
+) -> None:
+    """Check broker, database (at the migration head), model store and workers; exit 1 with
+    the reasons when something is wrong."""
+    from shared.health import run_checks
+
+    checks = run_checks(get_settings(), model=model, hostname=hostname, min_workers=workers)
+    for c in checks:
+        mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {c.name:<9} {c.detail}", highlight=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 from shared.cli_train import register  # noqa: E402  (its commands use the helpers above)

@@ -109,6 +109,16 @@ class TrainSettings(BaseModel):
     rescore_after_promotion: bool = True
 
 
+class FlowerSettings(BaseModel):
+    # "user:password" (several: comma-separated). Flower refuses to start without it unless
+    # `jobfit flower --insecure-dev`. Flower leaves /metrics and /healthcheck open anyway.
+    basic_auth: str | None = None
+    address: str = "127.0.0.1"
+    port: int = 5555
+    # Keeps task history across restarts.
+    db: Path = Field(default_factory=lambda: _default_home() / "flower.db")
+
+
 class Settings(BaseSettings):
     """Everything configurable in jobfit, passed down as an argument."""
 
@@ -125,6 +135,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
 
     @model_validator(mode="after")
     def refuse_placeholder_secrets(self) -> Settings:
