@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-unit lint format bench bench-quality schema clean
+.PHONY: install demo test test-rabbitmq test-unit lint format bench bench-quality schema clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The same integration tests with RabbitMQ as the broker (its own vhost; results on Redis).
+RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672
+# The demo and training tests isolate their own workers with Redis key prefixes: not here.
+RABBITMQ_TESTS ?= tests/integration/test_pipeline.py tests/integration/test_bad_input.py \
+  tests/integration/test_concurrency.py tests/integration/test_health.py
+test-rabbitmq: $(STAMP)
+	JOBFIT_TEST_BROKER=$(RABBITMQ_URL) $(BIN)/python -m pytest -q $(RABBITMQ_TESTS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -38,11 +38,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {"visibility_timeout": broker.visibility_timeout_s}
     if broker.key_prefix:
         transport_options["global_keyprefix"] = broker.key_prefix
+    backend_options = dict(transport_options)
+    if not broker.url.startswith(("redis://", "rediss://", "unix://")):
+        transport_options = {}  # Redis-only options (RabbitMQ isolates with vhosts)
     return {
         "broker_url": broker.url,
         "result_backend": broker.backend_url,
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": dict(transport_options),
+        "result_backend_transport_options": backend_options,
         "broker_connection_retry_on_startup": True,
         # JSON only: a pickle payload is refused before it is deserialised.
         "task_serializer": "json",

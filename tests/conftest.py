@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("JOBFIT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("JOBFIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
+# The broker under test: Redis by default; JOBFIT_TEST_BROKER=amqp://guest:guest@127.0.0.1:5672
+# runs the same tests on RabbitMQ, in a vhost of their own (results stay on Redis).
+TEST_BROKER = os.environ.get("JOBFIT_TEST_BROKER", REDIS_URL)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -36,6 +39,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBFIT_DB__URL": settings.db.url,
         "JOBFIT_BROKER__URL": settings.broker.url,
         "JOBFIT_BROKER__KEY_PREFIX": settings.broker.key_prefix,
+        "JOBFIT_BROKER__RESULT_BACKEND": settings.broker.backend_url,
         "JOBFIT_MODEL__STORE": str(settings.model.store),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -79,6 +83,30 @@ def private_database(suffix: str = "") -> Iterator[str]:
     admin.dispose()
 
 
+def broker_url() -> str:
+    """Redis as configured, or this run's RabbitMQ vhost (see ``rabbitmq_vhost``)."""
+    if TEST_BROKER.startswith("amqp"):
+        return f"{TEST_BROKER.rstrip('/')}/jobfit-test-{RUN_ID}"
+    return TEST_BROKER
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_vhost() -> Iterator[None]:
+    """With RabbitMQ as the broker: a vhost for this run, so no other run sees its queues."""
+    if not TEST_BROKER.startswith("amqp"):
+        yield
+        return
+    vhost = f"jobfit-test-{RUN_ID}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        timeout=60,
+    )
+    yield
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, timeout=60)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """This test session's database."""
@@ -89,7 +117,7 @@ def make_settings(db_url: str, key_prefix: str, model_path: Path, store: Path) -
     return Settings(
         env="test",
         db=DatabaseSettings(url=db_url),
-        broker=BrokerSettings(url=REDIS_URL, key_prefix=key_prefix),
+        broker=BrokerSettings(url=broker_url(), result_backend=REDIS_URL, key_prefix=key_prefix),
         model=ModelSettings(path=model_path, store=store),
     )
 
