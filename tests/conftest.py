@@ -176,8 +176,19 @@ class WorkerProcess:
 
     def start(self, timeout: float = 180) -> None:
         env = {**os.environ, **settings_env(self.settings), **self.env}
-        cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", self.queues]
-        cmd += ["--hostname", self.hostname, "--loglevel", "INFO", *self.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "worker",
+            "--queues",
+            self.queues,
+            "--hostname",
+            self.hostname,
+            "--loglevel",
+            "INFO",
+            *self.extra,
+        ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

