@@ -265,8 +265,8 @@ def demo(
     ] = True,
     top: Annotated[int, typer.Option(help="Jobs per resume to print.")] = 5,
 ) -> None:
-    """The main job: provision, migrate, start a worker, submit the bundled sample, wait, and
-    print the top matches."""
+    """The main job: provision, migrate, start a worker, submit the bundled sample, fine-tune
+    on its labels, promote the winner, rescore, and print the top matches."""
     worker_env()
     from workers.demo import run_demo
 
