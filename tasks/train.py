@@ -4,7 +4,6 @@ it as a progress bar)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,8 +18,6 @@ from tasks.embed import JobfitTask, _validate
 from tasks.progress import StateReporter
 from workers import retraining
 from workers.runtime import get_runtime
-
-log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 

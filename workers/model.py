@@ -51,8 +51,10 @@ class ModelSpec:
     max_seq_length: int = 384
 
     @classmethod
-    def from_settings(cls, s: ModelSettings) -> ModelSpec:
-        path = resolve_model_path(s)
+    def from_settings(cls, s: ModelSettings, path: Path | None = None) -> ModelSpec:
+        """The configured model, or the one at ``path`` (a registry version) with the same
+        device and batching settings; the configured model is then not looked up at all."""
+        path = path if path is not None else resolve_model_path(s)
         device = resolve_device(s.device)
         return cls(
             path=path,

@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from shared import registry
 from shared import repository as repo
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
-from workers.model import ModelNotFoundError, ModelSpec, SentenceTransformerEmbedder, model_name
+from workers.model import ModelNotFoundError, ModelSpec, SentenceTransformerEmbedder
 from workers.service import ModelContext
 
 log = logging.getLogger(__name__)
@@ -94,9 +93,7 @@ class WorkerRuntime:
     def _load(
         self, factory: sessionmaker[Session], path: Path | None, *, expected: str | None
     ) -> ModelContext:
-        spec = ModelSpec.from_settings(self.settings.model)
-        if path is not None:
-            spec = replace(spec, path=path, name=model_name(path))
+        spec = ModelSpec.from_settings(self.settings.model, path)
         embedder = SentenceTransformerEmbedder(spec)
         if expected is not None and embedder.version != expected:
             raise ModelNotFoundError(
