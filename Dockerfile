@@ -18,7 +18,8 @@ ENV PATH=/opt/jobfit/bin:$PATH
 # torch first and pinned (the lock file leaves it out on purpose), then the locked set.
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
 COPY requirements.lock /src/
-RUN pip install -r /src/requirements.lock
+RUN pip install -r /src/requirements.lock \
+ && pip install --no-deps celery-batches==0.11
 COPY pyproject.toml README.md /src/
 COPY shared /src/shared
 COPY tasks /src/tasks

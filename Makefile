@@ -8,13 +8,16 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-rabbitmq test-unit lint format bench bench-quality compose-check schema clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: on this machine 2.13.0 is a local CPU build (a looser spec
 	# could pull a multi-GB CUDA build); the lock below is then satisfied without it.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.lock
+	# celery-batches 0.11 declares celery<5.7 but runs on 5.7 (our tests exercise it):
+	# installed without its dependencies so that pip keeps the locked celery.
+	$(BIN)/pip install -q --no-deps celery-batches==0.11
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 

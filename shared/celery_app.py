@@ -23,7 +23,7 @@ SUBMIT_LABEL = "jobfit.submit_label"
 RETRAIN = "jobfit.retrain"
 EVALUATE = "jobfit.evaluate"
 
-TASK_MODULES = ["tasks.embed", "tasks.train"]
+TASK_MODULES = ["tasks.embed", "tasks.ingest", "tasks.train"]
 
 
 class JobfitCelery(Celery):
@@ -58,7 +58,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # At-least-once: ack after the rows are committed; a killed worker's task is redelivered.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # Ingest messages are batched across tasks: a worker reserves up to one batch per
+        # process (all unacknowledged until the batch's rows are committed). Workers that
+        # only train run with 1 (``jobfit worker --queues train``).
+        "worker_prefetch_multiplier": settings.batch.max_tasks,
         # Operators watch tasks in Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

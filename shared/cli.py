@@ -66,6 +66,8 @@ def worker(
         f"--concurrency={concurrency}",
         f"--loglevel={loglevel}",
     ]
+    if "embed" not in queues.split(","):
+        argv.append("--prefetch-multiplier=1")  # long train tasks: reserve one at a time
     if hostname:
         argv.append(f"--hostname={hostname}")
     celery.worker_main(argv)

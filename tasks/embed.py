@@ -1,5 +1,6 @@
 """Tasks of the ``embed`` queue: thin adapters. Validate the message, open one transaction,
-call one service function, own the retries. Bad input is recorded and acknowledged."""
+call one service function, own the retries. Bad input is recorded and acknowledged.
+(Ingest, batched across messages, is in ``tasks.ingest``.)"""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from shared import repository as repo
 from shared.celery_app import (
     EMBED_QUEUE,
-    INGEST_JOB,
-    INGEST_RESUME,
     RESCORE,
     SCORE_JOB,
     SCORE_RESUME,
@@ -24,11 +23,8 @@ from shared.celery_app import (
 from shared.db import transaction
 from shared.schemas import (
     CandidatesRequest,
-    IngestResult,
-    JobDocument,
     MatchRequest,
     RescoreRequest,
-    ResumeDocument,
     ScoreResult,
     describe_validation_error,
 )
@@ -104,49 +100,6 @@ def _validate(task: Task, model: type[M], data: Any) -> tuple[M | None, str | No
         task.app, reason=reason, payload=data, task_name=task.name, task_id=task.request.id
     )
     return None, reason
-
-
-def _ingest(
-    task: Task, model: type[ResumeDocument] | type[JobDocument], document: Any, score: bool
-) -> dict[str, Any]:
-    doc, reason = _validate(task, model, document)
-    if doc is None:
-        return IngestResult(status="rejected", reason=reason).model_dump()
-    rt = get_runtime(task.app)
-    ctx = rt.model()
-    with transaction(rt.session_factory) as session:
-        _, status, embedded = service.ingest_document(session=session, ctx=ctx, doc=doc)
-    scored = 0
-    if score:
-        # A second transaction, begun after the document is committed: of a resume and a job
-        # ingested at the same time, at least one of the two tasks sees the other.
-        with transaction(rt.session_factory) as session:
-            if isinstance(doc, ResumeDocument):
-                out = service.score_resume(session=session, ctx=ctx, resume_id=doc.id)
-            else:
-                out = service.score_job(session=session, ctx=ctx, job_id=doc.id)
-        if out is not None:
-            scored, more = out
-            embedded += more
-    return IngestResult(
-        status=status,
-        document_id=doc.id,
-        embedded=embedded,
-        scored=scored,
-        model_version=ctx.version,
-    ).model_dump()
-
-
-@shared_task(bind=True, base=JobfitTask, name=INGEST_RESUME)
-def ingest_resume(self: Task, document: Any, score: bool = True) -> dict[str, Any]:
-    """Store a resume, embed its fields and (by default) score it against every stored job."""
-    return _ingest(self, ResumeDocument, document, score)
-
-
-@shared_task(bind=True, base=JobfitTask, name=INGEST_JOB)
-def ingest_job(self: Task, document: Any, score: bool = True) -> dict[str, Any]:
-    """Store a job, embed its fields and (by default) score every stored resume against it."""
-    return _ingest(self, JobDocument, document, score)
 
 
 @shared_task(bind=True, base=JobfitTask, name=SCORE_RESUME)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,8 @@ class ModelSpec:
     fp16: bool = False
     batch_size: int = 64
     max_seq_length: int = 384
+    token_budget: int = 512
+    backend: str = "torch"
 
     @classmethod
     def from_settings(cls, s: ModelSettings, path: Path | None = None) -> ModelSpec:
@@ -56,14 +59,34 @@ class ModelSpec:
         device and batching settings; the configured model is then not looked up at all."""
         path = path if path is not None else resolve_model_path(s)
         device = resolve_device(s.device)
+        cuda = device.startswith("cuda")
         return cls(
             path=path,
             name=model_name(path),
             device=device,
             fp16=s.fp16,
-            batch_size=s.batch_size or (128 if device.startswith("cuda") else 16),
+            batch_size=s.batch_size or (128 if cuda else 16),
             max_seq_length=s.max_seq_length,
+            token_budget=s.token_budget or (16384 if cuda else 512),
+            backend=s.backend,
         )
+
+
+def pack_by_tokens(lengths: Sequence[int], budget: int, max_batch: int) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length and cut into forward passes whose padded size
+    (count x longest) stays within ``budget`` tokens and whose count within ``max_batch``.
+    A text longer than the budget gets a pass of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and ((len(current) + 1) * lengths[i] > budget or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def hub_offline() -> bool:
@@ -173,22 +196,41 @@ class SentenceTransformerEmbedder:
     def warm_up(self) -> None:
         self.encode(["Skills: Python, SQL", "Job title: Data Engineer"])
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text as the model will see them (special tokens in, truncated)."""
+        ids = self._model.tokenizer(
+            texts, truncation=True, max_length=self.spec.max_seq_length, add_special_tokens=True
+        )["input_ids"]
+        return [len(x) for x in ids]
+
     def encode(self, texts: list[str]) -> np.ndarray:
-        """All texts in one call; rows are L2-normalised float32 on the CPU."""
+        """Rows are L2-normalised float32 on the CPU, in the order of ``texts``. The texts are
+        packed by length into forward passes within the token budget (see pack_by_tokens)."""
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return out
         t0 = time.perf_counter()
+        passes = pack_by_tokens(
+            self.token_lengths(texts), self.spec.token_budget, self.spec.batch_size
+        )
         with self._torch.inference_mode():
-            out = self._model.encode(
-                texts,
-                batch_size=self.spec.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            for idx in passes:
+                out[idx] = self._model.encode(
+                    [texts[i] for i in idx],
+                    batch_size=len(idx),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
         dt = time.perf_counter() - t0
-        log.info("encoded %d texts in %.3fs (%.1f sentences/s)", len(texts), dt, len(texts) / dt)
-        return np.asarray(out, dtype=np.float32)
+        log.info(
+            "encoded %d texts in %d passes, %.3fs (%.1f sentences/s)",
+            len(texts),
+            len(passes),
+            dt,
+            len(texts) / dt,
+        )
+        return out
 
 
 def to_bytes(vec: Vector) -> bytes:

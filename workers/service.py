@@ -6,6 +6,7 @@ score:  (resumes x jobs) not yet scored on their current content -> pair cosines
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,9 +37,9 @@ class ModelContext:
 
 def embed_texts(
     *, session: Session, ctx: ModelContext, texts: Iterable[str]
-) -> tuple[dict[str, Vector], int]:
+) -> tuple[dict[str, Vector], list[str]]:
     """Vectors by text hash. Only texts with no stored embedding reach the model, in one
-    ``encode`` call; returns the vectors and how many texts were embedded."""
+    ``encode`` call; returns the vectors and the hashes of the texts this call embedded."""
     by_hash = {text_hash(t): t for t in texts}
     cached = repo.load_embeddings(
         session=session, model_version_id=ctx.model_version_id, text_hashes=by_hash
@@ -61,18 +62,41 @@ def embed_texts(
             vectors[h] = np.asarray(vec, dtype=np.float32)
             rows.append((h, by_hash[h], int(vec.shape[0]), to_bytes(vec)))
         repo.insert_embeddings(session=session, model_version_id=ctx.model_version_id, rows=rows)
-    return vectors, len(missing)
+    return vectors, missing
 
 
 def ingest_document(
     *, session: Session, ctx: ModelContext, doc: Document
 ) -> tuple[DocumentRow, repo.DocStatus, int]:
     """Store the document and embed its fields. Same id and content again: no work."""
-    row, status = repo.upsert_document(session=session, doc=doc)
-    if status == "unchanged":
-        return row, status, 0
-    _, embedded = embed_texts(session=session, ctx=ctx, texts=field_texts(doc).values())
+    ((row, status, embedded),) = ingest_documents(session=session, ctx=ctx, docs=[doc])
     return row, status, embedded
+
+
+def ingest_documents(
+    *, session: Session, ctx: ModelContext, docs: Sequence[Document]
+) -> list[tuple[DocumentRow, repo.DocStatus, int]]:
+    """Store many documents (in order: a later version of one id wins) and embed the fields of
+    those that changed in one ``encode`` call. Per document: its row, its status and how many
+    texts were embedded for it (a text new to several documents counts for the first)."""
+    # Row locks in one global order (kind, id): two batches sharing documents never deadlock.
+    order = sorted(range(len(docs)), key=lambda i: (docs[i].kind, docs[i].id, i))
+    by_index = {i: repo.upsert_document(session=session, doc=docs[i]) for i in order}
+    stored = [by_index[i] for i in range(len(docs))]
+    changed = [
+        (i, field_texts(doc))
+        for i, (doc, (_, status)) in enumerate(zip(docs, stored, strict=True))
+        if status != "unchanged"
+    ]
+    _, new = embed_texts(
+        session=session, ctx=ctx, texts=(t for _, ft in changed for t in ft.values())
+    )
+    first: dict[str, int] = {}
+    for i, ft in changed:
+        for t in ft.values():
+            first.setdefault(text_hash(t), i)
+    per_doc = Counter(first[h] for h in new)
+    return [(row, status, per_doc[i]) for i, (row, status) in enumerate(stored)]
 
 
 def score_pairs(
@@ -81,11 +105,13 @@ def score_pairs(
     ctx: ModelContext,
     resumes: Sequence[DocumentRow],
     jobs: Sequence[DocumentRow],
+    per_doc: Counter[int] | None = None,
 ) -> tuple[int, int]:
     """Score every (resume, job) whose stored match is missing or stale.
 
-    Returns (matches written, texts embedded). Pairs already scored on the same content,
-    model version and weights are skipped, so a redelivered task writes nothing.
+    Returns (matches written, texts embedded); ``per_doc`` (by document row id) counts the
+    matches written for each document. Pairs already scored on the same content, model
+    version and weights are skipped, so a redelivered task writes nothing.
     """
     weights = {p.value: float(ctx.weights.get(p, 0.0)) for p in PairType}
     key = repo.scoring_key(weights)
@@ -98,7 +124,7 @@ def score_pairs(
         return 0, 0
     docs = {row.id: row for pair in todo for row in pair}
     texts = {doc_id: field_texts(repo.parse_document(row)) for doc_id, row in docs.items()}
-    vectors, embedded = embed_texts(
+    vectors, new = embed_texts(
         session=session, ctx=ctx, texts=(t for ft in texts.values() for t in ft.values())
     )
 
@@ -121,7 +147,10 @@ def score_pairs(
     written = repo.upsert_matches(
         session=session, model_version_id=ctx.model_version_id, key=key, writes=writes
     )
-    return written, embedded
+    if per_doc is not None:
+        per_doc.update(w.resume_id for w in writes)
+        per_doc.update(w.job_id for w in writes)
+    return written, len(new)
 
 
 def score_resume(

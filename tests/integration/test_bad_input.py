@@ -50,10 +50,9 @@ def test_invalid_documents_are_recorded_and_worker_survives(
         res = celery_app.send_task(INGEST_RESUME, kwargs={"document": payload})
         out = res.get(timeout=TIMEOUT)
         assert out["status"] == "rejected"
-    # Wrong call signature: the task itself fails, and the failure is recorded too.
-    sig = celery_app.send_task(INGEST_JOB, kwargs={"doc": {}, "bogus": 1})
-    with pytest.raises(TypeError):
-        sig.get(timeout=TIMEOUT)
+    # Wrong call signature: rejected with the binding error, and recorded too.
+    out = celery_app.send_task(INGEST_JOB, kwargs={"doc": {}, "bogus": 1}).get(timeout=TIMEOUT)
+    assert out["status"] == "rejected" and "TypeError" in out["reason"], out
 
     rows = failed(session_factory)
     reasons = [r.reason for r in rows]

@@ -1,0 +1,261 @@
+"""Ingest tasks, batched across messages (celery-batches).
+
+``jobfit.ingest_resume`` / ``jobfit.ingest_job`` keep their names and arguments
+(``document, score=True``): producers do not see the batching. On the worker, the messages
+that arrive within ``batch.max_wait_s`` (at most ``batch.max_tasks``; the prefetch is set to
+match) run as one batch: every document stored and the new texts of all of them embedded in
+one transaction (one ``encode``, packed by length), then the batch scored in a second one
+(one bulk upsert). Each message gets its own result and its own Flower events; all of them
+are acknowledged after the batch returns, so a killed worker's batch is delivered again and
+redone idempotently.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import shared_task
+from celery_batches import Batches, SimpleRequest
+from pydantic import ValidationError
+
+from shared import repository as repo
+from shared.celery_app import INGEST_JOB, INGEST_RESUME
+from shared.db import transaction
+from shared.schemas import (
+    IngestResult,
+    JobDocument,
+    ResumeDocument,
+    describe_validation_error,
+)
+from tasks.embed import TRANSIENT, JobfitTask, record_failure
+from workers import service
+from workers.runtime import WorkerRuntime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def _signature(document: Any, score: bool = True) -> None:
+    """The arguments of an ingest message."""
+
+
+@dataclass
+class Item:
+    """One message of a batch, parsed."""
+
+    request: SimpleRequest
+    doc: ResumeDocument | JobDocument | None = None
+    score: bool = True
+    result: dict[str, Any] | None = None
+
+
+def parse(request: SimpleRequest, model: type[ResumeDocument] | type[JobDocument]) -> Item:
+    """Bind and validate a message's arguments; ``result`` is set when it is rejected."""
+    item = Item(request)
+    reason: str
+    try:
+        bound = inspect.signature(_signature).bind(*request.args, **request.kwargs)
+        bound.apply_defaults()
+        score = bound.arguments["score"]
+        if not isinstance(score, bool):
+            raise TypeError(f"score must be true or false, got {type(score).__name__}")
+        data = bound.arguments["document"]
+        item.doc = (
+            model.model_validate_json(data)
+            if isinstance(data, str | bytes)
+            else model.model_validate(data)
+        )
+        item.score = score
+        return item
+    except ValidationError as exc:
+        reason = describe_validation_error(exc)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    item.result = IngestResult(status="rejected", reason=reason).model_dump()
+    return item
+
+
+def ingest_items(rt: WorkerRuntime, items: Sequence[Item]) -> None:
+    """Store, embed and score the valid items; sets each item's result. Two transactions:
+    documents + embeddings, then scores (begun after the documents are committed, so of a
+    resume and a job ingested at the same time at least one side sees the other)."""
+    ctx = rt.model()
+    docs = [it.doc for it in items if it.doc is not None]
+    with transaction(rt.session_factory) as session:
+        stored = service.ingest_documents(session=session, ctx=ctx, docs=docs)
+    rows = {row.id: row for row, _, _ in stored}
+    to_score = sorted({row.id for (row, _, _), d in zip(stored, items, strict=True) if d.score})
+    per_doc: Counter[int] = Counter()
+    if to_score:
+        with transaction(rt.session_factory) as session:
+            batch = [rows[i] for i in to_score]
+            if batch[0].kind == "resume":
+                jobs = repo.list_documents(session=session, kind="job")
+                service.score_pairs(
+                    session=session, ctx=ctx, resumes=batch, jobs=jobs, per_doc=per_doc
+                )
+            else:
+                resumes = repo.list_documents(session=session, kind="resume")
+                service.score_pairs(
+                    session=session, ctx=ctx, resumes=resumes, jobs=batch, per_doc=per_doc
+                )
+    scored_once: set[int] = set()
+    for (row, status, embedded), item in zip(stored, items, strict=True):
+        # A document twice in one batch: its matches count for its first message.
+        scored = per_doc[row.id] if item.score and row.id not in scored_once else 0
+        scored_once.add(row.id)
+        item.result = IngestResult(
+            status=status,
+            document_id=row.external_id,
+            embedded=embedded,
+            scored=scored,
+            model_version=ctx.version,
+        ).model_dump()
+
+
+def with_retries(fn: Callable[[], None], policy: type[JobfitTask] = JobfitTask) -> None:
+    """Run ``fn``, retrying transient infrastructure errors in process with the tasks'
+    backoff (the batch's messages stay unacknowledged meanwhile); the last error is raised."""
+    for attempt in range(policy.max_retries + 1):
+        try:
+            fn()
+            return
+        except TRANSIENT as exc:
+            if attempt == policy.max_retries:
+                raise
+            delay = min(policy.retry_backoff * 2**attempt, policy.retry_backoff_max)
+            delay = random.uniform(delay / 2, delay)  # noqa: S311 (jitter, not a secret)
+            log.warning("batch: %s, retry %d in %.1fs", type(exc).__name__, attempt, delay)
+            time.sleep(delay)
+
+
+class IngestBatch(Batches):
+    """A batch of ingest messages of one kind."""
+
+    abstract = True
+    acks_late = True
+    document_model: type[ResumeDocument] | type[JobDocument]
+
+    @property
+    def flush_every(self) -> int:
+        return int(self.app.settings.batch.max_tasks)
+
+    @property
+    def flush_interval(self) -> float:
+        return float(self.app.settings.batch.max_wait_s)
+
+    def run_batch(self, requests: Sequence[SimpleRequest]) -> int:
+        """Process one batch; returns how many messages were valid."""
+        t0 = time.time()
+        items = [parse(r, self.document_model) for r in requests]
+        self._events(items, "task-started")
+        for it in items:
+            if it.result is not None:
+                record_failure(
+                    self.app,
+                    reason=str(it.result["reason"]),
+                    payload={"args": it.request.args, "kwargs": it.request.kwargs},
+                    task_name=self.name,
+                    task_id=it.request.id,
+                )
+        valid = [it for it in items if it.result is None]
+        rt = get_runtime(self.app)
+        failed: dict[str, BaseException] = {}
+        if valid:
+            try:
+                with_retries(lambda: ingest_items(rt, valid))
+            except Exception as exc:
+                log.exception("batch of %d failed; processing its messages one by one", len(valid))
+                if not isinstance(exc, TRANSIENT):
+                    for it in valid:
+                        try:
+                            with_retries(functools.partial(ingest_items, rt, [it]))
+                        except Exception as one:
+                            failed[it.request.id] = one
+                else:
+                    failed = {it.request.id: exc for it in valid}
+        for it in items:
+            error = failed.get(it.request.id)
+            if error is not None:
+                self._fail(it, error)
+            elif not it.request.ignore_result:
+                self.backend.mark_as_done(it.request.id, it.result, request=it.request)
+        runtime = time.time() - t0
+        self._events(items, "task-done", runtime=runtime, failed=failed)
+        log.info(
+            "batch of %d %s: %d valid, %d failed, %.3fs",
+            len(items),
+            self.name,
+            len(valid),
+            len(failed),
+            runtime,
+        )
+        return len(valid)
+
+    def _fail(self, item: Item, exc: BaseException) -> None:
+        record_failure(
+            self.app,
+            reason=f"{type(exc).__name__}: {exc}",
+            payload={"args": item.request.args, "kwargs": item.request.kwargs},
+            task_name=self.name,
+            task_id=item.request.id,
+        )
+        if not item.request.ignore_result:
+            self.backend.mark_as_failure(item.request.id, exc, request=item.request)
+
+    def _events(
+        self,
+        items: Sequence[Item],
+        kind: str,
+        runtime: float = 0.0,
+        failed: dict[str, BaseException] | None = None,
+    ) -> None:
+        """Per-message task events, so Flower shows each message's state."""
+        if not items or not self.app.conf.worker_send_task_events:
+            return
+        try:
+            hostname = items[0].request.hostname
+            with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+                for it in items:
+                    rid = it.request.id
+                    if kind == "task-started":
+                        dispatcher.send("task-started", uuid=rid)
+                    elif failed and rid in failed:
+                        dispatcher.send("task-failed", uuid=rid, exception=repr(failed[rid]))
+                    else:
+                        dispatcher.send(
+                            "task-succeeded", uuid=rid, result=repr(it.result), runtime=runtime
+                        )
+        except Exception:  # events are for watching: never fail a batch over them
+            log.warning("could not send task events", exc_info=True)
+
+
+class ResumeBatch(IngestBatch):
+    abstract = True
+    document_model = ResumeDocument
+
+
+class JobBatch(IngestBatch):
+    abstract = True
+    document_model = JobDocument
+
+
+@shared_task(bind=True, base=ResumeBatch, name=INGEST_RESUME)
+def ingest_resume(self: ResumeBatch, requests: list[SimpleRequest]) -> int:
+    """Store resumes, embed their fields and (by default) score each against every stored
+    job. Message arguments: ``(document, score=True)``."""
+    return self.run_batch(requests)
+
+
+@shared_task(bind=True, base=JobBatch, name=INGEST_JOB)
+def ingest_job(self: JobBatch, requests: list[SimpleRequest]) -> int:
+    """Store jobs, embed their fields and (by default) score every stored resume against
+    each. Message arguments: ``(document, score=True)``."""
+    return self.run_batch(requests)
