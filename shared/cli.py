@@ -283,16 +283,26 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated: minilm, mpnet.")] = "minilm,mpnet",
     dataset: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="A dataset CSV instead of the sample."),
+        typer.Option(exists=True, dir_okay=False, help="Also run the whole dataset CSV."),
     ] = None,
+    dataset_model: Annotated[
+        ModelChoice, typer.Option(help="The model for the whole-dataset run.")
+    ] = ModelChoice.mpnet,
 ) -> None:
-    """Raw model encode vs the whole pipeline on the same texts (JSON out)."""
+    """Raw model encode vs the whole pipeline on the same texts, latency, memory and
+    workers (JSON out; see workers/bench.py for every figure)."""
     worker_env()
-    from workers.bench import bench_sample
+    from workers.bench import bench as run_bench
 
-    result = bench_sample(get_settings(), err, dataset)
+    settings = get_settings()
+    names = {ModelChoice(n.strip()) for n in models.split(",") if n.strip()}
+    if dataset is not None:
+        names.add(dataset_model)
+    paths = {n.value: provision(settings, n) for n in ModelChoice if n in names}
+    result = run_bench(settings, paths, err, dataset, dataset_model.value if dataset else None)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")

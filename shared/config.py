@@ -81,6 +81,9 @@ class ModelSettings(BaseModel):
     # quantisation; served only if its check-set Spearman is within the gate of fp32, see
     # ``jobfit model export-onnx``). An ONNX export lives next to the model, in ``onnx/``.
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # CPU threads for the model (torch / onnxruntime); None: the library default (all cores).
+    # Several worker processes on one machine: give each cores / processes.
+    threads: int | None = Field(default=None, ge=1)
     max_seq_length: int = 384
     warmup: bool = True
     # Embed workers serve the registry's active version and look for a newer one at most

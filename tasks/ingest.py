@@ -221,8 +221,15 @@ class IngestBatch(Batches):
         if not items or not self.app.conf.worker_send_task_events:
             return
         try:
-            hostname = items[0].request.hostname
-            with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            with (
+                self.app.connection_for_write() as conn,
+                self.app.events.Dispatcher(
+                    conn,
+                    hostname=items[0].request.hostname,
+                    buffer_group=["task"],  # the batch's events in one message (task.multi)
+                    buffer_limit=len(items) + 1,
+                ) as dispatcher,
+            ):
                 for it in items:
                     rid = it.request.id
                     if kind == "task-started":
@@ -233,6 +240,7 @@ class IngestBatch(Batches):
                         dispatcher.send(
                             "task-succeeded", uuid=rid, result=repr(it.result), runtime=runtime
                         )
+                dispatcher.flush()
         except Exception:  # events are for watching: never fail a batch over them
             log.warning("could not send task events", exc_info=True)
 

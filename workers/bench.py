@@ -1,50 +1,54 @@
-"""``jobfit bench``: the pipeline against its limit, measured in one run on the same texts.
+"""``jobfit bench``: the pipeline against its limit, each figure a ratio against a baseline
+measured in the same run on the same texts.
 
-raw    = ``SentenceTransformer.encode`` of the sample's unique field texts, called directly
-e2e    = submit the sample -> worker -> every match row committed (fresh database, so every
-         text is embedded once through the pipeline)
-ratio  = e2e / raw (1.0 would be a pipeline that costs nothing on top of the model)
+raw        one direct ``SentenceTransformer.encode`` of the unique field texts (the library
+           call, batch ``model.batch_size``), and the same texts through the worker's own
+           encoder (packed by token budget) without any pipeline. The faster is the limit.
+e2e        submit the documents -> worker(s) -> rows committed, on a fresh database (so every
+           text is embedded once, through the pipeline): ``ingest`` waits for documents and
+           embeddings (score=False), ``ingest+score`` also for every match row.
+latency    one resume scored against every stored job on an idle worker, p50/p95 of N runs:
+           ``cold`` (its texts are new: embedded first) and ``warm`` (texts already embedded).
+rss        peak resident memory of each worker process (VmHWM), after the runs.
+workers    e2e ingest with 1 and with 2 worker processes (threads split between them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import statistics
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from sqlalchemy import create_engine, make_url, text
 
-from shared.celery_app import create_celery_app
-from shared.client import read_documents
+from shared.celery_app import JobfitCelery, create_celery_app
+from shared.client import JobfitClient, read_documents
 from shared.config import Settings
 from shared.db import ensure_database, upgrade
 from shared.fields import field_texts
 from shared.schemas import JobDocument, ResumeDocument
-from workers.demo import SAMPLE_DIR, run_pipeline
-from workers.model import ModelSpec, version_of
+from workers.demo import SAMPLE_DIR, wait_all, worker_process
+from workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
+
+Docs = list[dict[str, Any]]
+LATENCY_RUNS = 20
 
 
-def unique_texts(resumes: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[str]:
+def unique_texts(resumes: Docs, jobs: Docs) -> list[str]:
     docs: list[ResumeDocument | JobDocument] = [ResumeDocument.model_validate(r) for r in resumes]
     docs += [JobDocument.model_validate(j) for j in jobs]
     return sorted({t for d in docs for t in field_texts(d).values()})
 
 
-def raw_encode_seconds(spec: ModelSpec, texts: list[str]) -> float:
-    """Wall time of one direct ``encode`` call over ``texts`` (after a warm-up)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
-    model.max_seq_length = spec.max_seq_length
-    model.encode(texts[:8], batch_size=spec.batch_size)
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True)
-    return time.perf_counter() - t0
-
-
-def load_documents(dataset: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_documents(dataset: Path | None) -> tuple[Docs, Docs]:
     """The bundled sample, or every resume and job of the real dataset's CSV."""
     if dataset is None:
         return read_documents(SAMPLE_DIR / "resumes.jsonl"), read_documents(
@@ -59,38 +63,147 @@ def load_documents(dataset: Path | None) -> tuple[list[dict[str, Any]], list[dic
     )
 
 
-def bench_sample(
-    settings: Settings, console: Console, dataset: Path | None = None
-) -> dict[str, Any]:
-    """Raw encode vs end to end on the bundled sample (or a whole dataset CSV), against the
-    configured services."""
-    resumes, jobs = load_documents(dataset)
-    texts = unique_texts(resumes, jobs)
-    spec = ModelSpec.from_settings(settings.model)
-    raw_s = raw_encode_seconds(spec, texts)
+def _rate(n: int, seconds: float) -> dict[str, float]:
+    return {"s": round(seconds, 3), "sentences_per_s": round(n / seconds, 1)}
 
+
+def raw_encode(spec: ModelSpec, texts: list[str]) -> dict[str, Any]:
+    """Both raw figures (after a warm-up each); ``limit_s`` is the faster."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
+    model.max_seq_length = spec.max_seq_length
+    model.encode(texts[:8], batch_size=spec.batch_size)
+    t0 = time.perf_counter()
+    model.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True)
+    st_s = time.perf_counter() - t0
+    del model
+    embedder = SentenceTransformerEmbedder(spec)
+    embedder.warm_up()
+    t0 = time.perf_counter()
+    embedder.encode(texts)
+    packed_s = time.perf_counter() - t0
+    return {
+        "st_encode": {**_rate(len(texts), st_s), "batch_size": spec.batch_size},
+        "packed_encode": {**_rate(len(texts), packed_s), "token_budget": spec.token_budget},
+        "limit_s": min(st_s, packed_s),
+    }
+
+
+@dataclass
+class Stage:
+    """A fresh database and broker key prefix, and the environment that points workers at it."""
+
+    settings: Settings
+    app: JobfitCelery
+    env: dict[str, str]
+    pids: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def fresh_stage(settings: Settings, model_path: Path, **env: str) -> Iterator[Stage]:
     run = uuid.uuid4().hex[:8]
     db_url = make_url(settings.db.url).set(database=f"jobfit_bench_{run}")
-    bench_settings = settings.model_copy(deep=True)
-    bench_settings.db.url = db_url.render_as_string(hide_password=False)
-    bench_settings.broker.key_prefix = f"jobfit-bench-{run}:"
-    ensure_database(bench_settings.db.url)
-    # The worker child reads its settings from the environment: point it at the bench's.
-    child_env = {
-        "JOBFIT_DB__URL": bench_settings.db.url,
-        "JOBFIT_BROKER__KEY_PREFIX": bench_settings.broker.key_prefix,
-    }
+    s = settings.model_copy(deep=True)
+    s.db.url = db_url.render_as_string(hide_password=False)
+    s.broker.key_prefix = f"jobfit-bench-{run}:"
+    ensure_database(s.db.url)
     try:
-        upgrade(bench_settings)
-        app = create_celery_app(bench_settings)
-        summaries, timing = run_pipeline(app, True, resumes, jobs, console, worker_env=child_env)
+        upgrade(s)
+        yield Stage(
+            settings=s,
+            app=create_celery_app(s),
+            env={
+                "JOBFIT_DB__URL": s.db.url,
+                "JOBFIT_BROKER__KEY_PREFIX": s.broker.key_prefix,
+                "JOBFIT_MODEL__PATH": str(model_path),
+                **env,
+            },
+        )
     finally:
         admin = create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db_url.database}" WITH (FORCE)'))
         admin.dispose()
-    embedded = sum(s.get("embedded", 0) for s in summaries)
-    return {
+
+
+@contextlib.contextmanager
+def workers(stage: Stage, console: Console, count: int) -> Iterator[None]:
+    """``count`` embed worker processes; records their pids for the RSS reading."""
+    with contextlib.ExitStack() as stack:
+        for i in range(count):
+            proc = stack.enter_context(
+                worker_process(
+                    stage.app,
+                    console,
+                    stage.env,
+                    queues="embed",
+                    hostname=f"bench{i}@{uuid.uuid4().hex[:6]}",
+                )
+            )
+            stage.pids.append(proc.pid)
+        yield
+
+
+def peak_rss_mb(pids: Sequence[int]) -> list[float]:
+    """Peak resident set (VmHWM) of each process and its children, in MiB."""
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            out.append(round(sum(_hwm_kb(p.pid) for p in procs) / 1024, 1))
+    return out
+
+
+def _hwm_kb(pid: int) -> int:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def submit_all(
+    app: JobfitCelery, resumes: Docs, jobs: Docs, console: Console, score: bool
+) -> float:
+    """Jobs then resumes; seconds from the first submit to the last task done."""
+    client = JobfitClient(app=app)
+    t0 = time.perf_counter()
+    results = [client.submit_job(j, score=score) for j in jobs]
+    results += [client.submit_resume(r, score=score) for r in resumes]
+    wait_all(results, console)
+    return time.perf_counter() - t0
+
+
+def latency(app: JobfitCelery, resumes: Docs, *, cold: bool) -> dict[str, float]:
+    """One resume at a time against every stored job: p50/p95 of LATENCY_RUNS runs."""
+    client = JobfitClient(app=app)
+    times = []
+    for i in range(LATENCY_RUNS):
+        doc = dict(resumes[i % len(resumes)], id=f"latency-{cold}-{i}")
+        if cold:  # texts nobody has embedded yet
+            doc["skills"] = [*doc.get("skills", []), f"tool-{uuid.uuid4().hex[:6]}"]
+            doc["positions"] = [*doc.get("positions", []), f"Role {i}"]
+        t0 = time.perf_counter()
+        out = client.submit_resume(doc).get(timeout=600)
+        times.append(time.perf_counter() - t0)
+        if out.get("status") not in {"created", "updated", "unchanged"}:
+            raise RuntimeError(f"latency run failed: {out}")
+    q = statistics.quantiles(times, n=20)
+    return {"p50_s": round(statistics.median(times), 4), "p95_s": round(q[18], 4)}
+
+
+def bench_model(
+    settings: Settings, model_path: Path, console: Console, dataset: Path | None = None
+) -> dict[str, Any]:
+    """Every figure for one model on the sample (or one dataset CSV, e2e figures only)."""
+    resumes, jobs = load_documents(dataset)
+    texts = unique_texts(resumes, jobs)
+    spec = ModelSpec.from_settings(settings.model, model_path)
+    console.print(f"[bold]{spec.name}[/bold]: raw encode of {len(texts)} unique texts")
+    raw = raw_encode(spec, texts)
+    limit = raw.pop("limit_s")
+    out: dict[str, Any] = {
         "model": version_of(spec.path),
         "device": spec.device,
         "documents": {
@@ -99,11 +212,61 @@ def bench_sample(
             "source": str(dataset or "sample"),
         },
         "unique_texts": len(texts),
-        "texts_embedded_by_pipeline": embedded,
-        "raw_encode_s": round(raw_s, 3),
-        "raw_sentences_per_s": round(len(texts) / raw_s, 1),
-        "worker_start_s": round(timing["worker_start_s"], 3),
-        "e2e_s": round(timing["score_s"], 3),
-        "e2e_sentences_per_s": round(len(texts) / timing["score_s"], 1),
-        "e2e_over_raw": round(timing["score_s"] / raw_s, 3),
+        "raw": raw,
     }
+
+    def e2e(label: str, score: bool, count: int = 1, **env: str) -> None:
+        console.print(f"{spec.name}: end to end, {label}")
+        with contextlib.ExitStack() as stack:
+            stage = stack.enter_context(fresh_stage(settings, model_path, **env))
+            stack.enter_context(workers(stage, console, count))
+            seconds = submit_all(stage.app, resumes, jobs, console, score)
+            if dataset is None and count == 1 and score:
+                out["latency_one_resume_vs_all_jobs"] = {
+                    "jobs": len(jobs),
+                    "runs": LATENCY_RUNS,
+                    "cold": latency(stage.app, resumes, cold=True),
+                    "warm": latency(stage.app, resumes, cold=False),
+                }
+                out["worker_peak_rss_mib"] = peak_rss_mb(stage.pids)
+        out[label] = {
+            **_rate(len(texts), seconds),
+            "throughput_vs_raw": round(limit / seconds, 3),
+            "time_vs_raw": round(seconds / limit, 3),
+        }
+
+    e2e("e2e_ingest", score=False)
+    e2e("e2e_ingest_score", score=True)
+    if dataset is None:
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        e2e("e2e_ingest_2_workers", score=False, count=2, JOBFIT_MODEL__THREADS=str(threads))
+        out["two_workers_vs_one"] = round(
+            out["e2e_ingest_2_workers"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"], 3
+        )
+        out["e2e_ingest_2_workers"]["threads_per_worker"] = threads
+    return out
+
+
+def bench(
+    settings: Settings,
+    models: dict[str, Path],
+    console: Console,
+    dataset: Path | None = None,
+    dataset_model: str | None = None,
+) -> dict[str, Any]:
+    """The sample bench for each model, then (optionally) the whole dataset with one model."""
+    import torch
+
+    result: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "batch": settings.batch.model_dump(),
+        "models": {name: bench_model(settings, path, console) for name, path in models.items()},
+    }
+    if dataset is not None and dataset_model is not None:
+        result["full_dataset"] = bench_model(settings, models[dataset_model], console, dataset)
+    return result

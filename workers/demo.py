@@ -67,24 +67,21 @@ def embedded_settings(settings: Settings) -> Settings:
 
 @contextlib.contextmanager
 def worker_process(
-    app: JobfitCelery, console: Console, env: dict[str, str] | None = None
+    app: JobfitCelery,
+    console: Console,
+    env: dict[str, str] | None = None,
+    *,
+    queues: str = "embed,train",
+    hostname: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``jobfit worker --queues embed,train`` as a child process (compose runs the same
     command, one worker per queue)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "shared.cli",
-        "worker",
-        "--queues",
-        "embed,train",
-        "--loglevel",
-        "WARNING",
-    ]
+    cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", queues]
+    cmd += ["--loglevel", "WARNING", *(["--hostname", hostname] if hostname else [])]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while not app.control.ping(timeout=1.0):
+        while not app.control.ping(timeout=1.0, destination=[hostname] if hostname else None):
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {proc.returncode}")
             if time.monotonic() > deadline:

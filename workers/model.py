@@ -52,6 +52,7 @@ class ModelSpec:
     max_seq_length: int = 384
     token_budget: int = 512
     backend: str = "torch"
+    threads: int | None = None
 
     @classmethod
     def from_settings(cls, s: ModelSettings, path: Path | None = None) -> ModelSpec:
@@ -69,6 +70,7 @@ class ModelSpec:
             max_seq_length=s.max_seq_length,
             token_budget=s.token_budget or (16384 if cuda else 512),
             backend=s.backend,
+            threads=s.threads,
         )
 
 
@@ -161,6 +163,8 @@ class SentenceTransformerEmbedder:
         import torch
         from sentence_transformers import SentenceTransformer
 
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         self.spec = spec
         self._version = version_of(spec.path)
         t0 = time.perf_counter()
@@ -170,6 +174,7 @@ class SentenceTransformerEmbedder:
             model.half()
         model.eval()
         self._model: Any = model
+        self._device = torch.device(spec.device)
         self._torch = torch
         dim = model.get_embedding_dimension()
         if dim is None:
@@ -213,15 +218,19 @@ class SentenceTransformerEmbedder:
         passes = pack_by_tokens(
             self.token_lengths(texts), self.spec.token_budget, self.spec.batch_size
         )
-        with self._torch.inference_mode():
+        torch, model = self._torch, self._model
+        with torch.inference_mode():
             for idx in passes:
-                out[idx] = self._model.encode(
-                    [texts[i] for i in idx],
-                    batch_size=len(idx),
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                # What ``encode`` does for one batch, without its per-call overhead (device
+                # lookup over every parameter, re-sorting): one forward pass per packed batch.
+                features = model.preprocess([texts[i] for i in idx])
+                features = {
+                    k: v.to(self._device) if isinstance(v, torch.Tensor) else v
+                    for k, v in features.items()
+                }
+                emb = model(features)["sentence_embedding"]
+                emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+                out[idx] = emb.cpu().numpy()
         dt = time.perf_counter() - t0
         log.info(
             "encoded %d texts in %d passes, %.3fs (%.1f sentences/s)",

@@ -79,10 +79,7 @@ def ingest_documents(
     """Store many documents (in order: a later version of one id wins) and embed the fields of
     those that changed in one ``encode`` call. Per document: its row, its status and how many
     texts were embedded for it (a text new to several documents counts for the first)."""
-    # Row locks in one global order (kind, id): two batches sharing documents never deadlock.
-    order = sorted(range(len(docs)), key=lambda i: (docs[i].kind, docs[i].id, i))
-    by_index = {i: repo.upsert_document(session=session, doc=docs[i]) for i in order}
-    stored = [by_index[i] for i in range(len(docs))]
+    stored = repo.upsert_documents(session=session, docs=docs)
     changed = [
         (i, field_texts(doc))
         for i, (doc, (_, status)) in enumerate(zip(docs, stored, strict=True))
