@@ -13,13 +13,14 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
-def progress_bar() -> Progress:
+def progress_bar(refresh_per_second: float = 10) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
+        refresh_per_second=refresh_per_second,
     )
 
 

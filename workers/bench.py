@@ -27,15 +27,16 @@ from typing import Any
 
 import psutil
 from rich.console import Console
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, func, make_url, select, text
 
 from shared.celery_app import JobfitCelery, create_celery_app
 from shared.client import JobfitClient, read_documents
 from shared.config import Settings
 from shared.db import ensure_database, upgrade
 from shared.fields import field_texts
+from shared.orm import DocumentRow, MatchRow
 from shared.schemas import JobDocument, ResumeDocument
-from workers.demo import SAMPLE_DIR, wait_all, worker_process
+from workers.demo import SAMPLE_DIR, worker_process
 from workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
 
 Docs = list[dict[str, Any]]
@@ -164,15 +165,39 @@ def _hwm_kb(pid: int) -> int:
 
 
 def submit_all(
-    app: JobfitCelery, resumes: Docs, jobs: Docs, console: Console, score: bool
+    stage: Stage, resumes: Docs, jobs: Docs, score: bool, *, poll_s: float = 0.25
 ) -> float:
-    """Jobs then resumes; seconds from the first submit to the last task done."""
-    client = JobfitClient(app=app)
+    """Jobs then resumes; seconds from the first submit until every expected row is committed
+    (documents, or match rows with ``score``). Waits by counting rows in Postgres a few times
+    a second: a cheap wait, that takes no CPU from the worker on a small machine (a result
+    per task and a busy progress bar cost the 2-core run ~7 %)."""
+    from shared.console import progress_bar
+
+    client = JobfitClient(app=stage.app)
+    row: Any = MatchRow if score else DocumentRow
+    expected = len(resumes) * len(jobs) if score else len(resumes) + len(jobs)
+    engine = create_engine(make_url(stage.settings.db.url))
     t0 = time.perf_counter()
     results = [client.submit_job(j, score=score) for j in jobs]
     results += [client.submit_resume(r, score=score) for r in resumes]
-    wait_all(results, console)
-    return time.perf_counter() - t0
+    try:
+        with progress_bar(refresh_per_second=2) as bar:
+            task = bar.add_task(f"{row.__tablename__} committed", total=expected)
+            done, polls = 0, 0
+            while done < expected:
+                time.sleep(poll_s)
+                with engine.connect() as conn:
+                    done = conn.execute(select(func.count()).select_from(row)).scalar_one()
+                bar.update(task, completed=done)
+                polls += 1
+                if polls % 40 == 0 and (failed := [r for r in results if r.failed()]):
+                    raise RuntimeError(f"{len(failed)} task(s) failed: {failed[0].result!r}")
+    finally:
+        engine.dispose()
+    seconds = time.perf_counter() - t0
+    for r in results:  # every message was also answered
+        r.get(timeout=600)
+    return seconds
 
 
 def latency(app: JobfitCelery, resumes: Docs, *, cold: bool) -> dict[str, float]:
@@ -220,7 +245,7 @@ def bench_model(
         with contextlib.ExitStack() as stack:
             stage = stack.enter_context(fresh_stage(settings, model_path, **env))
             stack.enter_context(workers(stage, console, count))
-            seconds = submit_all(stage.app, resumes, jobs, console, score)
+            seconds = submit_all(stage, resumes, jobs, score)
             if dataset is None and count == 1 and score:
                 out["latency_one_resume_vs_all_jobs"] = {
                     "jobs": len(jobs),
