@@ -224,6 +224,20 @@ def model_provision(
     sys.stdout.write(f"{path}\n")
 
 
+@model_app.command("export-onnx")
+def model_export_onnx() -> None:
+    """Export the configured model to ONNX (fp32 and int8, in the model store) and judge both
+    against torch fp32 on the check set: the int8 gate's verdict, as JSON. Workers with
+    JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed."""
+    worker_env()
+    from workers.model import ModelSpec
+    from workers.onnx_backend import gate
+
+    settings = get_settings()
+    spec = ModelSpec.from_settings(settings.model)
+    sys.stdout.write(json.dumps(gate(spec, settings.model.store), indent=2) + "\n")
+
+
 def provision(
     settings: Settings, name: ModelChoice, store: Path | None = None, wheel_dir: Path | None = None
 ) -> Path:

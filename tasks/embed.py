@@ -30,6 +30,7 @@ from shared.schemas import (
 )
 from tasks.progress import StateReporter
 from workers import service
+from workers.onnx_backend import base_version
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def rescore(self: Task, request: Any = None) -> dict[str, Any]:
         return ScoreResult(status="rejected", reason=reason).model_dump()
     rt = get_runtime(self.app)
     ctx = rt.model(refresh=True)
-    if req.version is not None and req.version != ctx.version:
+    if req.version is not None and req.version != base_version(ctx.version):
         # This worker could not switch (yet): leave the rescore to one that serves it.
         return ScoreResult(
             status="rejected",

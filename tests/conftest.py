@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -41,6 +42,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBFIT_BROKER__KEY_PREFIX": settings.broker.key_prefix,
         "JOBFIT_BROKER__RESULT_BACKEND": settings.broker.backend_url,
         "JOBFIT_MODEL__STORE": str(settings.model.store),
+        "JOBFIT_MODEL__BACKEND": settings.model.backend,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
@@ -134,6 +136,16 @@ def producer_app(settings: Settings):
     from shared.celery_app import create_celery_app
 
     return create_celery_app(settings, with_tasks=False)
+
+
+def isolated(settings: Settings, tag: str, **model: Any) -> tuple[Settings, Any]:
+    """These settings with queues of their own (a key prefix; model settings changed as given)
+    and a producer app for them: workers of other tests never take these messages."""
+    own = settings.model_copy(deep=True)
+    own.broker.key_prefix = f"{settings.broker.key_prefix}{tag}:"
+    for k, v in model.items():
+        setattr(own.model, k, v)
+    return own, producer_app(own)
 
 
 @pytest.fixture(scope="session")

@@ -292,6 +292,13 @@ def bench(
         "batch": settings.batch.model_dump(),
         "models": {name: bench_model(settings, path, console) for name, path in models.items()},
     }
+    from workers.onnx_backend import compare
+
+    result["backends"] = {}
+    for name, path in models.items():
+        console.print(f"[bold]{name}[/bold]: backends on the check set")
+        spec = ModelSpec.from_settings(settings.model, path)
+        result["backends"][name] = compare(spec, settings.model.store)
     if dataset is not None and dataset_model is not None:
         result["full_dataset"] = bench_model(settings, models[dataset_model], console, dataset)
     return result

@@ -17,7 +17,8 @@ from shared import registry
 from shared import repository as repo
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
-from workers.model import ModelNotFoundError, ModelSpec, SentenceTransformerEmbedder
+from workers.model import ModelNotFoundError, ModelSpec
+from workers.onnx_backend import base_version, make_embedder
 from workers.service import ModelContext
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class WorkerRuntime:
             active = repo.active_model_version(session=session)
             target = (active.version, active.path) if active is not None else None
         current = self._ctx
-        if target is not None and (current is None or target[0] != current.version):
+        if target is not None and (current is None or target[0] != base_version(current.version)):
             version, path = target
             failed_at = self._failed.get(version)
             if failed_at is None or time.monotonic() - failed_at > RETRY_FAILED_S:
@@ -94,8 +95,8 @@ class WorkerRuntime:
         self, factory: sessionmaker[Session], path: Path | None, *, expected: str | None
     ) -> ModelContext:
         spec = ModelSpec.from_settings(self.settings.model, path)
-        embedder = SentenceTransformerEmbedder(spec)
-        if expected is not None and embedder.version != expected:
+        embedder = make_embedder(spec, self.settings.model.store)
+        if expected is not None and base_version(embedder.version) != expected:
             raise ModelNotFoundError(
                 f"weights at {path} are {embedder.version}, the registry expects {expected}"
             )
@@ -104,11 +105,24 @@ class WorkerRuntime:
         with transaction(factory) as session:
             row = repo.ensure_model_version(
                 session=session,
-                version=embedder.version,
+                version=base_version(embedder.version),
                 name=spec.name,
                 path=str(spec.path),
                 dim=embedder.dim,
             )
+            if row.version != embedder.version:
+                # Another backend of these weights: its vectors and scores get their own
+                # version row, a child of the weights' version (the registry promotes weights).
+                row = repo.insert_model_version(
+                    session=session,
+                    version=embedder.version,
+                    name=spec.name,
+                    path=str(spec.path),
+                    dim=embedder.dim,
+                    status="variant",
+                    parent_version=row.version,
+                    params={"backend": spec.backend},
+                )
             version_id = row.id
         log.info("serving model version %s", embedder.version)
         return ModelContext(

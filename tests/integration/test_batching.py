@@ -1,0 +1,89 @@
+"""Cross-task batching on a real worker: many messages, one batch, each message answered; and
+a worker killed mid-batch loses nothing (messages are acknowledged after the commit)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.client import JobfitClient
+from shared.orm import DocumentRow, FieldEmbeddingRow
+from tests.conftest import WorkerProcess, isolated
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 180
+
+
+def resumes(n: int, tag: str) -> list[dict]:
+    """Resumes with texts of their own (nothing cached), a few sharing one skills text."""
+    return [
+        {
+            "id": f"{tag}-{i}",
+            "skills": ["Python", "SQL"] if i % 3 == 0 else [f"Skill {tag} {i}", "Go"],
+            "positions": [f"Engineer {tag} {i}", "Analyst"],
+            "degrees": [f"BSc {i}"],
+        }
+        for i in range(n)
+    ]
+
+
+def count(session_factory, table) -> int:
+    with session_factory() as s:
+        return s.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_messages_are_batched_each_answered_and_embedded_once(
+    worker, client, clean_db, session_factory
+):
+    docs = resumes(60, "b")
+    results = [client.submit_resume(d, score=False) for d in docs]
+    out = [r.get(timeout=TIMEOUT) for r in results]
+    assert [o["status"] for o in out] == ["created"] * len(docs)
+    assert [o["document_id"] for o in out] == [d["id"] for d in docs]
+    assert count(session_factory, DocumentRow) == len(docs)
+    texts = count(session_factory, FieldEmbeddingRow)
+    assert sum(o["embedded"] for o in out) == texts, "each new text counted once"
+    sizes = [
+        int(n)
+        for n in re.findall(r"batch of (\d+) jobfit.ingest_resume", worker.log_path.read_text())
+    ]
+    assert max(sizes) > 1, f"messages were batched: {sizes}"
+    # A redelivery (same documents again) is answered from the stored rows: nothing embedded.
+    again = [client.submit_resume(d, score=False).get(timeout=TIMEOUT) for d in docs[:5]]
+    assert {o["status"] for o in again} == {"unchanged"}
+    assert sum(o["embedded"] for o in again) == 0
+
+
+def test_worker_killed_mid_batch_loses_nothing(settings, clean_db, tmp_path, session_factory):
+    # Redis restores an unacknowledged message once its visibility timeout has passed: a
+    # short one here, so the restarted worker gets the killed worker's batch back.
+    env = {"JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "4", "JOBFIT_BATCH__MAX_TASKS": "16"}
+    own, app = isolated(settings, "kill")
+    client = JobfitClient(app=app)
+    w = WorkerProcess(own, app, "killme", tmp_path / "k.log", env=env)
+    w.start()
+    docs = resumes(120, "k")
+    for d in docs:
+        client.submit_resume(d, score=False)
+    deadline = time.monotonic() + TIMEOUT
+    while "batch of" not in w.log_path.read_text():  # one batch committed, the next ones in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    w.kill()
+    stored = count(session_factory, DocumentRow)
+    assert stored < len(docs), "killed before the end"
+    time.sleep(5)  # past the visibility timeout
+    w.start()
+    try:
+        while count(session_factory, DocumentRow) < len(docs):
+            assert time.monotonic() < deadline, "a message was lost"
+            time.sleep(0.2)
+    finally:
+        w.stop()
+    with session_factory() as s:
+        ids = list(s.execute(select(DocumentRow.external_id)).scalars())
+    assert sorted(ids) == sorted(d["id"] for d in docs), "every document once"
