@@ -49,8 +49,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Raw encode vs the pipeline (MiniLM and mpnet on the sample; mpnet on the whole real dataset
+# when it is there), latency, RSS, 1 vs 2 workers, torch/ONNX/int8 backends. ~12 min on 2 cores.
+DATASET ?= ../shared/data/resume-job/resume_data.csv
 bench: $(STAMP)
-	$(BIN)/jobfit bench --out bench-pipeline.json
+	$(BIN)/jobfit bench $(if $(wildcard $(DATASET)),--dataset $(DATASET)) --out bench-pipeline.json
 
 # Untuned vs fine-tuned ranking quality on held-out resumes and jobs (real data, MiniLM head
 # on CPU, ~2 min). On a GPU: QUALITY_ARGS="--models mpnet --mode full --epochs 2".

@@ -153,7 +153,28 @@ def check_model_dir(path: Path) -> None:
         raise ModelNotFoundError(f"model not found at {path}: {PROVISION_HINT}")
 
 
-class SentenceTransformerEmbedder:
+class BaseEmbedder:
+    """What every backend shares: a version, a dimension, a warm-up."""
+
+    _version: str
+    _dim: int
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        self.encode(["Skills: Python, SQL", "Job title: Data Engineer"])
+
+
+class SentenceTransformerEmbedder(BaseEmbedder):
     """A sentence-transformers model loaded once, used for inference only."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -189,17 +210,6 @@ class SentenceTransformerEmbedder:
             " fp16" if spec.fp16 and spec.device.startswith("cuda") else "",
             time.perf_counter() - t0,
         )
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def warm_up(self) -> None:
-        self.encode(["Skills: Python, SQL", "Job title: Data Engineer"])
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text as the model will see them (special tokens in, truncated)."""

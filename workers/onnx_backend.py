@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from workers.model import ModelSpec, SentenceTransformerEmbedder, pack_by_tokens, version_of
+from workers.model import (
+    BaseEmbedder,
+    ModelSpec,
+    SentenceTransformerEmbedder,
+    pack_by_tokens,
+    version_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ def _publish(tmp: Path, out: Path) -> None:
             raise
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(BaseEmbedder):
     """An exported model run by onnxruntime on the CPU; same interface and packing as the
     torch embedder. Its version names the backend: its vectors differ (slightly) from the
     torch ones, so they are cached and scored under their own version."""
@@ -150,17 +156,6 @@ class OnnxEmbedder:
         self._dim = 0
         self._dim = int(self._run(["dim"]).shape[1])
         log.info("loaded %s from %s", self._version, directory)
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def warm_up(self) -> None:
-        self.encode(["Skills: Python, SQL", "Job title: Data Engineer"])
 
     def _tokens(self, texts: list[str], **kw: Any) -> Any:
         return self._tokenizer(texts, truncation=True, max_length=self.spec.max_seq_length, **kw)

@@ -122,3 +122,21 @@ def test_rankings_never_mix_model_versions(session_factory, ctx):
     assert [m.model_version for m in first] == ["counting@test"] * 3
     assert [m.model_version for m in by_job] == ["counting@v2"]
     assert latest == sorted(latest, key=lambda m: -(m.score or 0))
+
+
+def test_a_batch_of_documents_in_one_call_applies_them_in_order(session_factory, ctx):
+    v1 = ResumeDocument(id="r", skills=["Go"])
+    v2 = ResumeDocument(id="r", skills=["Rust"])
+    other = ResumeDocument(id="q", skills=["Go"])
+    with session_factory.begin() as s:
+        out = service.ingest_documents(session=s, ctx=ctx, docs=[v1, other, v2, v2])
+    assert [status for _, status, _ in out] == ["created", "created", "updated", "unchanged"]
+    # "Skills: Go" is new to v1 and to q: counted once, for the first; v2's text for v2.
+    assert [n for _, _, n in out] == [1, 0, 1, 0]
+    assert ctx.embedder.seen.count("Skills: Go") == 1, "one encode call for the whole batch"
+    with session_factory() as s:
+        row = repo.get_document(session=s, kind="resume", external_id="r")
+        assert row is not None and row.payload["skills"] == ["Rust"], "the last version wins"
+    with session_factory.begin() as s:
+        again = service.ingest_documents(session=s, ctx=ctx, docs=[v2, other])
+    assert [status for _, status, _ in again] == ["unchanged", "unchanged"]
