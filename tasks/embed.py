@@ -30,7 +30,7 @@ from shared.schemas import (
 )
 from tasks.progress import StateReporter
 from workers import service
-from workers.onnx_backend import base_version
+from workers.model import base_version
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)

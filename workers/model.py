@@ -148,6 +148,11 @@ def version_of(path: Path) -> str:
     return f"{model_name(path)}@{weights_digest(path)[:12]}"
 
 
+def base_version(version: str) -> str:
+    """The weights' version of a served version (``name@digest+onnx-int8`` -> ``name@digest``)."""
+    return version.split("+", 1)[0]
+
+
 def check_model_dir(path: Path) -> None:
     if not (path / "modules.json").is_file():
         raise ModelNotFoundError(f"model not found at {path}: {PROVISION_HINT}")

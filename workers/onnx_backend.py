@@ -19,7 +19,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,25 +156,27 @@ class OnnxEmbedder(BaseEmbedder):
             sess_options=options,
             providers=["CPUExecutionProvider"],
         )
-        self._dim = 0
-        self._dim = int(self._run(["dim"]).shape[1])
+        self._dim = int(self._run({n: self._tokens(["dim"])[n] for n in self._names}).shape[1])
         log.info("loaded %s from %s", self._version, directory)
 
-    def _tokens(self, texts: list[str], **kw: Any) -> Any:
-        return self._tokenizer(texts, truncation=True, max_length=self.spec.max_seq_length, **kw)
+    def _tokens(self, texts: list[str]) -> Any:
+        return self._tokenizer(texts, truncation=True, max_length=self.spec.max_seq_length)
 
-    def _run(self, texts: list[str]) -> np.ndarray:
-        enc = self._tokens(texts, padding=True, return_tensors="np")
+    def _run(self, tokens: dict[str, list[list[int]]]) -> np.ndarray:
+        """One forward pass: the texts' token ids, padded to the longest."""
+        enc = self._tokenizer.pad(tokens, padding=True, return_tensors="np")
         feeds = {n: enc[n].astype(np.int64) for n in self._names}
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Tokenized once; the passes are packed from those lengths and padded per pass."""
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
             return out
-        lengths = [len(x) for x in self._tokens(texts)["input_ids"]]
+        enc = self._tokens(texts)
+        lengths = [len(x) for x in enc["input_ids"]]
         for idx in pack_by_tokens(lengths, self.spec.token_budget, self.spec.batch_size):
-            out[idx] = self._run([texts[i] for i in idx])
+            out[idx] = self._run({n: [enc[n][i] for i in idx] for n in self._names})
         return out
 
 
@@ -303,20 +304,3 @@ def make_embedder(spec: ModelSpec, store: Path) -> Any:
             ),
         )
     return SentenceTransformerEmbedder(spec)
-
-
-def base_version(version: str) -> str:
-    """The weights' version of a served version (``name@digest+onnx-int8`` -> ``name@digest``)."""
-    return version.split("+", 1)[0]
-
-
-__all__: Sequence[str] = (
-    "OnnxEmbedder",
-    "QualityGateError",
-    "base_version",
-    "compare",
-    "export",
-    "gate",
-    "make_embedder",
-    "quantize",
-)

@@ -17,8 +17,8 @@ from shared import registry
 from shared import repository as repo
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, transaction
-from workers.model import ModelNotFoundError, ModelSpec
-from workers.onnx_backend import base_version, make_embedder
+from workers.model import ModelNotFoundError, ModelSpec, base_version
+from workers.onnx_backend import make_embedder
 from workers.service import ModelContext
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,10 @@ from sqlalchemy import select
 from shared.client import JobfitClient
 from shared.orm import ModelVersionRow
 from tests.conftest import WorkerProcess, isolated
-from workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
+from workers.model import ModelSpec, SentenceTransformerEmbedder, base_version, version_of
 from workers.onnx_backend import (
     GATE_FILE,
     OnnxEmbedder,
-    base_version,
     gate,
     make_embedder,
     quantize,
