@@ -52,6 +52,9 @@ class BrokerSettings(BaseModel):
     key_prefix: str = ""
     # Above the longest task (retrain included), or Redis redelivers a running task.
     visibility_timeout_s: int = 6 * 3600
+    # A message delivered this many times without finishing (its worker died each time) is
+    # dead-lettered to failed_messages instead of being run again.
+    max_deliveries: int = Field(default=5, ge=1)
     result_expires_s: int = 3600
 
     @property

@@ -186,3 +186,18 @@ class SplitAssignmentRow(Base):
     split: Mapped[str] = mapped_column(String(20), primary_key=True)  # resume | job
     external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     part: Mapped[str] = mapped_column(String(10))  # train | eval
+
+
+class DeliveryRow(Base):
+    """How often a task message was handed to a worker, and how that ended. Keyed by task id
+    and retry number (a Celery retry is a new message under the same id). A message that was
+    delivered more than ``broker.max_deliveries`` times without finishing (its worker died
+    each time: OOM, segfault, kill) is dead-lettered to ``failed_messages`` instead of run."""
+
+    __tablename__ = "deliveries"
+
+    key: Mapped[str] = mapped_column(String(240), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(10))  # running | done | dead
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from shared.db import insert_for
 from shared.orm import (
+    DeliveryRow,
     DocumentRow,
     FailedMessageRow,
     FieldEmbeddingRow,
@@ -441,6 +442,47 @@ def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, 
 # --- failed messages ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A message a worker could not use, and why."""
+
+    reason: str
+    payload: Any
+    task_name: str | None = None
+    task_id: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        text = self.payload if isinstance(self.payload, str) else repr(self.payload)
+        text = text[:MAX_FAILED_PAYLOAD]
+        name, tid = self.task_name or "", self.task_id or ""
+        key_src = f"{tid}\x1f{name}\x1f{self.reason}\x1f{'' if tid else text}"
+        return {
+            "dedupe_key": hashlib.sha256(key_src.encode("utf-8", "replace")).hexdigest(),
+            "task_name": name[:200] or None,
+            "task_id": tid[:200] or None,
+            "reason": _printable(self.reason[:MAX_FAILED_PAYLOAD]),
+            "payload": _printable(text),
+            "created_at": utcnow(),
+        }
+
+
+def _printable(text: str) -> str:
+    """Text Postgres accepts: no lone surrogates, no NUL."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def record_failed_messages(*, session: Session, failures: Sequence[Failure]) -> None:
+    """Record messages a worker could not use, in one statement per chunk; a redelivered
+    message (same task id, name and reason) is recorded once."""
+    rows = list({v["dedupe_key"]: v for v in (f.values() for f in failures)}.values())
+    for chunk in chunked(rows):
+        session.execute(
+            insert_for(session, FailedMessageRow.__table__)
+            .values(list(chunk))
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+
+
 def record_failed_message(
     *,
     session: Session,
@@ -449,19 +491,58 @@ def record_failed_message(
     task_name: str | None = None,
     task_id: str | None = None,
 ) -> None:
-    """Record a message a worker could not use; a redelivery of it is recorded once."""
-    text = payload if isinstance(payload, str) else repr(payload)
-    text = text[:MAX_FAILED_PAYLOAD]
-    key_src = f"{task_id or ''}\x1f{task_name or ''}\x1f{reason}\x1f{'' if task_id else text}"
-    session.execute(
-        insert_for(session, FailedMessageRow.__table__)
-        .values(
-            dedupe_key=hashlib.sha256(key_src.encode("utf-8", "replace")).hexdigest(),
-            task_name=(task_name or "")[:200] or None,
-            task_id=(task_id or "")[:200] or None,
-            reason=reason[:MAX_FAILED_PAYLOAD],
-            payload=text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\x00"),
-            created_at=utcnow(),
+    """Record one message a worker could not use (see ``record_failed_messages``)."""
+    record_failed_messages(session=session, failures=[Failure(reason, payload, task_name, task_id)])
+
+
+# --- deliveries (bounded redelivery) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the deliveries table says of a message as it starts: ``count`` includes this
+    delivery (a message already ``done`` is not counted again: running it is a harmless redo)."""
+
+    key: str
+    count: int
+    state: str
+
+
+def begin_deliveries(*, session: Session, messages: Sequence[tuple[str, str]]) -> list[Delivery]:
+    """Count one delivery of each (key, task name); returns them in the given order. A key that
+    is new starts at 1 in state ``running``; ``done`` ones keep their count."""
+    if not messages:
+        return []
+    table = DeliveryRow.__table__
+    now = utcnow()
+    by_key: dict[str, Delivery] = {}
+    for chunk in chunked(sorted(dict(messages).items())):
+        stmt = insert_for(session, table).values(
+            [
+                {"key": k, "task_name": n[:200], "count": 1, "state": "running", "updated_at": now}
+                for k, n in chunk
+            ]
         )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "count": sql(
+                    "CASE WHEN deliveries.state = 'done' THEN deliveries.count"
+                    " ELSE deliveries.count + 1 END"
+                ),
+                "updated_at": now,
+            },
+        ).returning(table.c.key, table.c.count, table.c.state)
+        for key, count, state in session.execute(stmt):
+            by_key[key] = Delivery(key, count, state)
+    return [by_key[k] for k, _ in messages]
+
+
+def set_delivery_state(*, session: Session, keys: Sequence[str], state: str) -> None:
+    """Mark messages ``running`` (one at a time, as a suspect is tried), ``done`` or ``dead``."""
+    for chunk in chunked(sorted(set(keys))):
+        session.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.key.in_(chunk))
+            .values(state=state, updated_at=utcnow())
+        )

@@ -9,9 +9,8 @@ import logging
 from typing import Any, TypeVar
 
 from celery import Task, shared_task, signals
+from celery.exceptions import Reject
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import repository as repo
 from shared.celery_app import (
@@ -29,6 +28,16 @@ from shared.schemas import (
     describe_validation_error,
 )
 from tasks.progress import StateReporter
+from tasks.reliability import (
+    BACKOFF,
+    TRANSIENT,
+    begin_deliveries,
+    dead_letter_reason,
+    delivery_key,
+    exhausted,
+    record_failures,
+    set_delivery_state,
+)
 from workers import service
 from workers.model import base_version
 from workers.runtime import get_runtime
@@ -37,17 +46,42 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
-TRANSIENT = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError)
-
 
 class JobfitTask(Task):
-    """Retries transient infrastructure errors with backoff; records final failures."""
+    """Retries transient infrastructure errors with backoff (``tasks.reliability``), never
+    invalid input; counts each delivery and dead-letters a message that keeps losing its
+    worker; records final failures."""
 
     autoretry_for = TRANSIENT
-    retry_backoff = 2
-    retry_backoff_max = 60
+    retry_backoff = int(BACKOFF.base)
+    retry_backoff_max = int(BACKOFF.cap)
     retry_jitter = True
-    max_retries = 8
+    max_retries = BACKOFF.retries
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        if req.called_directly or req.id is None:
+            return super().__call__(*args, **kwargs)
+        key = delivery_key(req.id, req.retries)
+        try:
+            [d] = begin_deliveries(self.app, [(key, self.name)])
+        except TRANSIENT as exc:  # the database is still down: back to the queue
+            raise Reject(exc, requeue=True) from exc
+        if exhausted(self.app, d):
+            reason = dead_letter_reason(self.app, d)
+            record_failure(
+                self.app,
+                reason=reason,
+                payload={"args": args, "kwargs": kwargs},
+                task_name=self.name,
+                task_id=req.id,
+            )
+            set_delivery_state(self.app, [key], "dead")
+            return {"status": "rejected", "reason": reason}
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:  # returned, failed or retried: not a lost worker
+            set_delivery_state(self.app, [key], "done")
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -63,21 +97,13 @@ class JobfitTask(Task):
 
 def record_failure(
     app: Any, *, reason: str, payload: Any, task_name: str | None, task_id: str | None
-) -> None:
-    """Write a failed-message row in its own transaction. Never raises: a worker that cannot
-    record a bad message must still acknowledge it and keep running."""
-    log.warning("rejected message %s (%s): %s", task_id, task_name, reason)
-    try:
-        with transaction(get_runtime(app).session_factory) as session:
-            repo.record_failed_message(
-                session=session,
-                reason=reason,
-                payload=_short(payload),
-                task_name=task_name,
-                task_id=task_id,
-            )
-    except Exception:
-        log.exception("could not record failed message %s", task_id)
+) -> bool:
+    """Record one rejected message (retried; False if it could not be recorded)."""
+    return record_failures(app, [failure(reason, payload, task_name, task_id)])
+
+
+def failure(reason: str, payload: Any, task_name: str | None, task_id: str | None) -> repo.Failure:
+    return repo.Failure(reason, _short(payload), task_name, task_id)
 
 
 def _short(payload: Any) -> str:
@@ -97,9 +123,10 @@ def _validate(task: Task, model: type[M], data: Any) -> tuple[M | None, str | No
         reason = describe_validation_error(exc)
     except (ValueError, TypeError, RecursionError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
-    record_failure(
+    if not record_failure(
         task.app, reason=reason, payload=data, task_name=task.name, task_id=task.request.id
-    )
+    ):  # not recorded (database down): back to the queue rather than lost
+        raise Reject(reason, requeue=True)
     return None, reason
 
 

@@ -12,18 +12,18 @@ redone idempotently.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
+from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 from pydantic import ValidationError
 
 from shared import repository as repo
@@ -35,7 +35,17 @@ from shared.schemas import (
     ResumeDocument,
     describe_validation_error,
 )
-from tasks.embed import TRANSIENT, JobfitTask, record_failure
+from tasks.embed import failure, record_failure
+from tasks.reliability import (
+    TRANSIENT,
+    begin_deliveries,
+    dead_letter_reason,
+    delivery_key,
+    exhausted,
+    record_failures,
+    set_delivery_state,
+    with_retries,
+)
 from workers import service
 from workers.runtime import WorkerRuntime, get_runtime
 
@@ -54,6 +64,10 @@ class Item:
     doc: ResumeDocument | JobDocument | None = None
     score: bool = True
     result: dict[str, Any] | None = None
+
+
+def _key(item: Item) -> str:
+    return delivery_key(item.request.id, (item.request.request_dict or {}).get("retries"))
 
 
 def parse(request: SimpleRequest, model: type[ResumeDocument] | type[JobDocument]) -> Item:
@@ -120,22 +134,6 @@ def ingest_items(rt: WorkerRuntime, items: Sequence[Item]) -> None:
         ).model_dump()
 
 
-def with_retries(fn: Callable[[], None], policy: type[JobfitTask] = JobfitTask) -> None:
-    """Run ``fn``, retrying transient infrastructure errors in process with the tasks'
-    backoff (the batch's messages stay unacknowledged meanwhile); the last error is raised."""
-    for attempt in range(policy.max_retries + 1):
-        try:
-            fn()
-            return
-        except TRANSIENT as exc:
-            if attempt == policy.max_retries:
-                raise
-            delay = min(policy.retry_backoff * 2**attempt, policy.retry_backoff_max)
-            delay = random.uniform(delay / 2, delay)  # noqa: S311 (jitter, not a secret)
-            log.warning("batch: %s, retry %d in %.1fs", type(exc).__name__, attempt, delay)
-            time.sleep(delay)
-
-
 class IngestBatch(Batches):
     """A batch of ingest messages of one kind."""
 
@@ -151,38 +149,57 @@ class IngestBatch(Batches):
     def flush_interval(self) -> float:
         return float(self.app.settings.batch.max_wait_s)
 
-    def run_batch(self, requests: Sequence[SimpleRequest]) -> int:
-        """Process one batch; returns how many messages were valid."""
+    def flush(self, requests: Collection[Request]) -> Any:
+        """As celery-batches does (acks late: when the batch function returns), except that
+        the messages the batch hands back (``requeue``: transient errors outlasted the
+        retries, or a rejection that could not be recorded) go back to the queue instead of
+        being acknowledged, and so do all of them if the batch function raised."""
+        simple = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_return(result: Any) -> None:
+            requeue = set(result["requeue"]) if isinstance(result, dict) else None
+            for req in requests:
+                if requeue is None or req.id in requeue:
+                    req.reject(requeue=True)
+                else:
+                    req.acknowledge()
+
+        return self._pool.apply_async(
+            apply_batches_task, (self, simple, 0, None), callback=on_return
+        )
+
+    def run_batch(self, requests: Sequence[SimpleRequest]) -> dict[str, Any]:
+        """Process one batch: ``{"valid": n, "requeue": [task ids not to acknowledge]}``."""
         t0 = time.time()
         items = [parse(r, self.document_model) for r in requests]
         self._events(items, "task-started")
-        for it in items:
-            if it.result is not None:
-                record_failure(
-                    self.app,
-                    reason=str(it.result["reason"]),
-                    payload={"args": it.request.args, "kwargs": it.request.kwargs},
-                    task_name=self.name,
-                    task_id=it.request.id,
-                )
+        failures = [self._rejection(it, str(it.result["reason"])) for it in items if it.result]
         valid = [it for it in items if it.result is None]
-        rt = get_runtime(self.app)
         failed: dict[str, BaseException] = {}
-        if valid:
-            try:
-                with_retries(lambda: ingest_items(rt, valid))
-            except Exception as exc:
-                log.exception("batch of %d failed; processing its messages one by one", len(valid))
-                if not isinstance(exc, TRANSIENT):
-                    for it in valid:
-                        try:
-                            with_retries(functools.partial(ingest_items, rt, [it]))
-                        except Exception as one:
-                            failed[it.request.id] = one
-                else:
-                    failed = {it.request.id: exc for it in valid}
+        requeue: list[str] = []
+        try:
+            fresh, suspects, dead = self._triage(valid)
+        except TRANSIENT as exc:
+            fresh, suspects, dead = [], [], []
+            failed = {it.request.id: exc for it in valid}
+            requeue = list(failed)
+        for it, reason in dead:
+            it.result = IngestResult(status="rejected", reason=reason).model_dump()
+            failures.append(self._rejection(it, reason))
+        rt = get_runtime(self.app)
+        if fresh:
+            failed |= self._ingest(rt, fresh, alone_on_error=True)
+        for it in suspects:  # one at a time, those last tried alone last
+            set_delivery_state(self.app, [_key(it)], "alone")
+            failed |= self._ingest(rt, [it])
+        requeue += [rid for rid, exc in failed.items() if isinstance(exc, TRANSIENT)]
+        if not record_failures(self.app, failures):
+            requeue += [f.task_id for f in failures if f.task_id]
+        set_delivery_state(self.app, [_key(it) for it, _ in dead], "dead")
         for it in items:
             error = failed.get(it.request.id)
+            if it.request.id in requeue:
+                continue
             if error is not None:
                 self._fail(it, error)
             elif not it.request.ignore_result:
@@ -190,14 +207,60 @@ class IngestBatch(Batches):
         runtime = time.time() - t0
         self._events(items, "task-done", runtime=runtime, failed=failed)
         log.info(
-            "batch of %d %s: %d valid, %d failed, %.3fs",
+            "batch of %d %s: %d valid, %d failed, %d requeued, %.3fs",
             len(items),
             self.name,
             len(valid),
             len(failed),
+            len(requeue),
             runtime,
         )
-        return len(valid)
+        return {"valid": len(valid), "requeue": sorted(set(requeue))}
+
+    def _triage(self, valid: list[Item]) -> tuple[list[Item], list[Item], list[tuple[Item, str]]]:
+        """Count this delivery of each message: first deliveries (and redeliveries of ones
+        already done) run as one batch; a message that came back without finishing runs
+        alone, after them, since it may be what killed the worker; one that came back too
+        often is dead-lettered."""
+        deliveries = begin_deliveries(self.app, [(_key(it), self.name) for it in valid])
+        fresh, suspects, dead = [], [], []
+        for it, d in zip(valid, deliveries, strict=True):
+            if exhausted(self.app, d):
+                dead.append((it, dead_letter_reason(self.app, d)))
+            elif d.count == 1 or d.state == "done":
+                fresh.append(it)
+            else:
+                suspects.append((d.state == "alone", d.count, it))
+        suspects.sort(key=lambda s: (s[0], s[1]))
+        return fresh, [it for *_, it in suspects], dead
+
+    def _ingest(
+        self, rt: WorkerRuntime, items: list[Item], alone_on_error: bool = False
+    ) -> dict[str, BaseException]:
+        """Ingest items together; marks them done. Returns the failed ones. A batch that
+        fails on anything but a transient error is redone one message at a time, so one bad
+        document fails alone."""
+        try:
+            with_retries(lambda: ingest_items(rt, items), f"batch of {len(items)}")
+        except Exception as exc:
+            if not alone_on_error or len(items) == 1 or isinstance(exc, TRANSIENT):
+                log.warning("%d message(s) failed: %r", len(items), exc)
+                return {it.request.id: exc for it in items}
+            log.exception("batch of %d failed; processing its messages one by one", len(items))
+            failed: dict[str, BaseException] = {}
+            for it in items:
+                failed |= self._ingest(rt, [it])
+            return failed
+        set_delivery_state(self.app, [_key(it) for it in items], "done")
+        return {}
+
+    def _rejection(self, item: Item, reason: str) -> repo.Failure:
+        return failure(
+            reason,
+            {"args": item.request.args, "kwargs": item.request.kwargs},
+            self.name,
+            item.request.id,
+        )
 
     def _fail(self, item: Item, exc: BaseException) -> None:
         record_failure(
@@ -256,14 +319,14 @@ class JobBatch(IngestBatch):
 
 
 @shared_task(bind=True, base=ResumeBatch, name=INGEST_RESUME)
-def ingest_resume(self: ResumeBatch, requests: list[SimpleRequest]) -> int:
+def ingest_resume(self: ResumeBatch, requests: list[SimpleRequest]) -> dict[str, Any]:
     """Store resumes, embed their fields and (by default) score each against every stored
     job. Message arguments: ``(document, score=True)``."""
     return self.run_batch(requests)
 
 
 @shared_task(bind=True, base=JobBatch, name=INGEST_JOB)
-def ingest_job(self: JobBatch, requests: list[SimpleRequest]) -> int:
+def ingest_job(self: JobBatch, requests: list[SimpleRequest]) -> dict[str, Any]:
     """Store jobs, embed their fields and (by default) score every stored resume against
     each. Message arguments: ``(document, score=True)``."""
     return self.run_batch(requests)

@@ -22,27 +22,32 @@ def _body(message: Any) -> str:
 
 
 class RecordingConsumer(Consumer):
-    def _record(self, message: Any, reason: str) -> None:
+    def _recorded(self, message: Any, reason: str) -> bool:
+        """Record the message; if that cannot be done (database down after the retries),
+        put it back on the queue instead of letting Celery acknowledge it."""
         from tasks.embed import record_failure
 
         name, task_id = _headers(message)
-        record_failure(
+        if record_failure(
             self.app, reason=reason, payload=_body(message), task_name=name, task_id=task_id
-        )
+        ):
+            return True
+        message.reject(requeue=True)
+        return False
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._record(message, f"undecodable message ({message.content_type}): {exc}")
-        super().on_decode_error(message, exc)
+        if self._recorded(message, f"undecodable message ({message.content_type}): {exc}"):
+            super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._record(message, "not a Celery task message")
-        super().on_unknown_message(body, message)
+        if self._recorded(message, "not a Celery task message"):
+            super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name, _ = _headers(message)
-        self._record(message, f"unknown task name {name!r}")
-        super().on_unknown_task(body, message, exc)
+        if self._recorded(message, f"unknown task name {name!r}"):
+            super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._record(message, f"invalid task message: {exc}")
-        super().on_invalid_task(body, message, exc)
+        if self._recorded(message, f"invalid task message: {exc}"):
+            super().on_invalid_task(body, message, exc)

@@ -13,10 +13,12 @@ Exports live in ``<model store>/onnx/<version>/`` (``model.onnx``, ``model_qint8
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -112,16 +114,15 @@ def quantize(spec: ModelSpec, store: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    tag = uuid.uuid4().hex
-    pre, tmp = out / f".pre-{tag}.onnx", out / f".tmp-{tag}.onnx"
-    try:
-        # Symbolic shape inference does not complete on these graphs: skipped.
-        quant_pre_process(str(out / FP32_FILE), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+    # The quantiser's helpers may leave files in the working directory (shape inference's
+    # "sym_shape_infer_temp.onnx" and its external data): they all run in a scratch dir.
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=out) as scratch:
+        pre, tmp = Path(scratch) / "pre.onnx", Path(scratch) / "int8.onnx"
+        with contextlib.chdir(scratch):
+            # Symbolic shape inference does not complete on these graphs: skipped.
+            quant_pre_process(str(out / FP32_FILE), str(pre), skip_symbolic_shape=True)
+            quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
         os.replace(tmp, out / INT8_FILE)
-    finally:
-        for f in (pre, tmp):
-            f.unlink(missing_ok=True)
     return out
 
 
