@@ -52,16 +52,35 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # Scores live in Postgres; results are small summaries that expire.
+        # Scores live in Postgres; results are small summaries that expire (unread ones do
+        # not pile up in Redis). A result write that hits a broker restart is retried.
         "result_expires": broker.result_expires_s,
         "result_extended": True,
-        # At-least-once: ack after the rows are committed; a killed worker's task is redelivered.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        # Producers: a publish that hits a broker restart is retried for about a minute
+        # (then the caller gets the error) instead of failing at once.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 20,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
+        # Workers reconnect to the broker for as long as it takes.
+        "broker_connection_max_retries": None,
+        # At-least-once: ack after the rows are committed; a killed worker's task is
+        # redelivered (Redis: after visibility_timeout_s, or at once on a warm shutdown), and
+        # one that keeps killing workers is dead-lettered after broker.max_deliveries
+        # (tasks.reliability). Failed tasks are acked: they are recorded in failed_messages.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # Ingest messages are batched across tasks: a worker reserves up to one batch per
-        # process (all unacknowledged until the batch's rows are committed). Workers that
-        # only train run with 1 (``jobfit worker --queues train``).
-        "worker_prefetch_multiplier": settings.batch.max_tasks,
+        "task_acks_on_failure_or_timeout": True,
+        # Ingest messages are batched across tasks: a worker reserves up to two batches per
+        # task thread, the one running and the next one gathering (all unacknowledged until
+        # their rows are committed). Workers that only train run with 1 (``jobfit worker
+        # --queues train``).
+        "worker_prefetch_multiplier": 2 * settings.batch.max_tasks,
         # Operators watch tasks in Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -39,8 +39,16 @@ class ModelChoice(StrEnum):
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: embed, train.")] = "embed",
-    pool: Annotated[str, typer.Option(help="solo (one model per process) or prefork.")] = "solo",
-    concurrency: Annotated[int, typer.Option(help="Processes (prefork only).")] = 1,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="threads (default: tasks run in a thread, so the event loop keeps reading"
+            " the broker while a batch runs), solo, or prefork."
+        ),
+    ] = "threads",
+    concurrency: Annotated[
+        int, typer.Option(help="Threads or processes running tasks (one model each process).")
+    ] = 1,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
 ) -> None:

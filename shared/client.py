@@ -10,7 +10,8 @@ client.submit_label("R1", "J1", 0.8)         # joins the next training set
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +140,36 @@ class JobfitClient:
         req = validate_message(RescoreRequest, {"version": version})
         kwargs = {"request": req.model_dump(mode="json")}
         return self._send(RESCORE, kwargs, json.dumps(kwargs))
+
+
+def await_or_resend(
+    sent: Mapping[str, AsyncResult],
+    resend: Callable[[str], AsyncResult],
+    *,
+    timeout_s: float = 120.0,
+    rounds: int = 3,
+    poll_s: float = 0.5,
+) -> tuple[dict[str, AsyncResult], int]:
+    """End-to-end at-least-once for a producer: wait for each message's result; a message
+    still unanswered after ``timeout_s`` is sent again with ``resend(key)`` (ingest and
+    scoring are idempotent, so a slow original that also completes does no harm), for up to
+    ``rounds`` rounds. Redis's transport can lose the message a worker is being given at the
+    moment it is killed (kombu's BRPOP has no reliable variant); this closes that gap from
+    the producer's side. Returns the latest result of each key and how many were re-sent."""
+    current = dict(sent)
+    resent = 0
+    for round_ in range(rounds + 1):
+        deadline = time.monotonic() + timeout_s
+        waiting = {k for k, r in current.items() if not r.ready()}
+        while waiting and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            waiting = {k for k in waiting if not current[k].ready()}
+        if not waiting or round_ == rounds:
+            break
+        for k in sorted(waiting):
+            current[k] = resend(k)
+            resent += 1
+    return current, resent
 
 
 def read_documents(path: str | Path) -> list[dict[str, Any]]:

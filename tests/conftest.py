@@ -6,11 +6,8 @@ machine (a developer's and CI's) never see each other's rows or messages."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,35 +17,16 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+from workers.procs import ROOT, RUN_ID, WorkerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("JOBFIT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("JOBFIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
-RUN_ID = uuid.uuid4().hex[:8]
 # The broker under test: Redis by default; JOBFIT_TEST_BROKER=amqp://guest:guest@127.0.0.1:5672
 # runs the same tests on RabbitMQ, in a vhost of their own (results stay on Redis).
 TEST_BROKER = os.environ.get("JOBFIT_TEST_BROKER", REDIS_URL)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The JOBFIT_* environment that makes a child process read these settings."""
-    env = {
-        "JOBFIT_ENV": settings.env,
-        "JOBFIT_DB__URL": settings.db.url,
-        "JOBFIT_BROKER__URL": settings.broker.url,
-        "JOBFIT_BROKER__KEY_PREFIX": settings.broker.key_prefix,
-        "JOBFIT_BROKER__RESULT_BACKEND": settings.broker.backend_url,
-        "JOBFIT_MODEL__STORE": str(settings.model.store),
-        "JOBFIT_MODEL__BACKEND": settings.model.backend,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    if settings.model.path is not None:
-        env["JOBFIT_MODEL__PATH"] = str(settings.model.path)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -163,78 +141,6 @@ def session_factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
 @pytest.fixture(scope="session")
 def celery_app(settings: Settings):
     return producer_app(settings)
-
-
-class WorkerProcess:
-    """``jobfit worker --queues embed``: the command docker compose runs, as a real process."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        app,
-        name: str,
-        log_path: Path,
-        extra: tuple[str, ...] = (),
-        queues: str = "embed",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.settings, self.app, self.name, self.log_path = settings, app, name, log_path
-        self.extra, self.queues, self.env = extra, queues, env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def hostname(self) -> str:
-        return f"{self.name}@{RUN_ID}"
-
-    def start(self, timeout: float = 180) -> None:
-        env = {**os.environ, **settings_env(self.settings), **self.env}
-        cmd = [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "worker",
-            "--queues",
-            self.queues,
-            "--hostname",
-            self.hostname,
-            "--loglevel",
-            "INFO",
-            *self.extra,
-        ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker died: {self.log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker not ready in time")
-
-    def ping(self) -> bool:
-        replies = self.app.control.ping(destination=[self.hostname], timeout=1.0)
-        return any(self.hostname in r for r in replies)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: a crash, not a shutdown."""
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 @pytest.fixture(scope="session")

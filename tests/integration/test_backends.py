@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from shared.client import JobfitClient
 from shared.orm import ModelVersionRow
-from tests.conftest import WorkerProcess, isolated
+from tests.conftest import isolated
 from workers.model import ModelSpec, SentenceTransformerEmbedder, base_version, version_of
 from workers.onnx_backend import (
     GATE_FILE,
@@ -22,6 +22,7 @@ from workers.onnx_backend import (
     quantize,
     sample_check_set,
 )
+from workers.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from shared.client import JobfitClient
 from shared.orm import DocumentRow, FieldEmbeddingRow
-from tests.conftest import WorkerProcess, isolated
+from tests.conftest import isolated
+from workers.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

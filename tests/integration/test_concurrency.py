@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from shared.orm import FieldEmbeddingRow, MatchRow
-from tests.conftest import WorkerProcess
+from workers.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

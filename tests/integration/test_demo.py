@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, RUN_ID, private_database, settings_env
+from tests.conftest import private_database
+from workers.procs import ROOT, RUN_ID, settings_env
 
 pytestmark = pytest.mark.integration
 

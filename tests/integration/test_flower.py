@@ -15,7 +15,7 @@ from base64 import b64encode
 
 import pytest
 
-from tests.conftest import ROOT, settings_env
+from workers.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, settings_env
+from workers.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -23,13 +23,12 @@ from shared.orm import DocumentRow, MatchRow, ModelVersionRow
 from shared.schemas import ResumeDocument
 from shared.splits import split_part
 from tests.conftest import (
-    RUN_ID,
-    WorkerProcess,
     make_settings,
     private_database,
     producer_app,
     session_factory_for,
 )
+from workers.procs import RUN_ID, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -292,7 +291,7 @@ def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path)
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, settings_env
+    from workers.procs import ROOT, settings_env
     from workers.training import load_training_data
 
     f = tmp_path / "pairs.csv"

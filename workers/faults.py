@@ -1,0 +1,348 @@
+"""Fault scenarios on real processes, and what they leave behind: the same code makes the
+fault report (``jobfit bench-faults``, ``make bench-faults``: JSON) and the fault tests
+(``make test-faults``), which assert its counts.
+
+Every scenario runs on a fresh database and its own broker key prefix, with real ``jobfit
+worker`` processes, and counts at the end, from Postgres:
+
+sent        valid documents sent (plus, for ``hostile_messages``, the bad ones)
+scored      valid resumes that have exactly one match row for every job
+lost        valid resumes without their full set of match rows (missing rows)
+duplicated  rows beyond one per key: matches per (resume, job, version), documents per
+            (kind, id), embeddings per (version, text hash)
+crashed     worker processes that exited without being killed by the scenario
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery.result import AsyncResult
+from rich.console import Console
+from sqlalchemy import create_engine, func, make_url, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from shared.celery_app import create_celery_app
+from shared.client import JobfitClient, await_or_resend, read_documents
+from shared.config import Settings
+from shared.orm import DocumentRow, FieldEmbeddingRow, MatchRow
+from workers.bench import Stage, fresh_stage
+from workers.demo import SAMPLE_DIR
+from workers.procs import RUN_ID, WorkerProcess
+
+Docs = list[dict[str, Any]]
+WAIT_S = 300.0
+
+
+# --- private services --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the scenario's own: append-only file fsynced on every write (so a
+    kill -9 loses nothing it acknowledged) and a password, as production should run it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = secrets.token_hex(12)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        cmd += ["--dir", str(self.dir), "--requirepass", self.password]
+        log = (self.dir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                if client.ping():
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+class PrivatePostgres:
+    """A Postgres cluster of the scenario's own (``pg_createcluster`` on a free port, password
+    authentication), stopped and started by the scenario; never the shared one."""
+
+    def __init__(self) -> None:
+        self.version = sorted(os.listdir("/etc/postgresql"))[-1]
+        self.name = f"jobfit-faults-{RUN_ID}"
+        self.port = free_port()
+        self.password = secrets.token_hex(12)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(list(args), check=True, capture_output=True, timeout=120)
+
+    def create(self) -> None:
+        pwfile = Path(f"/tmp/{self.name}.pw")  # noqa: S108 (read by initdb, deleted at once)
+        pwfile.write_text(self.password)
+        pwfile.chmod(0o644)
+        try:
+            self._ctl(
+                "pg_createcluster", self.version, self.name, "-p", str(self.port), "--start",
+                "--", "--auth=scram-sha-256", f"--pwfile={pwfile}",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def start(self) -> None:
+        self._ctl("pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start")
+
+    def stop(self) -> None:
+        self._ctl(
+            "pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop",
+            "-m", "fast",
+        )  # fmt: skip
+
+    def drop(self) -> None:
+        subprocess.run(
+            ["pg_dropcluster", "--stop", self.version, self.name],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+# --- documents and counts ----------------------------------------------------------------
+
+
+def stream_documents(n_resumes: int) -> tuple[Docs, Docs]:
+    """The bundled sample's jobs, and ``n_resumes`` resumes made from its resumes (variant k
+    of a resume has its own id and one skill of its own, so it brings new texts)."""
+    base = read_documents(SAMPLE_DIR / "resumes.jsonl")
+    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")
+    resumes = []
+    for i in range(n_resumes):
+        r = dict(base[i % len(base)])
+        k = i // len(base)
+        r["id"] = f"{r['id']}-v{k}"
+        r["skills"] = [*r.get("skills", []), f"fault skill {k}"]
+        resumes.append(r)
+    return resumes, jobs
+
+
+def scored_ids(factory: sessionmaker[Session], n_jobs: int) -> set[str]:
+    r = aliased(DocumentRow)
+    with factory() as s:
+        rows = s.execute(
+            select(r.external_id)
+            .select_from(MatchRow)
+            .join(r, r.id == MatchRow.resume_id)
+            .group_by(r.external_id)
+            .having(func.count(func.distinct(MatchRow.job_id)) == n_jobs)
+        ).scalars()
+        return set(rows)
+
+
+def outcome(factory: sessionmaker[Session], resume_ids: set[str], n_jobs: int) -> dict[str, int]:
+    """scored / lost / duplicated, as defined in the module docstring."""
+    r, j = aliased(DocumentRow), aliased(DocumentRow)
+    with factory() as s:
+        per_pair = s.execute(
+            select(r.external_id, func.count())
+            .select_from(MatchRow)
+            .join(r, r.id == MatchRow.resume_id)
+            .join(j, j.id == MatchRow.job_id)
+            .group_by(r.external_id, j.external_id, MatchRow.model_version_id)
+        ).all()
+        dup_docs = s.execute(
+            select(
+                func.count() - func.count(func.distinct(DocumentRow.kind + DocumentRow.external_id))
+            )
+        ).scalar_one()
+        dup_emb = s.execute(
+            select(
+                func.count()
+                - func.count(
+                    func.distinct(
+                        func.concat(FieldEmbeddingRow.model_version_id, FieldEmbeddingRow.text_hash)
+                    )
+                )
+            )
+        ).scalar_one()
+    jobs_of: dict[str, int] = {}
+    duplicated = int(dup_docs) + int(dup_emb)
+    for rid, n in per_pair:
+        jobs_of[rid] = jobs_of.get(rid, 0) + 1
+        duplicated += n - 1
+    scored = sum(1 for rid in resume_ids if jobs_of.get(rid) == n_jobs)
+    return {"scored": scored, "lost": len(resume_ids) - scored, "duplicated": duplicated}
+
+
+def wait_scored(
+    factory: sessionmaker[Session], resume_ids: set[str], n_jobs: int, timeout: float = WAIT_S
+) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = outcome(factory, resume_ids, n_jobs)
+        if out["lost"] == 0 or time.monotonic() > deadline:
+            return out
+        time.sleep(1.0)
+
+
+# --- scenario harness --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One scenario's stage, workers and counters."""
+
+    stage: Stage
+    factory: sessionmaker[Session]
+    workdir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+    kills: int = 0
+    crashed: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def worker(self, name: str, queues: str = "embed", **env: str) -> WorkerProcess:
+        # Its own app for control (ping): the scenario's threads never share a connection.
+        w = WorkerProcess(
+            self.stage.settings,
+            create_celery_app(self.stage.settings, with_tasks=False),
+            f"{name}-{len(self.workers)}",
+            self.workdir / f"{name}.log",
+            queues=queues,
+            env={**self.stage.env, **env},
+        )
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def kill(self, w: WorkerProcess) -> None:
+        """kill -9 (whole process group); a worker found dead before that is a crash."""
+        if not w.alive():
+            self.crashed += 1
+        w.kill()
+        self.workers.remove(w)
+        self.kills += 1
+
+    def check_alive(self) -> None:
+        self.crashed += sum(1 for w in self.workers if w.proc is not None and not w.alive())
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.log")))
+
+
+@contextlib.contextmanager
+def scenario(settings: Settings, model_path: Path, workdir: Path, **env: str) -> Iterator[Run]:
+    with fresh_stage(settings, model_path, **env) as stage:
+        engine = create_engine(make_url(stage.settings.db.url), pool_pre_ping=True)
+        run = Run(stage, sessionmaker(engine), workdir)
+        try:
+            yield run
+        finally:
+            for w in run.workers:
+                w.stop()
+            engine.dispose()
+
+
+def send_stream(
+    client: JobfitClient, resumes: Docs, jobs: Docs, rate: float, during: Callable[[], None]
+) -> dict[str, AsyncResult]:
+    """Jobs, then resumes at ``rate`` per second, while ``during`` runs in a thread. Returns
+    each resume's result handle (for the report's diagnostics)."""
+    for j in jobs:
+        client.submit_job(j)
+    t = threading.Thread(target=during, daemon=True)
+    t.start()
+    sent = {}
+    for r in resumes:
+        sent[r["id"]] = client.submit_resume(r)
+        time.sleep(1.0 / rate)
+    t.join()
+    return sent
+
+
+def stream_report(
+    run: Run, resumes: Docs, jobs: Docs, sent: dict[str, AsyncResult], **extra: Any
+) -> dict[str, Any]:
+    """Wait as a careful producer does (``await_or_resend``), then count. ``lost_in_transit``:
+    messages whose first send never got an answer (a worker was killed as Redis handed them
+    over); they were re-sent, and count as lost only if still missing after that."""
+    client = JobfitClient(app=run.stage.app)
+    by_id = {r["id"]: r for r in resumes}
+    _, resent = await_or_resend(
+        sent, lambda rid: client.submit_resume(by_id[rid]), timeout_s=90.0, rounds=2
+    )
+    counts = wait_scored(run.factory, set(by_id), len(jobs), timeout=30.0)
+    run.check_alive()
+    extra["resent"] = resent
+    extra["lost_in_transit"] = sum(1 for r in sent.values() if not r.ready())
+    if counts["lost"]:
+        missing = sorted(set(sent) - scored_ids(run.factory, len(jobs)))[:10]
+        extra["lost_examples"] = {m: [sent[m].id, sent[m].state] for m in missing}
+    return {
+        "sent": len(resumes) + len(jobs),
+        "valid_resumes": len(resumes),
+        "jobs": len(jobs),
+        **counts,
+        "crashed": run.crashed,
+        "kills": run.kills,
+        **extra,
+    }
+
+
+def kill_embed_worker(
+    settings: Settings, model_path: Path, workdir: Path, console: Console, kills: int = 5
+) -> dict[str, Any]:
+    """kill -9 the embed worker ``kills`` times while documents stream in; a new worker is
+    started after each kill (as compose's restart policy does). The killed workers' messages
+    come back after the visibility timeout (10 s here)."""
+    resumes, jobs = stream_documents(200)
+    with scenario(settings, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="10") as run:
+        w = run.worker("embed")
+
+        def killer() -> None:
+            nonlocal w
+            for i in range(kills):
+                time.sleep(2.0)
+                console.print(f"kill -9 embed worker ({i + 1}/{kills})")
+                run.kill(w)
+                w = run.worker("embed")
+
+        sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 8, during=killer)
+        return stream_report(run, resumes, jobs, sent)
