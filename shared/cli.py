@@ -42,10 +42,11 @@ def worker(
     pool: Annotated[
         str,
         typer.Option(
-            help="threads (default: tasks run in a thread, so the event loop keeps reading"
-            " the broker while a batch runs), solo, or prefork."
+            help="solo (default: tasks run in the process that holds the model and the"
+            " broker connection) or prefork. (threads: measured to crash on a broker"
+            " restart, acks racing the reconnection.)"
         ),
-    ] = "threads",
+    ] = "solo",
     concurrency: Annotated[
         int, typer.Option(help="Threads or processes running tasks (one model each process).")
     ] = 1,

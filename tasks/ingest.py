@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -135,11 +134,6 @@ def ingest_items(rt: WorkerRuntime, items: Sequence[Item]) -> None:
         ).model_dump()
 
 
-# Batches in flight per task name (the pool runs them; the event loop gathers the next).
-_INFLIGHT: dict[str, int] = {}
-_INFLIGHT_LOCK = threading.Lock()
-
-
 class IngestBatch(Batches):
     """A batch of ingest messages of one kind."""
 
@@ -155,23 +149,6 @@ class IngestBatch(Batches):
     def flush_interval(self) -> float:
         return float(self.app.settings.batch.max_wait_s)
 
-    def _do_flush(self) -> None:
-        """Messages gather while a batch runs; the next batch starts when the worker is free
-        (on the timer's next tick). So the thread pool runs full batches, and the worker's
-        event loop is never blocked by one: it reads each message off Redis as it is popped,
-        so a killed worker's messages are all in Redis's unacked set, to be redelivered."""
-        if self._busy():
-            return  # the flush timer stays armed
-        super()._do_flush()
-
-    def _busy(self) -> bool:
-        with _INFLIGHT_LOCK:
-            return _INFLIGHT.get(self.name, 0) > 0
-
-    def _inflight(self, delta: int) -> None:
-        with _INFLIGHT_LOCK:
-            _INFLIGHT[self.name] = _INFLIGHT.get(self.name, 0) + delta
-
     def flush(self, requests: Collection[Request]) -> Any:
         """As celery-batches does (acks late: when the batch function returns), in batches of
         at most ``flush_every``, except that the messages a batch hands back (``requeue``:
@@ -186,17 +163,13 @@ class IngestBatch(Batches):
         simple = ([SimpleRequest.from_request(r) for r in requests],)
 
         def on_return(result: Any) -> None:
-            try:
-                requeue = set(result["requeue"]) if isinstance(result, dict) else None
-                for req in requests:
-                    if requeue is None or req.id in requeue:
-                        req.reject(requeue=True)
-                    else:
-                        req.acknowledge()
-            finally:
-                self._inflight(-1)
+            requeue = set(result["requeue"]) if isinstance(result, dict) else None
+            for req in requests:
+                if requeue is None or req.id in requeue:
+                    req.reject(requeue=True)
+                else:
+                    req.acknowledge()
 
-        self._inflight(+1)
         self._pool.apply_async(apply_batches_task, (self, simple, 0, None), callback=on_return)
 
     def run_batch(self, requests: Sequence[SimpleRequest]) -> dict[str, Any]:

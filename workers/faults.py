@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -28,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
+from kombu.connection import Connection
+from kombu.entity import Exchange
 from rich.console import Console
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from shared.celery_app import create_celery_app
+from shared.celery_app import EMBED_QUEUE, INGEST_RESUME, create_celery_app
 from shared.client import JobfitClient, await_or_resend, read_documents
 from shared.config import Settings
-from shared.orm import DocumentRow, FieldEmbeddingRow, MatchRow
+from shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
+from workers import hostile
 from workers.bench import Stage, fresh_stage
 from workers.demo import SAMPLE_DIR
 from workers.procs import RUN_ID, WorkerProcess
@@ -247,6 +251,7 @@ class Run:
             self.workdir / f"{name}.log",
             queues=queues,
             env={**self.stage.env, **env},
+            extra=tuple(os.environ.get("JOBFIT_FAULTS_WORKER_ARGS", "").split()),
         )
         w.start()
         self.workers.append(w)
@@ -346,3 +351,199 @@ def kill_embed_worker(
 
         sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 8, during=killer)
         return stream_report(run, resumes, jobs, sent)
+
+
+def secrets_in_logs(run: Run, *secrets_: str) -> int:
+    """How many times any of these secrets appears in the workers' logs (must be 0)."""
+    logs = run.logs()
+    return sum(logs.count(s) for s in secrets_ if s)
+
+
+def restart_redis(
+    settings: Settings, model_path: Path, workdir: Path, console: Console
+) -> dict[str, Any]:
+    """A private Redis (append-only, fsync always, password) as broker and result backend;
+    kill -9 it mid-stream and start it again on its files 2 s later. Producers retry their
+    publishes, the worker reconnects, and the messages it held come back from Redis's
+    unacked set after the visibility timeout."""
+    redis_ = PrivateRedis(workdir)
+    redis_.start()
+    own = settings.model_copy(deep=True)
+    own.broker.url = own.broker.result_backend = redis_.url
+    try:
+        resumes, jobs = stream_documents(120)
+        with scenario(own, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="10") as run:
+            run.worker("embed")
+
+            def restart() -> None:
+                time.sleep(3.0)
+                console.print("kill -9 redis-server; restart in 2 s")
+                redis_.kill()
+                time.sleep(2.0)
+                redis_.start()
+
+            sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 10, during=restart)
+            return stream_report(
+                run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, redis_.password)
+            )
+    finally:
+        redis_.stop()
+
+
+def stop_postgres(
+    settings: Settings, model_path: Path, workdir: Path, console: Console, down_s: float = 20.0
+) -> dict[str, Any]:
+    """A private Postgres cluster (password auth); stopped mid-stream for ``down_s`` seconds.
+    The worker's batch retries with backoff (messages unacknowledged meanwhile); nothing is
+    acknowledged before its rows are committed."""
+    pg = PrivatePostgres()
+    pg.create()
+    own = settings.model_copy(deep=True)
+    own.db.url = pg.url
+    try:
+        resumes, jobs = stream_documents(120)
+        with scenario(own, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="600") as run:
+            run.worker("embed")
+
+            def outage() -> None:
+                time.sleep(3.0)
+                console.print(f"stop postgres for {down_s:.0f} s")
+                pg.stop()
+                time.sleep(down_s)
+                pg.start()
+
+            sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 10, during=outage)
+            return stream_report(
+                run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, pg.password)
+            )
+    finally:
+        pg.drop()
+
+
+def publish_all(run: Run, messages: list[hostile.Message]) -> None:
+    """Task calls through Celery (JSON), raw bodies straight through kombu."""
+    s = run.stage.settings
+    options = {"global_keyprefix": s.broker.key_prefix} if s.broker.key_prefix else {}
+    with Connection(s.broker.url, transport_options=options) as conn:  # type: ignore[no-untyped-call]
+        producer = conn.Producer()
+        exchange = Exchange(EMBED_QUEUE, type="direct")  # type: ignore[no-untyped-call]
+        for m in messages:
+            if m.raw is None:
+                run.stage.app.send_task(m.task, args=m.args, kwargs=m.kwargs, task_id=m.id)
+                continue
+            producer.publish(
+                m.raw,
+                exchange=exchange,
+                routing_key=EMBED_QUEUE,
+                content_type=m.content_type,
+                content_encoding="utf-8" if "json" in m.content_type else "binary",
+                headers={**(m.headers or {}), "id": m.id, "lang": "py"},
+                retry=True,
+            )
+
+
+def hostile_messages(
+    settings: Settings, model_path: Path, workdir: Path, console: Console, n: int = 10_000
+) -> dict[str, Any]:
+    """``n`` malformed and hostile messages (80 % hypothesis-generated ingest and scoring
+    calls, 20 % hand-written raw messages) mixed with valid documents, to one embed worker.
+    Every hostile message must end up either recorded in ``failed_messages`` with a reason,
+    or (when it happens to be a valid document) stored and scored; the worker must live."""
+    console.print(f"generating {n} hostile messages (hypothesis)")
+    drawn = hostile.generated(int(n * 0.8))
+    split = int(n * 0.65)
+    bad = list(hostile.ingest_messages(drawn[:split]))
+    bad += hostile.score_messages(drawn[split:])
+    bad += hostile.raw_messages(n - len(bad))
+    resumes, jobs = stream_documents(100)
+    resumes += hostile.valid_hostile_documents()
+    good = [
+        hostile.Message(f"good-{r['id']}", INGEST_RESUME, kwargs={"document": r}) for r in resumes
+    ]
+    mixed = bad + good
+    random.Random(1).shuffle(mixed)  # noqa: S311 (a fixed order, not a secret)
+    valid_docs = {m.id: m.valid_document for m in bad if m.valid_document is not None}
+    with scenario(settings, model_path, workdir) as run:
+        run.worker("embed")
+        client = JobfitClient(app=run.stage.app)
+        for j in jobs:
+            client.submit_job(j)
+        t0 = time.monotonic()
+        console.print(f"sending {len(mixed)} messages")
+        publish_all(run, mixed)
+        rejected_ids = {m.id for m in bad} - set(valid_docs)
+        deadline = time.monotonic() + 900
+        while True:
+            recorded = recorded_ids(run.factory, rejected_ids)
+            if len(recorded) == len(rejected_ids) or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        seconds = time.monotonic() - t0
+        n_jobs = count_jobs(run.factory)
+        counts = wait_scored(run.factory, {r["id"] for r in resumes}, n_jobs, timeout=120)
+        stored = stored_ids(run.factory, {str(d["id"]) for d in valid_docs.values()})
+        run.check_alive()
+        return {
+            "sent": len(mixed) + len(jobs),
+            "hostile": len(bad),
+            "hostile_valid_documents": len(valid_docs),
+            "hostile_valid_stored": len(stored),
+            "rejected_expected": len(rejected_ids),
+            "rejected_recorded": len(recorded),
+            "unaccounted": len(rejected_ids - recorded) + len(valid_docs) - len(stored),
+            "valid_resumes": len(resumes),
+            **counts,
+            "crashed": run.crashed,
+            "worker_alive": all(w.alive() for w in run.workers),
+            "verbatim": verbatim(run.factory, hostile.valid_hostile_documents()),
+            "reasons": reason_counts(run.factory),
+            "seconds": round(seconds, 1),
+        }
+
+
+def recorded_ids(factory: sessionmaker[Session], ids: set[str]) -> set[str]:
+    with factory() as s:
+        rows = s.execute(
+            select(FailedMessageRow.task_id).where(
+                FailedMessageRow.task_id.is_not(None), func.length(FailedMessageRow.reason) > 0
+            )
+        ).scalars()
+        return {r for r in rows if r in ids}
+
+
+def stored_ids(factory: sessionmaker[Session], ids: set[str]) -> set[str]:
+    with factory() as s:
+        return set(s.execute(select(DocumentRow.external_id)).scalars()) & ids
+
+
+def count_jobs(factory: sessionmaker[Session]) -> int:
+    with factory() as s:
+        return int(
+            s.execute(
+                select(func.count()).select_from(DocumentRow).where(DocumentRow.kind == "job")
+            ).scalar_one()
+        )
+
+
+def verbatim(factory: sessionmaker[Session], docs: list[dict[str, Any]]) -> bool:
+    """Hostile text in valid documents comes back exactly as sent."""
+    with factory() as s:
+        rows: dict[str, Any] = dict(
+            s.execute(
+                select(DocumentRow.external_id, DocumentRow.payload).where(
+                    DocumentRow.external_id.in_([d["id"] for d in docs])
+                )
+            ).all()
+        )
+    return len(rows) == len(docs) and all(rows[d["id"]]["skills"] == d["skills"] for d in docs)
+
+
+def reason_counts(factory: sessionmaker[Session]) -> dict[str, int]:
+    """How many rejections of each kind (the reason up to its first colon)."""
+    with factory() as s:
+        reasons = s.execute(select(FailedMessageRow.reason)).scalars().all()
+    out: dict[str, int] = {}
+    for r in reasons:
+        key = r.split(":", 1)[0][:60]
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:15])
