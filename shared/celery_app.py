@@ -35,7 +35,12 @@ class JobfitCelery(Celery):
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration jobfit runs with (documented choices, one place)."""
     broker = settings.broker
-    transport_options: dict[str, Any] = {"visibility_timeout": broker.visibility_timeout_s}
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": broker.visibility_timeout_s,
+        # Look for messages of killed workers (unacked and older than the visibility
+        # timeout) every 10 s, not every 100 s (kombu's default throttle of 10 sweeps).
+        "unacked_restore_throttle": 1,
+    }
     if broker.key_prefix:
         transport_options["global_keyprefix"] = broker.key_prefix
     backend_options = dict(transport_options)

@@ -78,6 +78,8 @@ class JobfitTask(Task):
             )
             set_delivery_state(self.app, [key], "dead")
             return {"status": "rejected", "reason": reason}
+        if d.state == "done":  # redelivered after it finished (e.g. its ack was lost)
+            return {"status": "duplicate", "reason": "already done; this delivery is ignored"}
         try:
             return super().__call__(*args, **kwargs)
         finally:  # returned, failed or retried: not a lost worker

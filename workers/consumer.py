@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from vine import promise
 
 
 def _headers(message: Any) -> tuple[str | None, str | None]:
@@ -21,7 +22,27 @@ def _body(message: Any) -> str:
     return repr(body)
 
 
+# Errors of a message whose body has the wrong shape (e.g. a JSON string where Celery expects
+# [args, kwargs, embed]): raised while Celery builds the request, where Celery (and
+# celery-batches) let them through, and the worker stops with "Unrecoverable error".
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
 class RecordingConsumer(Consumer):
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except MALFORMED as exc:
+                reason = f"malformed task message: {type(exc).__name__}: {exc}"
+                if self._recorded(message, reason) and not message.acknowledged:
+                    message.ack()
+                return None
+
+        return on_task_received
+
     def _recorded(self, message: Any, reason: str) -> bool:
         """Record the message; if that cannot be done (database down after the retries),
         put it back on the queue instead of letting Celery acknowledge it."""

@@ -547,3 +547,77 @@ def reason_counts(factory: sessionmaker[Session]) -> dict[str, int]:
         key = r.split(":", 1)[0][:60]
         out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:15])
+
+
+def kill_train_worker(
+    settings: Settings, model_path: Path, workdir: Path, console: Console
+) -> dict[str, Any]:
+    """Labels for a few sample documents, then a full fine-tune on the train queue; the train
+    worker is killed (-9) as soon as it reports fine-tuning. The active version, the registry
+    and the model store must be as before (a ``.tmp-*`` dir at most). A new train worker
+    then gets the retrain again (after the visibility timeout) and finishes it once."""
+    from shared import registry
+
+    resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")[:12]
+    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")[:6]
+    store = workdir / "store"  # trained versions go here, not to the user's model store
+    env = {
+        "JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "40",
+        "JOBFIT_TRAIN__DEVICE": "cpu",
+        "JOBFIT_MODEL__STORE": str(store),
+    }
+    with scenario(settings, model_path, workdir, **env) as run:
+        run.worker("embed")
+        trainer = run.worker("train", queues="train")
+        client = JobfitClient(app=run.stage.app)
+        results = [client.submit_job(j) for j in jobs] + [client.submit_resume(r) for r in resumes]
+        for res in results:
+            res.get(timeout=WAIT_S)
+        labels = label_rows({r["id"] for r in resumes}, {j["id"] for j in jobs})
+        for res in [client.submit_label(r, j, y, source="faults") for r, j, y in labels]:
+            res.get(timeout=WAIT_S)
+
+        def registry_state() -> tuple[str, int]:
+            with run.factory() as s:
+                versions = registry.list_versions(session=s)
+            return next(v.version for v in versions if v.status == "active"), len(versions)
+
+        before = registry_state()
+        dirs = set(os.listdir(store)) if store.is_dir() else set()
+        retrain = client.retrain(mode="full", max_steps=40)
+        deadline = time.monotonic() + WAIT_S
+        while not (isinstance(retrain.info, dict) and retrain.info.get("stage") == "fine-tuning"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the retrain never reported fine-tuning")
+            time.sleep(0.2)
+        console.print("kill -9 the train worker mid fine-tuning")
+        run.kill(trainer)
+        after_kill = registry_state()
+        left = (set(os.listdir(store)) if store.is_dir() else set()) - dirs
+        run.worker("train", queues="train")
+        console.print("waiting for the retrain to be delivered again and finish")
+        outcome_ = retrain.get(timeout=WAIT_S)
+        run.check_alive()
+        return {
+            "labels": len(labels),
+            "active_before": before[0],
+            "active_unchanged_after_kill": after_kill[0] == before[0],
+            "versions_unchanged_after_kill": after_kill[1] == before[1],
+            "partial_model_dirs_in_place": sum(1 for d in left if not d.startswith(".tmp-")),
+            "redelivered_retrain": outcome_.get("status"),
+            "versions_after_redelivery": registry_state()[1] - before[1],
+            "crashed": run.crashed,
+            "kills": run.kills,
+        }
+
+
+def label_rows(resume_ids: set[str], job_ids: set[str]) -> list[tuple[str, str, float]]:
+    """The sample's labels for these resumes and jobs."""
+    import csv
+
+    with (SAMPLE_DIR / "labels.csv").open(encoding="utf-8") as fh:
+        return [
+            (row["resume_id"], row["job_id"], float(row["matched_score"]))
+            for row in csv.DictReader(fh)
+            if row["resume_id"] in resume_ids and row["job_id"] in job_ids
+        ]
