@@ -332,6 +332,30 @@ def bench(
     sys.stdout.write(text + "\n")
 
 
+@app.command("bench-faults")
+def bench_faults(
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    scenarios: Annotated[
+        str, typer.Option(help="Comma-separated scenario names (default: all).")
+    ] = "",
+    hostile: Annotated[int, typer.Option(help="Hostile messages to send.")] = 10_000,
+) -> None:
+    """Faults on real processes (kill -9 workers, Redis and Postgres outages, hostile
+    messages): sent, scored, lost, duplicated, crashed (JSON; see workers/faults.py)."""
+    worker_env()
+    from workers.faults import report
+
+    settings = get_settings()
+    names = [n.strip() for n in scenarios.split(",") if n.strip()] or None
+    result = report(settings, provision(settings, ModelChoice.minilm), err, names, hostile)
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    sys.stdout.write(text + "\n")
+    totals = result["totals"]
+    raise typer.Exit(1 if totals["lost"] or totals["duplicated"] or totals["crashed"] else 0)
+
+
 @app.command()
 def flower(
     port: Annotated[int | None, typer.Option(help="Default: JOBFIT_FLOWER__PORT (5555).")] = None,

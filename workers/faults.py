@@ -311,7 +311,7 @@ def stream_report(
     client = JobfitClient(app=run.stage.app)
     by_id = {r["id"]: r for r in resumes}
     _, resent = await_or_resend(
-        sent, lambda rid: client.submit_resume(by_id[rid]), timeout_s=90.0, rounds=2
+        sent, lambda rid: client.submit_resume(by_id[rid]), timeout_s=45.0, rounds=2
     )
     counts = wait_scored(run.factory, set(by_id), len(jobs), timeout=30.0)
     run.check_alive()
@@ -621,3 +621,38 @@ def label_rows(resume_ids: set[str], job_ids: set[str]) -> list[tuple[str, str, 
             for row in csv.DictReader(fh)
             if row["resume_id"] in resume_ids and row["job_id"] in job_ids
         ]
+
+
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "kill_embed_worker": kill_embed_worker,
+    "restart_redis": restart_redis,
+    "stop_postgres": stop_postgres,
+    "kill_train_worker": kill_train_worker,
+    "hostile_messages": hostile_messages,
+}
+
+
+def report(
+    settings: Settings,
+    model_path: Path,
+    console: Console,
+    names: list[str] | None = None,
+    hostile_n: int = 10_000,
+) -> dict[str, Any]:
+    """Run the scenarios (all by default) and total their counts."""
+    import tempfile
+
+    out: dict[str, Any] = {"scenarios": {}}
+    with tempfile.TemporaryDirectory(prefix="jobfit-faults-") as tmp:
+        for name in names or list(SCENARIOS):
+            console.print(f"[bold]{name}[/bold]")
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            kwargs = {"n": hostile_n} if name == "hostile_messages" else {}
+            t0 = time.monotonic()
+            result = SCENARIOS[name](settings, model_path, workdir, console, **kwargs)
+            result["wall_s"] = round(time.monotonic() - t0, 1)
+            out["scenarios"][name] = result
+    keys = ("sent", "scored", "lost", "duplicated", "crashed")
+    out["totals"] = {k: sum(int(r.get(k, 0)) for r in out["scenarios"].values()) for k in keys}
+    return out
