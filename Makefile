@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-rabbitmq test-unit lint format bench bench-quality compose-check schema clean
+.PHONY: install demo test test-faults test-rabbitmq test-unit lint format bench bench-faults bench-quality compose-check schema clean
 
 $(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ RABBITMQ_TESTS ?= tests/integration/test_pipeline.py tests/integration/test_bad_
 test-rabbitmq: $(STAMP)
 	JOBFIT_TEST_BROKER=$(RABBITMQ_URL) $(BIN)/python -m pytest -q $(RABBITMQ_TESTS)
 
+# The fault suite alone (part of `make test` too): kill -9 workers, Redis and Postgres
+# outages on private instances, a killed retrain, 10,000 hostile messages (~8 min).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m faults tests/faults
+
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
@@ -54,6 +59,10 @@ format: $(STAMP)
 DATASET ?= ../shared/data/resume-job/resume_data.csv
 bench: $(STAMP)
 	$(BIN)/jobfit bench $(if $(wildcard $(DATASET)),--dataset $(DATASET)) --out bench-pipeline.json
+
+# The fault report (JSON): sent, scored, lost, duplicated, crashed for every scenario.
+bench-faults: $(STAMP)
+	$(BIN)/jobfit bench-faults --out bench-faults.json
 
 # Untuned vs fine-tuned ranking quality on held-out resumes and jobs (real data, MiniLM head
 # on CPU, ~2 min). On a GPU: QUALITY_ARGS="--models mpnet --mode full --epochs 2".

@@ -30,7 +30,8 @@ def _default_home() -> Path:
 
 
 class DatabaseSettings(BaseModel):
-    url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/jobfit"
+    # Secrets (passwords in URLs) stay out of repr(): settings may reach a log or traceback.
+    url: str = Field(default="postgresql+psycopg://postgres@127.0.0.1:5432/jobfit", repr=False)
     echo: bool = False
     pool_size: int = 5
 
@@ -45,8 +46,8 @@ class DatabaseSettings(BaseModel):
 
 
 class BrokerSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str | None = None
+    url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
+    result_backend: str | None = Field(default=None, repr=False)
     # Prefix for every Redis key of the transport: lets several deployments (or test runs)
     # share one Redis without stealing each other's messages.
     key_prefix: str = ""
@@ -136,7 +137,7 @@ class TrainSettings(BaseModel):
 class FlowerSettings(BaseModel):
     # "user:password" (several: comma-separated). Flower refuses to start without it unless
     # `jobfit flower --insecure-dev`. Flower leaves /metrics and /healthcheck open anyway.
-    basic_auth: str | None = None
+    basic_auth: str | None = Field(default=None, repr=False)
     address: str = "127.0.0.1"
     port: int = 5555
     # Keeps task history across restarts.

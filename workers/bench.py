@@ -124,7 +124,8 @@ def fresh_stage(settings: Settings, model_path: Path, **env: str) -> Iterator[St
     finally:
         admin = create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_url.database}" WITH (FORCE)'))
+            quoted = conn.dialect.identifier_preparer.quote(str(db_url.database))
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
         admin.dispose()
 
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 def run(name: str, settings: Settings, minilm_path: Path, tmp_path: Path) -> dict[str, Any]:
     out = faults.SCENARIOS[name](settings, minilm_path, tmp_path, Console(stderr=True))
-    print(name, out)  # noqa: T201 (shown with -rA / on failure)
+    print(name, out)  # shown with -rA, and on failure
     return out
 
 

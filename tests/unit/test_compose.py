@@ -37,7 +37,8 @@ def invocations_in_tests() -> dict[tuple[str, ...], set[str]]:
     """Command paths the tests start as processes (`python -m shared.cli ...`), with every
     option literal found in the files that start them."""
     found: dict[tuple[str, ...], set[str]] = {}
-    for f in (ROOT / "tests").rglob("*.py"):
+    # tests/, and the worker harness the tests and the fault suite share
+    for f in [*(ROOT / "tests").rglob("*.py"), ROOT / "workers" / "procs.py"]:
         text = f.read_text()
         options = set(re.findall(r'"(--[a-z][a-z-]*)"', text))
         for m in re.finditer(r'"shared\.cli",([^\]]*)\]', text):
