@@ -79,6 +79,7 @@ class JobfitTask(Task):
             set_delivery_state(self.app, [key], "dead")
             return {"status": "rejected", "reason": reason}
         if d.state == "done":  # redelivered after it finished (e.g. its ack was lost)
+            log.info("%s[%s] delivered again after it finished: not run", self.name, req.id)
             return {"status": "duplicate", "reason": "already done; this delivery is ignored"}
         try:
             return super().__call__(*args, **kwargs)

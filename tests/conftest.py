@@ -158,7 +158,7 @@ def clean_db(session_factory: sessionmaker[Session]) -> None:
         s.execute(
             text(
                 "TRUNCATE documents, matches, pair_scores, field_embeddings,"
-                " failed_messages CASCADE"
+                " failed_messages, deliveries CASCADE"
             )
         )
 

@@ -359,6 +359,30 @@ def secrets_in_logs(run: Run, *secrets_: str) -> int:
     return sum(logs.count(s) for s in secrets_ if s)
 
 
+def outage_stream(
+    settings: Settings,
+    model_path: Path,
+    workdir: Path,
+    outage: Callable[[], None],
+    *,
+    secret: str,
+    visibility_timeout_s: int,
+) -> dict[str, Any]:
+    """120 resumes at 10/s to one embed worker while ``outage`` runs (3 s in); the report also
+    counts ``secret`` in the worker logs."""
+    resumes, jobs = stream_documents(120)
+    vt = str(visibility_timeout_s)
+    with scenario(settings, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S=vt) as run:
+        run.worker("embed")
+
+        def later() -> None:
+            time.sleep(3.0)
+            outage()
+
+        sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 10, during=later)
+        return stream_report(run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, secret))
+
+
 def restart_redis(
     settings: Settings, model_path: Path, workdir: Path, console: Console
 ) -> dict[str, Any]:
@@ -370,22 +394,17 @@ def restart_redis(
     redis_.start()
     own = settings.model_copy(deep=True)
     own.broker.url = own.broker.result_backend = redis_.url
+
+    def restart() -> None:
+        console.print("kill -9 redis-server; restart in 2 s")
+        redis_.kill()
+        time.sleep(2.0)
+        redis_.start()
+
     try:
-        resumes, jobs = stream_documents(120)
-        with scenario(own, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="10") as run:
-            run.worker("embed")
-
-            def restart() -> None:
-                time.sleep(3.0)
-                console.print("kill -9 redis-server; restart in 2 s")
-                redis_.kill()
-                time.sleep(2.0)
-                redis_.start()
-
-            sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 10, during=restart)
-            return stream_report(
-                run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, redis_.password)
-            )
+        return outage_stream(
+            own, model_path, workdir, restart, secret=redis_.password, visibility_timeout_s=10
+        )
     finally:
         redis_.stop()
 
@@ -400,22 +419,17 @@ def stop_postgres(
     pg.create()
     own = settings.model_copy(deep=True)
     own.db.url = pg.url
+
+    def outage() -> None:
+        console.print(f"stop postgres for {down_s:.0f} s")
+        pg.stop()
+        time.sleep(down_s)
+        pg.start()
+
     try:
-        resumes, jobs = stream_documents(120)
-        with scenario(own, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="600") as run:
-            run.worker("embed")
-
-            def outage() -> None:
-                time.sleep(3.0)
-                console.print(f"stop postgres for {down_s:.0f} s")
-                pg.stop()
-                time.sleep(down_s)
-                pg.start()
-
-            sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 10, during=outage)
-            return stream_report(
-                run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, pg.password)
-            )
+        return outage_stream(
+            own, model_path, workdir, outage, secret=pg.password, visibility_timeout_s=600
+        )
     finally:
         pg.drop()
 

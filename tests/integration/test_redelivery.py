@@ -1,0 +1,81 @@
+"""Bounded redelivery on a real worker: the delivery count a message would have after its
+workers were killed five times is seeded, and the next delivery is dead-lettered, recorded,
+and not run; a message that already finished is not run again."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from shared import repository as repo
+from shared.celery_app import INGEST_RESUME, SCORE_RESUME
+from shared.orm import DeliveryRow, DocumentRow, FailedMessageRow
+
+pytestmark = pytest.mark.integration
+TIMEOUT = 60
+
+
+def seed(session_factory, task_id: str, name: str, count: int, state: str) -> None:
+    with session_factory.begin() as s:
+        for _ in range(count):
+            repo.begin_deliveries(session=s, messages=[(f"{task_id}:0", name)])
+        repo.set_delivery_state(session=s, keys=[f"{task_id}:0"], state=state)
+
+
+def delivery(session_factory, task_id: str) -> DeliveryRow:
+    with session_factory() as s:
+        return s.execute(select(DeliveryRow).where(DeliveryRow.key == f"{task_id}:0")).scalar_one()
+
+
+@pytest.mark.parametrize("name", [INGEST_RESUME, SCORE_RESUME])
+def test_a_message_that_keeps_losing_its_worker_is_dead_lettered(
+    name, worker, celery_app, settings, clean_db, session_factory
+):
+    task_id = str(uuid.uuid4())
+    seed(session_factory, task_id, name, settings.broker.max_deliveries, "alone")
+    kwargs = (
+        {"document": {"id": "r-poison", "skills": ["Python"]}}
+        if name == INGEST_RESUME
+        else {"resume_id": "r-poison"}
+    )
+    out = celery_app.send_task(name, kwargs=kwargs, task_id=task_id).get(timeout=TIMEOUT)
+    assert out["status"] == "rejected" and "dead-lettered" in out["reason"], out
+    assert f"delivered {settings.broker.max_deliveries + 1} times" in out["reason"]
+    d = delivery(session_factory, task_id)
+    assert (d.count, d.state) == (settings.broker.max_deliveries + 1, "dead")
+    with session_factory() as s:
+        rows = s.execute(select(FailedMessageRow).where(FailedMessageRow.task_id == task_id))
+        assert ["dead-lettered" in r.reason for r in rows.scalars()] == [True]
+        assert s.execute(select(DocumentRow)).first() is None, "it was not run"
+    assert worker.alive() and worker.ping()
+
+
+def test_a_suspect_runs_alone_and_finishes(worker, celery_app, clean_db, session_factory):
+    """Delivered once before without finishing: runs (alone), and is marked done."""
+    task_id = str(uuid.uuid4())
+    seed(session_factory, task_id, INGEST_RESUME, 1, "running")
+    doc = {"id": "r-suspect", "skills": ["Python"]}
+    out = celery_app.send_task(INGEST_RESUME, kwargs={"document": doc}, task_id=task_id).get(
+        timeout=TIMEOUT
+    )
+    assert out["status"] == "created", out
+    d = delivery(session_factory, task_id)
+    assert (d.count, d.state) == (2, "done")
+
+
+def test_a_finished_task_delivered_again_is_not_run(worker, client, session_factory, clean_db):
+    client.submit_resume({"id": "r-dup", "skills": ["Python"]}).get(timeout=TIMEOUT)
+    first = client.request_matches("r-dup")
+    assert first.get(timeout=TIMEOUT)["status"] == "ok"
+    # The same message again (its result key is the same, so the worker's log tells).
+    client.app.send_task(SCORE_RESUME, kwargs={"resume_id": "r-dup"}, task_id=first.id)
+    line = f"jobfit.score_resume[{first.id}] delivered again after it finished: not run"
+    deadline = time.monotonic() + TIMEOUT
+    while line not in worker.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the redelivery was not recognised"
+        time.sleep(0.2)
+    d = delivery(session_factory, first.id)
+    assert (d.count, d.state) == (1, "done")
