@@ -9,6 +9,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from shared.config import Settings, get_settings
+from shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
 
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
@@ -44,10 +45,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if broker.key_prefix:
         transport_options["global_keyprefix"] = broker.key_prefix
     backend_options = dict(transport_options)
-    if not broker.url.startswith(("redis://", "rediss://", "unix://")):
+    redis_broker = broker.url.startswith(("redis://", "rediss://", "unix://"))
+    if not redis_broker:
         transport_options = {}  # Redis-only options (RabbitMQ isolates with vhosts)
     return {
         "broker_url": broker.url,
+        # kombu's Redis transport with a fix for broker restarts (see shared.redis_transport)
+        "broker_transport": REDIS_TRANSPORT if redis_broker else None,
         "result_backend": broker.backend_url,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": backend_options,

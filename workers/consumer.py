@@ -4,7 +4,6 @@ a task (undecodable body, unknown task name, not a Celery message) is recorded i
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery.worker.consumer import Consumer
@@ -26,8 +25,6 @@ def _body(message: Any) -> str:
 # Errors of a message whose body has the wrong shape (e.g. a JSON string where Celery expects
 # [args, kwargs, embed]): raised while Celery builds the request, where Celery (and
 # celery-batches) let them through, and the worker stops with "Unrecoverable error".
-log = logging.getLogger(__name__)
-
 MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
@@ -45,19 +42,6 @@ class RecordingConsumer(Consumer):
                 return None
 
         return on_task_received
-
-    def on_connection_error_after_connected(self, exc: Exception) -> None:
-        """Celery closes the broken broker connection here. With kombu's Redis transport that
-        close restores the channel's unacknowledged messages through a client the connection
-        has already released, and fails with AttributeError, which Celery does not expect:
-        the worker stopped ("Unrecoverable error") on every Redis restart (seen in the fault
-        suite). Those messages are safe in Redis's unacked set (they come back after the
-        visibility timeout), so the error is logged and the consumer reconnects."""
-        try:
-            super().on_connection_error_after_connected(exc)
-        except AttributeError:
-            log.warning("broker connection closed uncleanly; reconnecting", exc_info=True)
-            self.connection = None
 
     def _recorded(self, message: Any, reason: str) -> bool:
         """Record the message; if that cannot be done (database down after the retries),
