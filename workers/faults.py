@@ -383,6 +383,20 @@ def outage_stream(
         return stream_report(run, resumes, jobs, sent, secrets_in_logs=secrets_in_logs(run, secret))
 
 
+def down_for(
+    console: Console, what: str, stop: Callable[[], None], start: Callable[[], None], s: float
+) -> Callable[[], None]:
+    """An outage: stop, ``s`` seconds down, start."""
+
+    def outage() -> None:
+        console.print(f"{what}: down for {s:.0f} s")
+        stop()
+        time.sleep(s)
+        start()
+
+    return outage
+
+
 def restart_redis(
     settings: Settings, model_path: Path, workdir: Path, console: Console
 ) -> dict[str, Any]:
@@ -395,12 +409,7 @@ def restart_redis(
     own = settings.model_copy(deep=True)
     own.broker.url = own.broker.result_backend = redis_.url
 
-    def restart() -> None:
-        console.print("kill -9 redis-server; restart in 2 s")
-        redis_.kill()
-        time.sleep(2.0)
-        redis_.start()
-
+    restart = down_for(console, "redis-server (kill -9)", redis_.kill, redis_.start, 2.0)
     try:
         return outage_stream(
             own, model_path, workdir, restart, secret=redis_.password, visibility_timeout_s=10
@@ -420,12 +429,7 @@ def stop_postgres(
     own = settings.model_copy(deep=True)
     own.db.url = pg.url
 
-    def outage() -> None:
-        console.print(f"stop postgres for {down_s:.0f} s")
-        pg.stop()
-        time.sleep(down_s)
-        pg.start()
-
+    outage = down_for(console, "postgres (stopped)", pg.stop, pg.start, down_s)
     try:
         return outage_stream(
             own, model_path, workdir, outage, secret=pg.password, visibility_timeout_s=600
