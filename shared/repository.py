@@ -483,18 +483,6 @@ def record_failed_messages(*, session: Session, failures: Sequence[Failure]) -> 
         )
 
 
-def record_failed_message(
-    *,
-    session: Session,
-    reason: str,
-    payload: Any,
-    task_name: str | None = None,
-    task_id: str | None = None,
-) -> None:
-    """Record one message a worker could not use (see ``record_failed_messages``)."""
-    record_failed_messages(session=session, failures=[Failure(reason, payload, task_name, task_id)])
-
-
 # --- deliveries (bounded redelivery) -----------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from shared.schemas import (
     ResumeDocument,
     describe_validation_error,
 )
-from tasks.embed import failure, record_failure
+from tasks.embed import failure
 from tasks.reliability import (
     TRANSIENT,
     begin_deliveries,
@@ -97,18 +97,23 @@ def parse(request: SimpleRequest, model: type[ResumeDocument] | type[JobDocument
 
 
 def ingest_items(rt: WorkerRuntime, items: Sequence[Item]) -> None:
-    """Store, embed and score the valid items; sets each item's result. Two transactions:
-    documents + embeddings, then scores (begun after the documents are committed, so of a
-    resume and a job ingested at the same time at least one side sees the other)."""
+    """Store, embed and score the valid items; sets each item's result and marks their
+    deliveries done in the last transaction (with the rows). Two transactions: documents +
+    embeddings, then scores (begun after the documents are committed, so of a resume and a
+    job ingested at the same time at least one side sees the other)."""
     ctx = rt.model()
     docs = [it.doc for it in items if it.doc is not None]
+    done = [_key(it) for it in items]
     with transaction(rt.session_factory) as session:
         stored = service.ingest_documents(session=session, ctx=ctx, docs=docs)
+        to_score = sorted({row.id for (row, _, _), d in zip(stored, items, strict=True) if d.score})
+        if not to_score:
+            repo.set_delivery_state(session=session, keys=done, state="done")
     rows = {row.id: row for row, _, _ in stored}
-    to_score = sorted({row.id for (row, _, _), d in zip(stored, items, strict=True) if d.score})
     per_doc: Counter[int] = Counter()
     if to_score:
         with transaction(rt.session_factory) as session:
+            repo.set_delivery_state(session=session, keys=done, state="done")
             batch = [rows[i] for i in to_score]
             if batch[0].kind == "resume":
                 jobs = repo.list_documents(session=session, kind="job")
@@ -177,7 +182,7 @@ class IngestBatch(Batches):
         t0 = time.time()
         items = [parse(r, self.document_model) for r in requests]
         self._events(items, "task-started")
-        failures = [self._rejection(it, str(it.result["reason"])) for it in items if it.result]
+        failures = [self._failure(it, str(it.result["reason"])) for it in items if it.result]
         valid = [it for it in items if it.result is None]
         failed: dict[str, BaseException] = {}
         requeue: list[str] = []
@@ -189,7 +194,7 @@ class IngestBatch(Batches):
             requeue = list(failed)
         for it, reason in dead:
             it.result = IngestResult(status="rejected", reason=reason).model_dump()
-            failures.append(self._rejection(it, reason))
+            failures.append(self._failure(it, reason))
         rt = get_runtime(self.app)
         if fresh:
             failed |= self._ingest(rt, fresh, alone_on_error=True)
@@ -197,6 +202,10 @@ class IngestBatch(Batches):
             set_delivery_state(self.app, [_key(it)], "alone")
             failed |= self._ingest(rt, [it])
         requeue += [rid for rid, exc in failed.items() if isinstance(exc, TRANSIENT)]
+        for it in valid:
+            error = failed.get(it.request.id)
+            if error is not None and it.request.id not in requeue:
+                failures.append(self._failure(it, f"{type(error).__name__}: {error}"))
         if not record_failures(self.app, failures):
             requeue += [f.task_id for f in failures if f.task_id]
         set_delivery_state(self.app, [_key(it) for it, _ in dead], "dead")
@@ -205,7 +214,8 @@ class IngestBatch(Batches):
             if it.request.id in requeue:
                 continue
             if error is not None:
-                self._fail(it, error)
+                if not it.request.ignore_result:
+                    self.backend.mark_as_failure(it.request.id, error, request=it.request)
             elif not it.request.ignore_result:
                 self.backend.mark_as_done(it.request.id, it.result, request=it.request)
         runtime = time.time() - t0
@@ -241,9 +251,9 @@ class IngestBatch(Batches):
     def _ingest(
         self, rt: WorkerRuntime, items: list[Item], alone_on_error: bool = False
     ) -> dict[str, BaseException]:
-        """Ingest items together; marks them done. Returns the failed ones. A batch that
-        fails on anything but a transient error is redone one message at a time, so one bad
-        document fails alone."""
+        """Ingest items together (marked done with their rows); returns the failed ones. A
+        batch that fails on anything but a transient error is redone one message at a time,
+        so one bad document fails alone."""
         try:
             with_retries(lambda: ingest_items(rt, items), f"batch of {len(items)}")
         except Exception as exc:
@@ -255,27 +265,15 @@ class IngestBatch(Batches):
             for it in items:
                 failed |= self._ingest(rt, [it])
             return failed
-        set_delivery_state(self.app, [_key(it) for it in items], "done")
         return {}
 
-    def _rejection(self, item: Item, reason: str) -> repo.Failure:
+    def _failure(self, item: Item, reason: str) -> repo.Failure:
         return failure(
             reason,
             {"args": item.request.args, "kwargs": item.request.kwargs},
             self.name,
             item.request.id,
         )
-
-    def _fail(self, item: Item, exc: BaseException) -> None:
-        record_failure(
-            self.app,
-            reason=f"{type(exc).__name__}: {exc}",
-            payload={"args": item.request.args, "kwargs": item.request.kwargs},
-            task_name=self.name,
-            task_id=item.request.id,
-        )
-        if not item.request.ignore_result:
-            self.backend.mark_as_failure(item.request.id, exc, request=item.request)
 
     def _events(
         self,

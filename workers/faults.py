@@ -41,7 +41,7 @@ from shared.config import Settings
 from shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
 from workers import hostile
 from workers.bench import Stage, fresh_stage
-from workers.demo import SAMPLE_DIR
+from workers.demo import SAMPLE_DIR, load_labels
 from workers.procs import RUN_ID, WorkerProcess
 
 Docs = list[dict[str, Any]]
@@ -240,7 +240,6 @@ class Run:
     workers: list[WorkerProcess] = field(default_factory=list)
     kills: int = 0
     crashed: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def worker(self, name: str, queues: str = "embed", **env: str) -> WorkerProcess:
         # Its own app for control (ping): the scenario's threads never share a connection.
@@ -591,7 +590,12 @@ def kill_train_worker(
         results = [client.submit_job(j) for j in jobs] + [client.submit_resume(r) for r in resumes]
         for res in results:
             res.get(timeout=WAIT_S)
-        labels = label_rows({r["id"] for r in resumes}, {j["id"] for j in jobs})
+        rids, jids = {r["id"] for r in resumes}, {j["id"] for j in jobs}
+        labels = [
+            (r, j, y)
+            for (r, j), y in load_labels(SAMPLE_DIR / "labels.csv").items()
+            if r in rids and j in jids
+        ]
         for res in [client.submit_label(r, j, y, source="faults") for r, j, y in labels]:
             res.get(timeout=WAIT_S)
 
@@ -627,18 +631,6 @@ def kill_train_worker(
             "crashed": run.crashed,
             "kills": run.kills,
         }
-
-
-def label_rows(resume_ids: set[str], job_ids: set[str]) -> list[tuple[str, str, float]]:
-    """The sample's labels for these resumes and jobs."""
-    import csv
-
-    with (SAMPLE_DIR / "labels.csv").open(encoding="utf-8") as fh:
-        return [
-            (row["resume_id"], row["job_id"], float(row["matched_score"]))
-            for row in csv.DictReader(fh)
-            if row["resume_id"] in resume_ids and row["job_id"] in job_ids
-        ]
 
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
