@@ -54,8 +54,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Raw encode vs the pipeline (MiniLM and mpnet on the sample; mpnet on the whole real dataset
-# when it is there), latency, RSS, 1 vs 2 workers, torch/ONNX/int8 backends. ~12 min on 2 cores.
+# Raw encode vs the pipeline, latency, RSS, 1 vs 2 workers (MiniLM and mpnet, on every
+# document of the real dataset when it is there, else on the sample), then the torch / ONNX /
+# int8 backends on the check set. ~20 min on 2 cores.
 DATASET ?= ../shared/data/resume-job/resume_data.csv
 bench: $(STAMP)
 	$(BIN)/jobfit bench $(if $(wildcard $(DATASET)),--dataset $(DATASET)) --out bench-pipeline.json

@@ -85,10 +85,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        # Ingest messages are batched across tasks: a worker reserves up to one batch per
-        # process (all unacknowledged until the batch's rows are committed). Workers that
-        # only train run with 1 (``jobfit worker --queues train``).
-        "worker_prefetch_multiplier": settings.batch.max_tasks,
+        # Ingest messages are batched across tasks: a worker reserves up to two batches per
+        # process (all unacknowledged until the batch's rows are committed): the one running
+        # and the next one, gathered meanwhile (tasks.pipeline). Workers that only train run
+        # with 1 (``jobfit worker --queues train``).
+        "worker_prefetch_multiplier": 2 * settings.batch.max_tasks,
         # Operators watch tasks in Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

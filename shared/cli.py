@@ -309,11 +309,12 @@ def bench(
     models: Annotated[str, typer.Option(help="Comma-separated: minilm, mpnet.")] = "minilm,mpnet",
     dataset: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, help="Also run the whole dataset CSV."),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="The real dataset's CSV: its documents instead of the sample's.",
+        ),
     ] = None,
-    dataset_model: Annotated[
-        ModelChoice, typer.Option(help="The model for the whole-dataset run.")
-    ] = ModelChoice.mpnet,
 ) -> None:
     """Raw model encode vs the whole pipeline on the same texts, latency, memory and
     workers (JSON out; see workers/bench.py for every figure)."""
@@ -322,10 +323,8 @@ def bench(
 
     settings = get_settings()
     names = {ModelChoice(n.strip()) for n in models.split(",") if n.strip()}
-    if dataset is not None:
-        names.add(dataset_model)
     paths = {n.value: provision(settings, n) for n in ModelChoice if n in names}
-    result = run_bench(settings, paths, err, dataset, dataset_model.value if dataset else None)
+    result = run_bench(settings, paths, err, dataset)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
+from celery.concurrency.solo import TaskPool as SoloPool
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -36,6 +37,7 @@ from shared.schemas import (
     describe_validation_error,
 )
 from tasks.embed import failure
+from tasks.pipeline import BatchPipeline, Job, get_pipeline
 from tasks.reliability import (
     TRANSIENT,
     begin_deliveries,
@@ -145,6 +147,17 @@ class IngestBatch(Batches):
     abstract = True
     acks_late = True
     document_model: type[ResumeDocument] | type[JobDocument]
+    _pipeline: BatchPipeline | None = None
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
+        """celery-batches' message handler; on a solo worker with an event loop, the batches
+        then run in the process's pipeline thread (tasks.pipeline), beside the loop."""
+        handler = super().Strategy(task, app, consumer)
+        self._pipeline = None
+        if consumer.hub is not None and isinstance(consumer.pool, SoloPool):
+            self._pipeline = get_pipeline(app)
+            self._pipeline.attach(consumer.hub.call_soon)
+        return handler
 
     @property
     def flush_every(self) -> int:
@@ -165,7 +178,7 @@ class IngestBatch(Batches):
             self._submit(reqs[i : i + self.flush_every])
 
     def _submit(self, requests: list[Request]) -> None:
-        simple = ([SimpleRequest.from_request(r) for r in requests],)
+        simple = [SimpleRequest.from_request(r) for r in requests]
 
         def on_return(result: Any) -> None:
             requeue = set(result["requeue"]) if isinstance(result, dict) else None
@@ -175,7 +188,15 @@ class IngestBatch(Batches):
                 else:
                     req.acknowledge()
 
-        self._pool.apply_async(apply_batches_task, (self, simple, 0, None), callback=on_return)
+        if self._pipeline is not None:
+            # Not submitted (the worker is stopping): left unacknowledged, delivered again.
+            self._pipeline.submit(Job(self, simple, self._run_traced, on_return))
+            return
+        self._pool.apply_async(apply_batches_task, (self, (simple,), 0, None), callback=on_return)
+
+    def _run_traced(self, simple: list[SimpleRequest]) -> Any:
+        """The batch function as celery-batches runs it (task signals, request context)."""
+        return apply_batches_task(self, (simple,), 0, None)
 
     def run_batch(self, requests: Sequence[SimpleRequest]) -> dict[str, Any]:
         """Process one batch: ``{"valid": n, "requeue": [task ids not to acknowledge]}``."""

@@ -1,12 +1,18 @@
 """``jobfit bench``: the pipeline against its limit, each figure a ratio against a baseline
 measured in the same run on the same texts.
 
+The documents are every resume and job of the real dataset (344 + 28, 1,236 unique field
+texts) when its CSV is given, else the bundled sample (a 1-second run on MiniLM: that
+measures start-up latency more than throughput).
+
 raw        one direct ``SentenceTransformer.encode`` of the unique field texts (the library
-           call, batch ``model.batch_size``), and the same texts through the worker's own
-           encoder (packed by token budget) without any pipeline. The faster is the limit.
+           call, batch ``model.batch_size``: the issue's "raw encode"), and the same texts
+           through the worker's own encoder (packed by token budget) without any pipeline:
+           the stricter limit, since the packing is the pipeline's own optimisation.
 e2e        submit the documents -> worker(s) -> rows committed, on a fresh database (so every
            text is embedded once, through the pipeline): ``ingest`` waits for documents and
-           embeddings (score=False), ``ingest+score`` also for every match row.
+           embeddings (score=False), ``ingest+score`` also for every match row (all 9,544 on
+           the dataset). Each is given against both raw figures.
 latency    one resume scored against every stored job on an idle worker, p50/p95 of N runs:
            ``cold`` (its texts are new: embedded first) and ``warm`` (texts already embedded).
 rss        peak resident memory of each worker process (VmHWM), after the runs.
@@ -69,7 +75,7 @@ def _rate(n: int, seconds: float) -> dict[str, float]:
 
 
 def raw_encode(spec: ModelSpec, texts: list[str]) -> dict[str, Any]:
-    """Both raw figures (after a warm-up each); ``limit_s`` is the faster."""
+    """Both raw figures, each after a warm-up."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(spec.path), device=spec.device, local_files_only=True)
@@ -87,7 +93,13 @@ def raw_encode(spec: ModelSpec, texts: list[str]) -> dict[str, Any]:
     return {
         "st_encode": {**_rate(len(texts), st_s), "batch_size": spec.batch_size},
         "packed_encode": {**_rate(len(texts), packed_s), "token_budget": spec.token_budget},
-        "limit_s": min(st_s, packed_s),
+    }
+
+
+def versus(raw: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Throughput of a run against each raw figure (>= 1: faster than that raw encode)."""
+    return {
+        f"throughput_vs_{name}": round(figure["s"] / seconds, 3) for name, figure in raw.items()
     }
 
 
@@ -222,19 +234,19 @@ def latency(app: JobfitCelery, resumes: Docs, *, cold: bool) -> dict[str, float]
 def bench_model(
     settings: Settings, model_path: Path, console: Console, dataset: Path | None = None
 ) -> dict[str, Any]:
-    """Every figure for one model on the sample (or one dataset CSV, e2e figures only)."""
+    """Every figure for one model, on the dataset's documents (or the sample's)."""
     resumes, jobs = load_documents(dataset)
     texts = unique_texts(resumes, jobs)
     spec = ModelSpec.from_settings(settings.model, model_path)
     console.print(f"[bold]{spec.name}[/bold]: raw encode of {len(texts)} unique texts")
     raw = raw_encode(spec, texts)
-    limit = raw.pop("limit_s")
     out: dict[str, Any] = {
         "model": version_of(spec.path),
         "device": spec.device,
         "documents": {
             "resumes": len(resumes),
             "jobs": len(jobs),
+            "matches": len(resumes) * len(jobs),
             "source": str(dataset or "sample"),
         },
         "unique_texts": len(texts),
@@ -247,7 +259,7 @@ def bench_model(
             stage = stack.enter_context(fresh_stage(settings, model_path, **env))
             stack.enter_context(workers(stage, console, count))
             seconds = submit_all(stage, resumes, jobs, score)
-            if dataset is None and count == 1 and score:
+            if count == 1 and score:
                 out["latency_one_resume_vs_all_jobs"] = {
                     "jobs": len(jobs),
                     "runs": LATENCY_RUNS,
@@ -255,32 +267,51 @@ def bench_model(
                     "warm": latency(stage.app, resumes, cold=False),
                 }
                 out["worker_peak_rss_mib"] = peak_rss_mb(stage.pids)
-        out[label] = {
-            **_rate(len(texts), seconds),
-            "throughput_vs_raw": round(limit / seconds, 3),
-            "time_vs_raw": round(seconds / limit, 3),
-        }
+        out[label] = {**_rate(len(texts), seconds), **versus(raw, seconds)}
 
     e2e("e2e_ingest", score=False)
     e2e("e2e_ingest_score", score=True)
-    if dataset is None:
-        threads = max(1, (os.cpu_count() or 2) // 2)
-        e2e("e2e_ingest_2_workers", score=False, count=2, JOBFIT_MODEL__THREADS=str(threads))
-        out["two_workers_vs_one"] = round(
-            out["e2e_ingest_2_workers"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"], 3
-        )
-        out["e2e_ingest_2_workers"]["threads_per_worker"] = threads
+    out["e2e_ingest_score"]["time_vs_packed_encode"] = round(
+        out["e2e_ingest_score"]["s"] / raw["packed_encode"]["s"], 3
+    )
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    e2e("e2e_ingest_2_workers", score=False, count=2, JOBFIT_MODEL__THREADS=str(threads))
+    out["two_workers_vs_one"] = round(
+        out["e2e_ingest_2_workers"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"], 3
+    )
+    out["e2e_ingest_2_workers"]["threads_per_worker"] = threads
+    return out
+
+
+def goals(models: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals 1 and 2, read off the figures."""
+    out: dict[str, Any] = {}
+    for name, m in models.items():
+        e2e = m["e2e_ingest"]
+        out[f"1_e2e_vs_raw_{name}"] = {
+            "vs_st_encode": e2e["throughput_vs_st_encode"],
+            "vs_packed_encode": e2e["throughput_vs_packed_encode"],
+            "target": ">= 0.95",
+            "met_vs_st_encode": e2e["throughput_vs_st_encode"] >= 0.95,
+            "met_vs_packed_encode": e2e["throughput_vs_packed_encode"] >= 0.95,
+        }
+    mpnet = models.get("mpnet")
+    if mpnet is not None and mpnet["documents"]["source"] != "sample":
+        ratio = mpnet["e2e_ingest_score"]["time_vs_packed_encode"]
+        out["2_dataset_mpnet_time_vs_raw"] = {
+            "matches": mpnet["documents"]["matches"],
+            "time_vs_packed_encode": ratio,
+            "target": "<= 2.0",
+            "met": ratio <= 2.0,
+        }
     return out
 
 
 def bench(
-    settings: Settings,
-    models: dict[str, Path],
-    console: Console,
-    dataset: Path | None = None,
-    dataset_model: str | None = None,
+    settings: Settings, models: dict[str, Path], console: Console, dataset: Path | None = None
 ) -> dict[str, Any]:
-    """The sample bench for each model, then (optionally) the whole dataset with one model."""
+    """Every figure for each model on the dataset's documents (or the sample), then the
+    backends on the check set."""
     import torch
 
     result: dict[str, Any] = {
@@ -291,8 +322,11 @@ def bench(
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "batch": settings.batch.model_dump(),
-        "models": {name: bench_model(settings, path, console) for name, path in models.items()},
+        "models": {
+            name: bench_model(settings, path, console, dataset) for name, path in models.items()
+        },
     }
+    result["goals"] = goals(result["models"])
     from workers.onnx_backend import compare
 
     result["backends"] = {}
@@ -300,6 +334,4 @@ def bench(
         console.print(f"[bold]{name}[/bold]: backends on the check set")
         spec = ModelSpec.from_settings(settings.model, path)
         result["backends"][name] = compare(spec, settings.model.store)
-    if dataset is not None and dataset_model is not None:
-        result["full_dataset"] = bench_model(settings, models[dataset_model], console, dataset)
     return result

@@ -29,6 +29,15 @@ MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 class RecordingConsumer(Consumer):
+    def stop(self) -> None:
+        """Warm shutdown: the ingest batch in progress finishes and is acknowledged while the
+        connection is still open (Celery calls this before closing it); queued ones are left
+        for redelivery."""
+        from tasks.pipeline import close_pipeline
+
+        close_pipeline(self.app)
+        super().stop()
+
     def create_task_handler(self, promise: Any = promise) -> Any:
         handler = super().create_task_handler(promise)
 

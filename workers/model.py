@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class ModelSpec:
     batch_size: int = 64
     max_seq_length: int = 384
     token_budget: int = 512
+    pass_overhead: int = 0
     backend: str = "torch"
     threads: int | None = None
 
@@ -69,16 +71,54 @@ class ModelSpec:
             batch_size=s.batch_size or (128 if cuda else 16),
             max_seq_length=s.max_seq_length,
             token_budget=s.token_budget or (16384 if cuda else 512),
+            pass_overhead=s.pass_overhead_tokens
+            if s.pass_overhead_tokens is not None
+            else (1024 if cuda else 64),
             backend=s.backend,
             threads=s.threads,
         )
 
 
-def pack_by_tokens(lengths: Sequence[int], budget: int, max_batch: int) -> list[list[int]]:
+def pack_by_tokens(
+    lengths: Sequence[int], budget: int, max_batch: int, pass_overhead: int = 0
+) -> list[list[int]]:
     """Indices of ``lengths`` sorted by length and cut into forward passes whose padded size
     (count x longest) stays within ``budget`` tokens and whose count within ``max_batch``.
-    A text longer than the budget gets a pass of its own."""
+    A text longer than the budget gets a pass of its own.
+
+    The cuts are the cheapest under a simple cost model of a pass, ``pass_overhead`` +
+    padded tokens (dynamic programming over the sorted lengths; each pass is a run of them,
+    which is optimal for this cost). A greedy fill (cut when the budget is reached) is as good
+    when there are many texts of each length, but a worker's batch has a few hundred texts
+    spread over every length, and filling passes then pads short texts to long ones.
+    ``pass_overhead`` is what one more pass costs, in tokens: 0 gives the greedy fill."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    if pass_overhead <= 0:
+        return _greedy(order, lengths, budget, max_batch)
+    sorted_lengths = [lengths[i] for i in order]
+    n = len(order)
+    best = [0] + [0] * n  # best[j]: cheapest cost of the first j sorted texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = sorted_lengths[j - 1]  # the run (i, j] is padded to its last length
+        best[j], cut[j] = best[j - 1] + pass_overhead + longest, j - 1
+        for size in range(2, min(max_batch, j) + 1):
+            if size * longest > budget:
+                break
+            cost = best[j - size] + pass_overhead + size * longest
+            if cost <= best[j]:  # ties: the larger pass
+                best[j], cut[j] = cost, j - size
+    passes: list[list[int]] = []
+    j = n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
+
+
+def _greedy(
+    order: list[int], lengths: Sequence[int], budget: int, max_batch: int
+) -> list[list[int]]:
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
@@ -159,10 +199,15 @@ def check_model_dir(path: Path) -> None:
 
 
 class BaseEmbedder:
-    """What every backend shares: a version, a dimension, a warm-up."""
+    """What every backend shares: a version, a dimension, a warm-up, and a lock: one encode
+    at a time (a solo worker runs batches beside its event loop; the tokenizers are not
+    safe to call from two threads at once)."""
 
     _version: str
     _dim: int
+
+    def __init__(self) -> None:
+        self._encode_lock = threading.Lock()
 
     @property
     def version(self) -> str:
@@ -173,6 +218,11 @@ class BaseEmbedder:
         return self._dim
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Rows are L2-normalised float32 on the CPU, in the order of ``texts``."""
+        with self._encode_lock:
+            return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
     def warm_up(self) -> None:
@@ -183,6 +233,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
     """A sentence-transformers model loaded once, used for inference only."""
 
     def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
         check_model_dir(spec.path)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -223,15 +274,18 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         )["input_ids"]
         return [len(x) for x in ids]
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Rows are L2-normalised float32 on the CPU, in the order of ``texts``. The texts are
-        packed by length into forward passes within the token budget (see pack_by_tokens)."""
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The texts are packed by length into forward passes within the token budget (see
+        pack_by_tokens)."""
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
             return out
         t0 = time.perf_counter()
         passes = pack_by_tokens(
-            self.token_lengths(texts), self.spec.token_budget, self.spec.batch_size
+            self.token_lengths(texts),
+            self.spec.token_budget,
+            self.spec.batch_size,
+            self.spec.pass_overhead,
         )
         torch, model = self._torch, self._model
         with torch.inference_mode():

@@ -144,6 +144,7 @@ class OnnxEmbedder(BaseEmbedder):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
+        super().__init__()
         self.spec = spec
         self._base = version_of(spec.path)
         self._version = f"{self._base}+{'onnx-int8' if int8 else 'onnx'}"
@@ -169,14 +170,15 @@ class OnnxEmbedder(BaseEmbedder):
         feeds = {n: enc[n].astype(np.int64) for n in self._names}
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         """Tokenized once; the passes are packed from those lengths and padded per pass."""
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
             return out
         enc = self._tokens(texts)
         lengths = [len(x) for x in enc["input_ids"]]
-        for idx in pack_by_tokens(lengths, self.spec.token_budget, self.spec.batch_size):
+        spec = self.spec
+        for idx in pack_by_tokens(lengths, spec.token_budget, spec.batch_size, spec.pass_overhead):
             out[idx] = self._run({n: [enc[n][i] for i in idx] for n in self._names})
         return out
 

@@ -24,7 +24,7 @@ def test_celery_config_is_safe_by_default():
     conf = create_celery_app(Settings(), with_tasks=False).conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
-    assert conf.worker_prefetch_multiplier == Settings().batch.max_tasks  # one batch
+    assert conf.worker_prefetch_multiplier == 2 * Settings().batch.max_tasks  # two batches
     assert conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.broker_transport_options["visibility_timeout"] >= 3600
     assert conf.result_expires <= 24 * 3600

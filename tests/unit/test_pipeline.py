@@ -1,0 +1,130 @@
+"""The batch pipeline's own logic (tasks.pipeline): merging, callbacks on the loop's thread,
+closing. The worker-level behaviour (acks after commit, redelivery) is in the integration
+and fault suites, through a real worker."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tasks.pipeline import BatchPipeline, Job
+
+WAIT_S = 10.0
+
+
+class Loop:
+    """Stands in for the event loop: call_soon from any thread, run here on ``run_once``."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.thread_ids: list[int] = []
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.calls.put(fn)
+
+    def run_once(self) -> None:
+        self.calls.get(timeout=WAIT_S)()
+        self.thread_ids.append(threading.get_ident())
+
+
+class Gate:
+    """A batch function that blocks until released, recording what it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[list[Any]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        self.ran.append(items)
+        self.started.set()
+        assert self.release.wait(WAIT_S)
+        return {"requeue": [i for i in items if str(i).startswith("bad")]}
+
+
+def job(task: object, items: list[Any], run: Gate, results: list[Any]) -> Job:
+    return Job(task, items, run, lambda result: results.append((items, result)))
+
+
+def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
+    loop, gate, results = Loop(), Gate(), []
+    resume, job_task = object(), object()
+    pipeline = BatchPipeline(max_batch=4)
+    pipeline.attach(loop.call_soon)
+    pipeline.submit(job(resume, [1, 2], gate, results))
+    assert gate.started.wait(WAIT_S)  # busy with [1, 2]; these queue up meanwhile:
+    for items, task in (([3, 4], resume), ([5, 6], resume), ([7], resume), (["j"], job_task)):
+        pipeline.submit(job(task, items, gate, results))
+    assert pipeline.pending == 6
+    gate.release.set()
+    for _ in range(4):
+        loop.run_once()
+    # [3, 4] + [5, 6] fill 4, [7] waits; the job task's message never joins a resume batch
+    assert gate.ran == [[1, 2], [3, 4, 5, 6], [7], ["j"]]
+    assert [items for items, _ in results] == [[1, 2], [3, 4], [5, 6], [7], ["j"]]
+    assert set(loop.thread_ids) == {threading.get_ident()}  # callbacks on the loop's thread
+    pipeline.close()
+
+
+def test_a_merged_batch_hands_its_result_to_every_flush():
+    loop, gate, results = Loop(), Gate(), []
+    task = object()
+    pipeline = BatchPipeline(max_batch=10)
+    pipeline.attach(loop.call_soon)
+    pipeline.submit(job(task, ["first"], gate, results))
+    assert gate.started.wait(WAIT_S)
+    pipeline.submit(job(task, ["ok"], gate, results))
+    pipeline.submit(job(task, ["bad-1"], gate, results))
+    gate.release.set()
+    loop.run_once()
+    loop.run_once()
+    assert results[-2:] == [(["ok"], {"requeue": ["bad-1"]}), (["bad-1"], {"requeue": ["bad-1"]})]
+    pipeline.close()
+
+
+def test_a_batch_that_raises_gives_none_so_its_messages_go_back():
+    loop, results = Loop(), []
+
+    def boom(items: list[Any]) -> Any:
+        raise RuntimeError("batch failed")
+
+    pipeline = BatchPipeline(max_batch=10)
+    pipeline.attach(loop.call_soon)
+    pipeline.submit(Job(object(), [1], boom, lambda r: results.append(r)))
+    loop.run_once()
+    assert results == [None]  # IngestBatch's callback rejects (requeues) on None
+    pipeline.submit(Job(object(), [2], lambda items: {"requeue": []}, results.append))
+    loop.run_once()  # the thread survived
+    assert results[-1] == {"requeue": []}
+    pipeline.close()
+
+
+def test_close_finishes_the_running_batch_and_drops_the_queued_ones():
+    loop, gate, results = Loop(), Gate(), []
+    task = object()
+    pipeline = BatchPipeline(max_batch=1)
+    pipeline.attach(loop.call_soon)
+    pipeline.submit(job(task, ["running"], gate, results))
+    assert gate.started.wait(WAIT_S)
+    pipeline.submit(job(task, ["queued"], gate, results))
+    threading.Timer(0.2, gate.release.set).start()
+    pipeline.close()  # waits for "running", runs its callback here (the loop has stopped)
+    assert [items for items, _ in results] == [["running"]]
+    assert gate.ran == [["running"]]  # "queued" never ran: unacknowledged, redelivered
+    assert not pipeline.submit(job(task, ["late"], gate, results))
+
+
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_a_single_flush_larger_than_the_limit_still_runs_whole(max_batch: int):
+    loop, results = Loop(), []
+    pipeline = BatchPipeline(max_batch=max_batch)
+    pipeline.attach(loop.call_soon)
+    ran: list[list[int]] = []
+    pipeline.submit(Job(object(), [1, 2, 3, 4], lambda i: ran.append(i), results.append))
+    loop.run_once()
+    assert ran == [[1, 2, 3, 4]]  # flushes are cut to max_tasks before they get here
+    pipeline.close()
