@@ -307,6 +307,22 @@ def goals(models: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cpu_model() -> dict[str, Any]:
+    """The CPU's name and the vector extensions that decide int8 speed and accuracy
+    (onnxruntime's u8s8 kernels can saturate on x86 without VNNI)."""
+    info: dict[str, Any] = {"name": None, "flags": []}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and info["name"] is None:
+                info["name"] = value.strip()
+            elif key.strip() == "flags":
+                wanted = ("avx", "vnni", "amx")
+                info["flags"] = sorted(f for f in value.split() if f.startswith(wanted))
+                break
+    return info
+
+
 def bench(
     settings: Settings, models: dict[str, Path], console: Console, dataset: Path | None = None
 ) -> dict[str, Any]:
@@ -316,6 +332,7 @@ def bench(
 
     result: dict[str, Any] = {
         "machine": {
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
