@@ -59,25 +59,26 @@ def test_messages_are_batched_each_answered_and_embedded_once(
     assert sum(o["embedded"] for o in again) == 0
 
 
-def test_worker_killed_mid_batch_loses_nothing(settings, clean_db, tmp_path, session_factory):
-    # Redis restores an unacknowledged message once its visibility timeout has passed: a
-    # short one here, so the restarted worker gets the killed worker's batch back.
-    env = {"JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "4", "JOBFIT_BATCH__MAX_TASKS": "16"}
-    own, app = isolated(settings, "kill")
+def interrupt_mid_batch(
+    settings, tmp_path, session_factory, tag: str, env: dict[str, str], interrupt, pause_s: float
+) -> None:
+    """120 resumes to a worker of batches of 16; ``interrupt(worker)`` once a first batch is
+    committed and the next ones are in flight; after ``pause_s`` a new worker finishes the
+    job. Every document must be stored, once."""
+    own, app = isolated(settings, tag)
     client = JobfitClient(app=app)
-    w = WorkerProcess(own, app, "killme", tmp_path / "k.log", env=env)
+    w = WorkerProcess(own, app, tag, tmp_path / f"{tag}.log", env=env)
     w.start()
-    docs = resumes(120, "k")
+    docs = resumes(120, tag)
     for d in docs:
         client.submit_resume(d, score=False)
     deadline = time.monotonic() + TIMEOUT
     while "batch of" not in w.log_path.read_text():  # one batch committed, the next ones in flight
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    w.kill()
-    stored = count(session_factory, DocumentRow)
-    assert stored < len(docs), "killed before the end"
-    time.sleep(5)  # past the visibility timeout
+    interrupt(w)
+    assert count(session_factory, DocumentRow) < len(docs), "interrupted before the end"
+    time.sleep(pause_s)
     w.start()
     try:
         while count(session_factory, DocumentRow) < len(docs):
@@ -88,6 +89,15 @@ def test_worker_killed_mid_batch_loses_nothing(settings, clean_db, tmp_path, ses
     with session_factory() as s:
         ids = list(s.execute(select(DocumentRow.external_id)).scalars())
     assert sorted(ids) == sorted(d["id"] for d in docs), "every document once"
+
+
+def test_worker_killed_mid_batch_loses_nothing(settings, clean_db, tmp_path, session_factory):
+    # Redis restores an unacknowledged message once its visibility timeout has passed: a
+    # short one here, so the restarted worker gets the killed worker's batch back.
+    env = {"JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "4", "JOBFIT_BATCH__MAX_TASKS": "16"}
+    interrupt_mid_batch(
+        settings, tmp_path, session_factory, "kill", env, WorkerProcess.kill, pause_s=5
+    )
 
 
 def test_warm_shutdown_finishes_the_running_batch_and_hands_back_the_rest(
@@ -96,31 +106,12 @@ def test_warm_shutdown_finishes_the_running_batch_and_hands_back_the_rest(
     # SIGTERM while batches are in flight: the batch running in the pipeline thread commits
     # and is acknowledged before the worker exits; the prefetched ones go back to the queue
     # unstarted. After a restart every document is stored once and no message ran twice.
-    env = {"JOBFIT_BATCH__MAX_TASKS": "16"}
-    own, app = isolated(settings, "term")
-    client = JobfitClient(app=app)
-    w = WorkerProcess(own, app, "termme", tmp_path / "t.log", env=env)
-    w.start()
-    docs = resumes(120, "t")
-    for d in docs:
-        client.submit_resume(d, score=False)
-    deadline = time.monotonic() + TIMEOUT
-    while "batch of" not in w.log_path.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert w.proc is not None
-    w.stop()
-    assert w.proc.returncode == 0, w.log_path.read_text()[-3000:]
-    assert count(session_factory, DocumentRow) < len(docs), "stopped before the end"
-    w.start()
-    try:
-        while count(session_factory, DocumentRow) < len(docs):
-            assert time.monotonic() < deadline, "a message was lost"
-            time.sleep(0.2)
-    finally:
+    def stop(w: WorkerProcess) -> None:
         w.stop()
+        assert w.proc is not None and w.proc.returncode == 0, w.log_path.read_text()[-3000:]
+
+    env = {"JOBFIT_BATCH__MAX_TASKS": "16"}
+    interrupt_mid_batch(settings, tmp_path, session_factory, "term", env, stop, pause_s=0)
     with session_factory() as s:
-        ids = list(s.execute(select(DocumentRow.external_id)).scalars())
         counts = list(s.execute(select(DeliveryRow.count)).scalars())
-    assert sorted(ids) == sorted(d["id"] for d in docs), "every document once"
-    assert len(counts) == len(docs) and set(counts) == {1}, "no message ran twice"
+    assert len(counts) == 120 and set(counts) == {1}, "no message ran twice"

@@ -50,13 +50,19 @@ def job(task: object, items: list[Any], run: Gate, results: list[Any]) -> Job:
     return Job(task, items, run, lambda result: results.append((items, result)))
 
 
-def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
+def busy(max_batch: int, task: object, first: list[Any]):
+    """A pipeline on a stand-in loop, busy with ``first`` (held until gate.release)."""
     loop, gate, results = Loop(), Gate(), []
-    resume, job_task = object(), object()
-    pipeline = BatchPipeline(max_batch=4)
+    pipeline = BatchPipeline(max_batch=max_batch)
     pipeline.attach(loop.call_soon)
-    pipeline.submit(job(resume, [1, 2], gate, results))
-    assert gate.started.wait(WAIT_S)  # busy with [1, 2]; these queue up meanwhile:
+    pipeline.submit(job(task, first, gate, results))
+    assert gate.started.wait(WAIT_S)
+    return loop, gate, results, pipeline
+
+
+def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
+    resume, job_task = object(), object()
+    loop, gate, results, pipeline = busy(4, resume, [1, 2])  # these queue up meanwhile:
     for items, task in (([3, 4], resume), ([5, 6], resume), ([7], resume), (["j"], job_task)):
         pipeline.submit(job(task, items, gate, results))
     assert pipeline.pending == 6
@@ -71,12 +77,8 @@ def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
 
 
 def test_a_merged_batch_hands_its_result_to_every_flush():
-    loop, gate, results = Loop(), Gate(), []
     task = object()
-    pipeline = BatchPipeline(max_batch=10)
-    pipeline.attach(loop.call_soon)
-    pipeline.submit(job(task, ["first"], gate, results))
-    assert gate.started.wait(WAIT_S)
+    loop, gate, results, pipeline = busy(10, task, ["first"])
     pipeline.submit(job(task, ["ok"], gate, results))
     pipeline.submit(job(task, ["bad-1"], gate, results))
     gate.release.set()
@@ -104,12 +106,8 @@ def test_a_batch_that_raises_gives_none_so_its_messages_go_back():
 
 
 def test_close_finishes_the_running_batch_and_drops_the_queued_ones():
-    loop, gate, results = Loop(), Gate(), []
     task = object()
-    pipeline = BatchPipeline(max_batch=1)
-    pipeline.attach(loop.call_soon)
-    pipeline.submit(job(task, ["running"], gate, results))
-    assert gate.started.wait(WAIT_S)
+    _, gate, results, pipeline = busy(1, task, ["running"])
     pipeline.submit(job(task, ["queued"], gate, results))
     threading.Timer(0.2, gate.release.set).start()
     pipeline.close()  # waits for "running", runs its callback here (the loop has stopped)
