@@ -48,7 +48,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared tasks workers
+	$(BIN)/mypy -p jobfit
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

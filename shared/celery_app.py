@@ -8,8 +8,8 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
-from shared.config import Settings, get_settings
-from shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from jobfit.shared.config import Settings, get_settings
+from jobfit.shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
 
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
@@ -24,7 +24,7 @@ SUBMIT_LABEL = "jobfit.submit_label"
 RETRAIN = "jobfit.retrain"
 EVALUATE = "jobfit.evaluate"
 
-TASK_MODULES = ["tasks.embed", "tasks.ingest", "tasks.train"]
+TASK_MODULES = ["jobfit.tasks.embed", "jobfit.tasks.ingest", "jobfit.tasks.train"]
 
 
 class JobfitCelery(Celery):
@@ -104,7 +104,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             RETRAIN: {"queue": TRAIN_QUEUE},
             EVALUATE: {"queue": TRAIN_QUEUE},
         },
-        "worker_consumer": "workers.consumer:RecordingConsumer",
+        "worker_consumer": "jobfit.workers.consumer:RecordingConsumer",
         # Model loads are slow: don't let the parent kill a child that is still loading.
         "worker_proc_alive_timeout": 300,
         "timezone": "UTC",

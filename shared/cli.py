@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shared.config import PairType, Settings, get_settings
-from shared.console import console, err, progress_bar, worker_env
+from jobfit.shared.config import PairType, Settings, get_settings
+from jobfit.shared.console import console, err, progress_bar, worker_env
 
 app = typer.Typer(help="Score how well resumes fit jobs, on Celery workers.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -58,14 +58,14 @@ def worker(
     worker_env()
     settings = get_settings()
     if "embed" in queues.split(","):
-        from workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
+        from jobfit.workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
 
         try:
             check_model_dir(resolve_model_path(settings.model))
         except ModelNotFoundError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    from shared.celery_app import create_celery_app
+    from jobfit.shared.celery_app import create_celery_app
 
     celery = create_celery_app(settings)
     argv = [
@@ -90,8 +90,13 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Wait until the workers are done.")] = False,
 ) -> None:
     """Validate documents from FILE and enqueue them (every one is checked before any is sent)."""
-    from shared.client import InvalidMessageError, JobfitClient, read_documents, validate_message
-    from shared.schemas import JobDocument, ResumeDocument
+    from jobfit.shared.client import (
+        InvalidMessageError,
+        JobfitClient,
+        read_documents,
+        validate_message,
+    )
+    from jobfit.shared.schemas import JobDocument, ResumeDocument
 
     client = JobfitClient(get_settings())
     try:
@@ -120,8 +125,8 @@ def submit(
 
 
 def _print_ranked(resume_id: str | None, job_id: str | None, top: int, version: str | None) -> None:
-    from shared import repository as repo
-    from shared.db import make_engine, make_session_factory
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import make_engine, make_session_factory
 
     settings = get_settings()
     factory = make_session_factory(make_engine(settings))
@@ -191,7 +196,7 @@ def schema(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """JSON Schema of every message, for producers in other languages."""
-    from shared.schemas import json_schemas
+    from jobfit.shared.schemas import json_schemas
 
     text = json.dumps(json_schemas(), indent=2, sort_keys=True)
     if out:
@@ -203,7 +208,7 @@ def schema(
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create the database if missing and migrate it to REVISION."""
-    from shared.db import ensure_database, upgrade
+    from jobfit.shared.db import ensure_database, upgrade
 
     settings = get_settings()
     if ensure_database(settings.db.url):
@@ -223,7 +228,7 @@ def model_provision(
     ] = None,
 ) -> None:
     """Provision a model offline and print its directory."""
-    from workers.provision import ProvisionError
+    from jobfit.workers.provision import ProvisionError
 
     try:
         path = provision(get_settings(), name, store, wheel_dir)
@@ -239,8 +244,8 @@ def model_export_onnx() -> None:
     against torch fp32 on the check set: the int8 gate's verdict, as JSON. Workers with
     JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed."""
     worker_env()
-    from workers.model import ModelSpec
-    from workers.onnx_backend import gate
+    from jobfit.workers.model import ModelSpec
+    from jobfit.workers.onnx_backend import gate
 
     settings = get_settings()
     spec = ModelSpec.from_settings(settings.model)
@@ -250,7 +255,7 @@ def model_export_onnx() -> None:
 def provision(
     settings: Settings, name: ModelChoice, store: Path | None = None, wheel_dir: Path | None = None
 ) -> Path:
-    from workers.provision import minilm_path, provision_mpnet
+    from jobfit.workers.provision import minilm_path, provision_mpnet
 
     if name is ModelChoice.minilm:
         return minilm_path()
@@ -272,7 +277,7 @@ def make_sample(
     seed: Annotated[int, typer.Option()] = 42,
 ) -> None:
     """Derive the bundled demo sample from the real dataset."""
-    from workers.dataset import read_dataset, sample, write_sample
+    from jobfit.workers.dataset import read_dataset, sample, write_sample
 
     data = sample(read_dataset(csv), n_resumes=resumes, seed=seed)
     write_sample(data, out)
@@ -293,7 +298,7 @@ def demo(
     """The main job: provision, migrate, start a worker, submit the bundled sample, fine-tune
     on its labels, promote the winner, rescore, and print the top matches."""
     worker_env()
-    from workers.demo import run_demo
+    from jobfit.workers.demo import run_demo
 
     t0 = time.perf_counter()
     code = run_demo(
@@ -319,7 +324,7 @@ def bench(
     """Raw model encode vs the whole pipeline on the same texts, latency, memory and
     workers (JSON out; see workers/bench.py for every figure)."""
     worker_env()
-    from workers.bench import bench as run_bench
+    from jobfit.workers.bench import bench as run_bench
 
     settings = get_settings()
     names = {ModelChoice(n.strip()) for n in models.split(",") if n.strip()}
@@ -342,7 +347,7 @@ def bench_faults(
     """Faults on real processes (kill -9 workers, Redis and Postgres outages, hostile
     messages): sent, scored, lost, duplicated, crashed (JSON; see workers/faults.py)."""
     worker_env()
-    from workers.faults import report
+    from jobfit.workers.faults import report
 
     settings = get_settings()
     names = [n.strip() for n in scenarios.split(",") if n.strip()] or None
@@ -376,7 +381,7 @@ def flower(
     if auth and any(":" not in a or a.endswith(":") for a in auth.split(",")):
         err.print("[red]error:[/red] JOBFIT_FLOWER__BASIC_AUTH must be user:password[,…]")
         raise typer.Exit(2)
-    from shared.celery_app import create_celery_app
+    from jobfit.shared.celery_app import create_celery_app
 
     if auth:
         os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line: `ps` shows that
@@ -404,7 +409,7 @@ def health(
 ) -> None:
     """Check broker, database (at the migration head), model store and workers; exit 1 with
     the reasons when something is wrong."""
-    from shared.health import run_checks
+    from jobfit.shared.health import run_checks
 
     checks = run_checks(get_settings(), model=model, hostname=hostname, min_workers=workers)
     for c in checks:
@@ -414,7 +419,7 @@ def health(
         raise typer.Exit(1)
 
 
-from shared.cli_train import register  # noqa: E402  (its commands use the helpers above)
+from jobfit.shared.cli_train import register  # noqa: E402  (its commands use the helpers above)
 
 register(app, data_app)
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shared.config import get_settings
-from shared.console import console, err, progress_bar, worker_env
+from jobfit.shared.config import get_settings
+from jobfit.shared.console import console, err, progress_bar, worker_env
 
 models_app = typer.Typer(
     help="The model registry: versions, metrics, which is active.", invoke_without_command=True
@@ -22,7 +22,7 @@ SplitOpt = Annotated[str, typer.Option(help="Evaluation split: resume or job (he
 
 
 def _factory() -> Any:
-    from shared.db import make_engine, make_session_factory
+    from jobfit.shared.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(get_settings()))
 
@@ -76,7 +76,7 @@ def retrain(
     wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False,
 ) -> None:
     """Queue a retraining on the train queue (a `jobfit worker --queues train` runs it)."""
-    from shared.client import InvalidMessageError, JobfitClient
+    from jobfit.shared.client import InvalidMessageError, JobfitClient
 
     request: dict[str, Any] = {
         "mode": mode,
@@ -104,7 +104,7 @@ def evaluate(
     wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = True,
 ) -> None:
     """Evaluate a model version on the stored evaluation split (train queue)."""
-    from shared.client import JobfitClient
+    from jobfit.shared.client import JobfitClient
 
     result = JobfitClient(get_settings()).evaluate(version, split)
     err.print(f"evaluation queued: task {result.id}")
@@ -116,7 +116,7 @@ def rescore(
     wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = True,
 ) -> None:
     """Rescore every stored match with the active version (embed queue)."""
-    from shared.client import JobfitClient
+    from jobfit.shared.client import JobfitClient
 
     result = JobfitClient(get_settings()).rescore()
     if wait:
@@ -155,7 +155,7 @@ def models(ctx: typer.Context, split: SplitOpt = "resume") -> None:
     """List model versions with their latest metrics and which one is active."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers.retraining import version_rows
+    from jobfit.workers.retraining import version_rows
 
     console.print(models_table(version_rows(_factory()), split))
 
@@ -163,13 +163,13 @@ def models(ctx: typer.Context, split: SplitOpt = "resume") -> None:
 @models_app.command("promote")
 def models_promote(version: str) -> None:
     """Make VERSION the active one by hand (embed workers switch within seconds)."""
-    from shared import registry
-    from shared.db import transaction
+    from jobfit.shared import registry
+    from jobfit.shared.db import transaction
 
     try:
         with transaction(_factory()) as session:
             row = registry.get_version(session=session, version=version)
-            from workers.model import check_model_dir
+            from jobfit.workers.model import check_model_dir
 
             check_model_dir(Path(row.path))
             previous, _ = registry.promote(session=session, version=version)
@@ -184,8 +184,8 @@ def models_rollback(
     version: Annotated[str | None, typer.Argument(help="Default: the previous active.")] = None,
 ) -> None:
     """Make the previously active version (or VERSION) active again."""
-    from shared import registry
-    from shared.db import transaction
+    from jobfit.shared import registry
+    from jobfit.shared.db import transaction
 
     with transaction(_factory()) as session:
         target = version or registry.previous_active(session=session)
@@ -199,11 +199,11 @@ def import_resume_dataset(
     csv: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
 ) -> None:
     """Store the real dataset's resumes, jobs and match labels (idempotent)."""
-    from shared import registry
-    from shared import repository as repo
-    from shared.db import transaction
-    from shared.schemas import JobDocument, ResumeDocument
-    from workers.dataset import read_dataset
+    from jobfit.shared import registry
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import transaction
+    from jobfit.shared.schemas import JobDocument, ResumeDocument
+    from jobfit.workers.dataset import read_dataset
 
     data = read_dataset(csv)
     factory = _factory()
@@ -233,9 +233,9 @@ def import_pairs(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSONL")],
 ) -> None:
     """Store generic field-pair examples (sentence_0, sentence_1, label) for training."""
-    from shared import registry
-    from shared.db import transaction
-    from workers.training import read_pair_file
+    from jobfit.shared import registry
+    from jobfit.shared.db import transaction
+    from jobfit.workers.training import read_pair_file
 
     try:
         pairs = read_pair_file(file)
@@ -264,13 +264,13 @@ def bench_quality(
 ) -> None:
     """Untuned vs fine-tuned ranking quality on held-out resumes and jobs (JSON out)."""
     worker_env()
-    from workers.model import model_name, resolve_device
-    from workers.quality import QualityRun, run_quality
-    from workers.training import TrainParams
+    from jobfit.workers.model import model_name, resolve_device
+    from jobfit.workers.quality import QualityRun, run_quality
+    from jobfit.workers.training import TrainParams
 
     def resolve(name: str) -> Path:
         if name == "minilm":
-            from workers.provision import minilm_path
+            from jobfit.workers.provision import minilm_path
 
             return minilm_path()
         if name == "mpnet":

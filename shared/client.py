@@ -1,6 +1,6 @@
 """What other services call. Validates before sending; needs Celery and pydantic, not torch.
 
-from shared.client import JobfitClient
+from jobfit.shared.client import JobfitClient
 client = JobfitClient()                      # settings from JOBFIT_* env
 client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
 client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from celery.result import AsyncResult
 from pydantic import BaseModel, ValidationError
 
-from shared.celery_app import (
+from jobfit.shared.celery_app import (
     EVALUATE,
     INGEST_JOB,
     INGEST_RESUME,
@@ -30,8 +30,8 @@ from shared.celery_app import (
     JobfitCelery,
     create_celery_app,
 )
-from shared.config import Settings
-from shared.schemas import (
+from jobfit.shared.config import Settings
+from jobfit.shared.schemas import (
     CandidatesRequest,
     EvaluateRequest,
     JobDocument,

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
+from jobfit.shared.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from shared.config import PairType
-from shared.schemas import JobDocument, ResumeDocument
+from jobfit.shared.config import PairType
+from jobfit.shared.schemas import JobDocument, ResumeDocument
 
 SEPARATOR = ", "
 

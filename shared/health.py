@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.config import Settings
+from jobfit.shared.config import Settings
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def check_database(settings: Settings) -> Check:
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine, make_url
 
-    from shared.db import alembic_config
+    from jobfit.shared.db import alembic_config
 
     url = make_url(settings.db.url)
     where = url.render_as_string(hide_password=True).split("@")[-1]
@@ -58,7 +58,7 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_model(settings: Settings) -> Check:
-    from workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
+    from jobfit.workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
 
     try:
         path = resolve_model_path(settings.model)
@@ -69,7 +69,7 @@ def check_model(settings: Settings) -> Check:
 
 
 def check_workers(settings: Settings, hostname: str | None, minimum: int) -> Check:
-    from shared.celery_app import create_celery_app
+    from jobfit.shared.celery_app import create_celery_app
 
     app = create_celery_app(settings, with_tasks=False)
     try:

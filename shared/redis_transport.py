@@ -17,7 +17,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-TRANSPORT = "shared.redis_transport:Transport"
+TRANSPORT = "jobfit.shared.redis_transport:Transport"
 
 
 class Channel(kombu_redis.Channel):

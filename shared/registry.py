@@ -12,16 +12,16 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import insert_for
-from shared.orm import (
+from jobfit.shared.db import insert_for
+from jobfit.shared.orm import (
     LabelRow,
     ModelVersionRow,
     PairLabelRow,
     SplitAssignmentRow,
     utcnow,
 )
-from shared.repository import chunked, insert_model_version
-from shared.splits import SplitName, split_part
+from jobfit.shared.repository import chunked, insert_model_version
+from jobfit.shared.splits import SplitName, split_part
 
 # Status of a model version: the one the workers serve, one that lost (or was not yet
 # judged), one that was active before.

@@ -12,8 +12,8 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
-from shared.db import insert_for
-from shared.orm import (
+from jobfit.shared.db import insert_for
+from jobfit.shared.orm import (
     DeliveryRow,
     DocumentRow,
     FailedMessageRow,
@@ -23,7 +23,7 @@ from shared.orm import (
     PairScoreRow,
     utcnow,
 )
-from shared.schemas import Document, JobDocument, ResumeDocument
+from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
 DocStatus = Literal["created", "updated", "unchanged"]
 MAX_FAILED_PAYLOAD = 10_000

@@ -12,23 +12,23 @@ from celery import Task, shared_task, signals
 from celery.exceptions import Reject
 from pydantic import BaseModel, ValidationError
 
-from shared import repository as repo
-from shared.celery_app import (
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import (
     EMBED_QUEUE,
     RESCORE,
     SCORE_JOB,
     SCORE_RESUME,
 )
-from shared.db import transaction
-from shared.schemas import (
+from jobfit.shared.db import transaction
+from jobfit.shared.schemas import (
     CandidatesRequest,
     MatchRequest,
     RescoreRequest,
     ScoreResult,
     describe_validation_error,
 )
-from tasks.progress import StateReporter
-from tasks.reliability import (
+from jobfit.tasks.progress import StateReporter
+from jobfit.tasks.reliability import (
     BACKOFF,
     TRANSIENT,
     begin_deliveries,
@@ -38,9 +38,9 @@ from tasks.reliability import (
     record_failures,
     set_delivery_state,
 )
-from workers import service
-from workers.model import base_version
-from workers.runtime import get_runtime
+from jobfit.workers import service
+from jobfit.workers.model import base_version
+from jobfit.workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 

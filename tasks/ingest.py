@@ -27,18 +27,18 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from pydantic import ValidationError
 
-from shared import repository as repo
-from shared.celery_app import INGEST_JOB, INGEST_RESUME
-from shared.db import transaction
-from shared.schemas import (
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME
+from jobfit.shared.db import transaction
+from jobfit.shared.schemas import (
     IngestResult,
     JobDocument,
     ResumeDocument,
     describe_validation_error,
 )
-from tasks.embed import failure
-from tasks.pipeline import BatchPipeline, Job, get_pipeline
-from tasks.reliability import (
+from jobfit.tasks.embed import failure
+from jobfit.tasks.pipeline import BatchPipeline, Job, get_pipeline
+from jobfit.tasks.reliability import (
     TRANSIENT,
     begin_deliveries,
     dead_letter_reason,
@@ -48,8 +48,8 @@ from tasks.reliability import (
     set_delivery_state,
     with_retries,
 )
-from workers import service
-from workers.runtime import WorkerRuntime, get_runtime
+from jobfit.workers import service
+from jobfit.workers.runtime import WorkerRuntime, get_runtime
 
 log = logging.getLogger(__name__)
 

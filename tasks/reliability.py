@@ -26,9 +26,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared import repository as repo
-from shared.db import transaction
-from workers.runtime import get_runtime
+from jobfit.shared import repository as repo
+from jobfit.shared.db import transaction
+from jobfit.workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 

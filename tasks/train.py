@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 from celery import Task, shared_task
 from pydantic import BaseModel
 
-from shared import registry
-from shared.celery_app import EVALUATE, RESCORE, RETRAIN, SUBMIT_LABEL
-from shared.db import transaction
-from shared.schemas import EvaluateRequest, LabelMessage, RetrainRequest
-from tasks.embed import JobfitTask, _validate
-from tasks.progress import StateReporter
-from workers import retraining
-from workers.runtime import get_runtime
+from jobfit.shared import registry
+from jobfit.shared.celery_app import EVALUATE, RESCORE, RETRAIN, SUBMIT_LABEL
+from jobfit.shared.db import transaction
+from jobfit.shared.schemas import EvaluateRequest, LabelMessage, RetrainRequest
+from jobfit.tasks.embed import JobfitTask, _validate
+from jobfit.tasks.progress import StateReporter
+from jobfit.workers import retraining
+from jobfit.workers.runtime import get_runtime
 
 M = TypeVar("M", bound=BaseModel)
 

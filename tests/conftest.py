@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
-from workers.procs import ROOT, RUN_ID, WorkerProcess
+from jobfit.shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+from jobfit.workers.procs import ROOT, RUN_ID, WorkerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,7 +31,7 @@ TEST_BROKER = os.environ.get("JOBFIT_TEST_BROKER", REDIS_URL)
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    from workers.provision import minilm_path
+    from jobfit.workers.provision import minilm_path
 
     return minilm_path()
 
@@ -50,7 +50,7 @@ def private_database(suffix: str = "") -> Iterator[str]:
     name = f"jobfit_test_{RUN_ID}{suffix}"
     url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     subprocess.run(
-        [sys.executable, "-m", "shared.cli", "db", "upgrade"],
+        [sys.executable, "-m", "jobfit", "db", "upgrade"],
         env={**os.environ, "JOBFIT_DB__URL": url},
         cwd=ROOT,
         check=True,
@@ -103,7 +103,7 @@ def make_settings(db_url: str, key_prefix: str, model_path: Path, store: Path) -
 
 
 def session_factory_for(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    from shared.db import make_engine, make_session_factory
+    from jobfit.shared.db import make_engine, make_session_factory
 
     engine = make_engine(settings)
     yield make_session_factory(engine)
@@ -111,7 +111,7 @@ def session_factory_for(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 
 def producer_app(settings: Settings):
-    from shared.celery_app import create_celery_app
+    from jobfit.shared.celery_app import create_celery_app
 
     return create_celery_app(settings, with_tasks=False)
 
@@ -165,6 +165,6 @@ def clean_db(session_factory: sessionmaker[Session]) -> None:
 
 @pytest.fixture()
 def client(celery_app):
-    from shared.client import JobfitClient
+    from jobfit.shared.client import JobfitClient
 
     return JobfitClient(app=celery_app)

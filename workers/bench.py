@@ -35,15 +35,16 @@ import psutil
 from rich.console import Console
 from sqlalchemy import create_engine, func, make_url, select, text
 
-from shared.celery_app import JobfitCelery, create_celery_app
-from shared.client import JobfitClient, read_documents
-from shared.config import Settings
-from shared.db import ensure_database, upgrade
-from shared.fields import field_texts
-from shared.orm import DocumentRow, MatchRow
-from shared.schemas import JobDocument, ResumeDocument
-from workers.demo import SAMPLE_DIR, worker_process
-from workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
+from jobfit.shared.celery_app import JobfitCelery, create_celery_app
+from jobfit.shared.client import JobfitClient, read_documents
+from jobfit.shared.config import Settings
+from jobfit.shared.db import ensure_database, upgrade
+from jobfit.shared.fields import field_texts
+from jobfit.shared.orm import DocumentRow, MatchRow
+from jobfit.shared.sample import SAMPLE_DIR
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers.demo import worker_process
+from jobfit.workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
 
 Docs = list[dict[str, Any]]
 LATENCY_RUNS = 20
@@ -61,7 +62,7 @@ def load_documents(dataset: Path | None) -> tuple[Docs, Docs]:
         return read_documents(SAMPLE_DIR / "resumes.jsonl"), read_documents(
             SAMPLE_DIR / "jobs.jsonl"
         )
-    from workers.dataset import read_dataset
+    from jobfit.workers.dataset import read_dataset
 
     data = read_dataset(dataset)
     return (
@@ -184,7 +185,7 @@ def submit_all(
     (documents, or match rows with ``score``). Waits by counting rows in Postgres a few times
     a second: a cheap wait, that takes no CPU from the worker on a small machine (a result
     per task and a busy progress bar cost the 2-core run ~7 %)."""
-    from shared.console import progress_bar
+    from jobfit.shared.console import progress_bar
 
     client = JobfitClient(app=stage.app)
     row: Any = MatchRow if score else DocumentRow
@@ -344,7 +345,7 @@ def bench(
         },
     }
     result["goals"] = goals(result["models"])
-    from workers.onnx_backend import compare
+    from jobfit.workers.onnx_backend import compare
 
     result["backends"] = {}
     for name, path in models.items():

@@ -33,7 +33,7 @@ class RecordingConsumer(Consumer):
         """Warm shutdown: the ingest batch in progress finishes and is acknowledged while the
         connection is still open (Celery calls this before closing it); queued ones are left
         for redelivery."""
-        from tasks.pipeline import close_pipeline
+        from jobfit.tasks.pipeline import close_pipeline
 
         close_pipeline(self.app)
         super().stop()
@@ -55,7 +55,7 @@ class RecordingConsumer(Consumer):
     def _recorded(self, message: Any, reason: str) -> bool:
         """Record the message; if that cannot be done (database down after the retries),
         put it back on the queue instead of letting Celery acknowledge it."""
-        from tasks.embed import record_failure
+        from jobfit.tasks.embed import record_failure
 
         name, task_id = _headers(message)
         if record_failure(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.schemas import JobDocument, ResumeDocument
+from jobfit.shared.schemas import JobDocument, ResumeDocument
 
 RESUME_COLUMNS = {
     "career_objective": "career_objective",

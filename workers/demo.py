@@ -4,14 +4,12 @@ reachable, else on an embedded default (SQLite file + in-memory broker, worker i
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
@@ -19,14 +17,14 @@ from rich.console import Console
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from shared import repository as repo
-from shared.celery_app import EMBED_QUEUE, TRAIN_QUEUE, JobfitCelery, create_celery_app
-from shared.client import JobfitClient, read_documents
-from shared.config import BrokerSettings, DatabaseSettings, Settings
-from shared.db import ensure_database, make_engine, make_session_factory, upgrade
-from shared.orm import DocumentRow, FailedMessageRow, MatchRow, ModelVersionRow
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import EMBED_QUEUE, TRAIN_QUEUE, JobfitCelery, create_celery_app
+from jobfit.shared.client import JobfitClient, read_documents
+from jobfit.shared.config import BrokerSettings, DatabaseSettings, Settings
+from jobfit.shared.db import ensure_database, make_engine, make_session_factory, upgrade
+from jobfit.shared.orm import DocumentRow, FailedMessageRow, MatchRow, ModelVersionRow
+from jobfit.shared.sample import SAMPLE_DIR, load_labels
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "shared" / "sample"
 WORKER_READY_TIMEOUT_S = 600
 
 
@@ -76,7 +74,7 @@ def worker_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``jobfit worker --queues embed,train`` as a child process (compose runs the same
     command, one worker per queue)."""
-    cmd = [sys.executable, "-m", "shared.cli", "worker", "--queues", queues]
+    cmd = [sys.executable, "-m", "jobfit", "worker", "--queues", queues]
     cmd += ["--loglevel", "WARNING", *(["--hostname", hostname] if hostname else [])]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
@@ -112,17 +110,8 @@ def worker_in_process(app: JobfitCelery) -> Iterator[None]:
         yield
 
 
-def load_labels(path: Path) -> dict[tuple[str, str], float]:
-    if not path.is_file():
-        return {}
-    with path.open(encoding="utf-8") as fh:
-        return {
-            (r["resume_id"], r["job_id"]): float(r["matched_score"]) for r in csv.DictReader(fh)
-        }
-
-
 def wait_all(results: list[AsyncResult], console: Console) -> list[dict[str, Any]]:
-    from shared.console import progress_bar
+    from jobfit.shared.console import progress_bar
 
     out = []
     with progress_bar() as bar:
@@ -165,7 +154,7 @@ def fine_tune(
     """Send the sample's labels, retrain on the train queue (a head on the frozen encoder:
     seconds on a CPU), and, if the new version wins on the held-out resumes, wait for the
     worker to switch to it and rescore. Returns the retrain summary."""
-    from shared.cli_train import wait_with_progress
+    from jobfit.shared.cli_train import wait_with_progress
 
     sent = [client.submit_label(r, j, y, source="demo") for (r, j), y in sorted(labels.items())]
     for res in sent:
@@ -200,7 +189,7 @@ def run_demo(
     )
     default_model = settings.model.path is None and settings.model.hub_id is None
     if default_model and not (settings.model.resolved_path() / "modules.json").is_file():
-        from shared.cli import ModelChoice, provision
+        from jobfit.shared.cli import ModelChoice, provision
 
         console.print("provisioning the default model (all-mpnet-base-v2) …")
         provision(settings, ModelChoice.mpnet)
@@ -253,7 +242,7 @@ def report(
 ) -> int:
     from scipy.stats import spearmanr
 
-    from shared.cli import ranked_table
+    from jobfit.shared.cli import ranked_table
 
     if len(versions) != 1:
         console.print(f"[red]expected one model version, got {versions}[/red]")

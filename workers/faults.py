@@ -35,14 +35,14 @@ from rich.console import Console
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from shared.celery_app import EMBED_QUEUE, INGEST_RESUME, create_celery_app
-from shared.client import JobfitClient, await_or_resend, read_documents
-from shared.config import Settings
-from shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
-from workers import hostile
-from workers.bench import Stage, fresh_stage
-from workers.demo import SAMPLE_DIR, load_labels
-from workers.procs import RUN_ID, WorkerProcess
+from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_RESUME, create_celery_app
+from jobfit.shared.client import JobfitClient, await_or_resend, read_documents
+from jobfit.shared.config import Settings
+from jobfit.shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
+from jobfit.shared.sample import SAMPLE_DIR, load_labels
+from jobfit.workers import hostile
+from jobfit.workers.bench import Stage, fresh_stage
+from jobfit.workers.procs import RUN_ID, WorkerProcess
 
 Docs = list[dict[str, Any]]
 WAIT_S = 300.0
@@ -573,7 +573,7 @@ def kill_train_worker(
     worker is killed (-9) as soon as it reports fine-tuning. The active version, the registry
     and the model store must be as before (a ``.tmp-*`` dir at most). A new train worker
     then gets the retrain again (after the visibility timeout) and finishes it once."""
-    from shared import registry
+    from jobfit.shared import registry
 
     resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")[:12]
     jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")[:6]

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.celery_app import INGEST_JOB, INGEST_RESUME, SCORE_JOB, SCORE_RESUME
-from shared.schemas import MAX_FIELD_BYTES, JobDocument, ResumeDocument
+from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME, SCORE_JOB, SCORE_RESUME
+from jobfit.shared.schemas import MAX_FIELD_BYTES, JobDocument, ResumeDocument
 
 # Text that should be stored verbatim, never executed or interpreted.
 FRAGMENTS = [

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shared.config import ModelSettings
-from workers.provision import sha256_file
-from workers.scoring import Vector
+from jobfit.shared.config import ModelSettings
+from jobfit.workers.provision import sha256_file
+from jobfit.workers.scoring import Vector
 
 log = logging.getLogger(__name__)
 

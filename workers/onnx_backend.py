@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.model import (
+from jobfit.workers.model import (
     BaseEmbedder,
     ModelSpec,
     SentenceTransformerEmbedder,
@@ -196,10 +196,10 @@ class CheckSet:
 
 
 def sample_check_set() -> CheckSet:
-    from shared.client import read_documents
-    from shared.fields import field_texts
-    from shared.schemas import JobDocument, ResumeDocument
-    from workers.demo import SAMPLE_DIR, load_labels
+    from jobfit.shared.client import read_documents
+    from jobfit.shared.fields import field_texts
+    from jobfit.shared.sample import SAMPLE_DIR, load_labels
+    from jobfit.shared.schemas import JobDocument, ResumeDocument
 
     resumes = {
         d["id"]: field_texts(ResumeDocument.model_validate(d))

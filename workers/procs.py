@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shared.config import Settings
+from jobfit.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # One id per process: names the workers (and, in tests, databases and key prefixes) of a run.
@@ -65,7 +65,7 @@ class WorkerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "shared.cli",
+            "jobfit",
             "worker",
             "--queues",
             self.queues,

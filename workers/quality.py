@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from shared.fields import field_texts
-from shared.splits import SplitName, split_part
-from workers import training
-from workers.dataset import read_dataset
-from workers.training import MatchExample, Progress, TrainParams
+from jobfit.shared.fields import field_texts
+from jobfit.shared.splits import SplitName, split_part
+from jobfit.workers import training
+from jobfit.workers.dataset import read_dataset
+from jobfit.workers.training import MatchExample, Progress, TrainParams
 
 GOALS = {"all-MiniLM-L6-v2": 0.75, "all-mpnet-base-v2": 0.80}
 

@@ -18,16 +18,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import registry
-from shared import repository as repo
-from shared.config import Settings
-from shared.db import transaction
-from shared.orm import ModelVersionRow
-from shared.schemas import EvaluateRequest, RetrainRequest
-from shared.splits import SplitName
-from workers import training
-from workers.model import ModelSpec, check_model_dir, resolve_device, version_of
-from workers.training import Progress, TrainingData
+from jobfit.shared import registry
+from jobfit.shared import repository as repo
+from jobfit.shared.config import Settings
+from jobfit.shared.db import transaction
+from jobfit.shared.orm import ModelVersionRow
+from jobfit.shared.schemas import EvaluateRequest, RetrainRequest
+from jobfit.shared.splits import SplitName
+from jobfit.workers import training
+from jobfit.workers.model import ModelSpec, check_model_dir, resolve_device, version_of
+from jobfit.workers.training import Progress, TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def ensure_configured_version(settings: Settings, factory: sessionmaker[Session]
             return active.version
     spec = ModelSpec.from_settings(settings.model)
     check_model_dir(spec.path)
-    from workers.model import SentenceTransformerEmbedder
+    from jobfit.workers.model import SentenceTransformerEmbedder
 
     dim = SentenceTransformerEmbedder(spec).dim
     with transaction(factory) as session:

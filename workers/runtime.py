@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import registry
-from shared import repository as repo
-from shared.config import Settings
-from shared.db import make_engine, make_session_factory, transaction
-from workers.model import ModelNotFoundError, ModelSpec, base_version
-from workers.onnx_backend import make_embedder
-from workers.service import ModelContext
+from jobfit.shared import registry
+from jobfit.shared import repository as repo
+from jobfit.shared.config import Settings
+from jobfit.shared.db import make_engine, make_session_factory, transaction
+from jobfit.workers.model import ModelNotFoundError, ModelSpec, base_version
+from jobfit.workers.onnx_backend import make_embedder
+from jobfit.workers.service import ModelContext
 
 log = logging.getLogger(__name__)
 

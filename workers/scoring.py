@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.config import PairType
+from jobfit.shared.config import PairType
 
 Vector = npt.NDArray[np.float32]
 

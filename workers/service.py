@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.orm import Session
 
-from shared import repository as repo
-from shared.config import PairType
-from shared.fields import field_texts, text_hash
-from shared.orm import DocumentRow
-from shared.schemas import Document
-from workers.model import Embedder, from_bytes, to_bytes
-from workers.scoring import Vector, score_match
+from jobfit.shared import repository as repo
+from jobfit.shared.config import PairType
+from jobfit.shared.fields import field_texts, text_hash
+from jobfit.shared.orm import DocumentRow
+from jobfit.shared.schemas import Document
+from jobfit.workers.model import Embedder, from_bytes, to_bytes
+from jobfit.workers.scoring import Vector, score_match
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shared.config import PairType
-from shared.fields import field_texts, usable_pairs
+from jobfit.shared.config import PairType
+from jobfit.shared.fields import field_texts, usable_pairs
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,8 @@ def split_examples(
 
 def load_training_data(*, session: Any, split: Literal["resume", "job"] = "resume") -> TrainingData:
     """Everything labelled in the database, split by the stored assignment."""
-    from shared import registry
-    from shared import repository as repo
+    from jobfit.shared import registry
+    from jobfit.shared import repository as repo
 
     labels = registry.list_labels(session=session)
     resume_texts = {

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from shared.orm import Base
+from jobfit.shared.orm import Base
 
 target_metadata = Base.metadata
 url = context.config.get_main_option("sqlalchemy.url")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from shared.config import Settings
-from workers import faults
+from jobfit.shared.config import Settings
+from jobfit.workers import faults
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

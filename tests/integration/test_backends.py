@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared.client import JobfitClient
-from shared.orm import ModelVersionRow
-from tests.conftest import isolated
-from workers.model import ModelSpec, SentenceTransformerEmbedder, base_version, version_of
-from workers.onnx_backend import (
+from jobfit.shared.client import JobfitClient
+from jobfit.shared.orm import ModelVersionRow
+from jobfit.workers.model import ModelSpec, SentenceTransformerEmbedder, base_version, version_of
+from jobfit.workers.onnx_backend import (
     GATE_FILE,
     OnnxEmbedder,
     gate,
@@ -22,7 +21,8 @@ from workers.onnx_backend import (
     quantize,
     sample_check_set,
 )
-from workers.procs import WorkerProcess
+from jobfit.workers.procs import WorkerProcess
+from tests.conftest import isolated
 
 pytestmark = pytest.mark.integration
 

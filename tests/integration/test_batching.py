@@ -9,10 +9,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from shared.client import JobfitClient
-from shared.orm import DeliveryRow, DocumentRow, FieldEmbeddingRow
+from jobfit.shared.client import JobfitClient
+from jobfit.shared.orm import DeliveryRow, DocumentRow, FieldEmbeddingRow
+from jobfit.workers.procs import WorkerProcess
 from tests.conftest import isolated
-from workers.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

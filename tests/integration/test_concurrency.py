@@ -7,8 +7,8 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from shared.orm import FieldEmbeddingRow, MatchRow
-from workers.procs import WorkerProcess
+from jobfit.shared.orm import FieldEmbeddingRow, MatchRow
+from jobfit.workers.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from base64 import b64encode
 
 import pytest
 
-from workers.procs import ROOT, settings_env
+from jobfit.workers.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def test_flower_refuses_to_start_without_credentials(settings):
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "flower"],
+        [sys.executable, "-m", "jobfit", "flower"],
         env={**os.environ, **settings_env(settings)},
         cwd=ROOT,
         capture_output=True,
@@ -64,7 +64,7 @@ def flower(settings, tmp_path):
     }
     log = (tmp_path / "flower.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "flower", "--address", "127.0.0.1"],
+        [sys.executable, "-m", "jobfit", "flower", "--address", "127.0.0.1"],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from workers.procs import ROOT, settings_env
+from jobfit.workers.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 
 
 def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "health", *args],
+        [sys.executable, "-m", "jobfit", "health", *args],
         env={**os.environ, **env, "COLUMNS": "200"},
         cwd=ROOT,
         capture_output=True,

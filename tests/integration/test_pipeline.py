@@ -10,11 +10,17 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from shared.client import read_documents
-from shared.config import PairType
-from shared.fields import field_texts, usable_pairs
-from shared.orm import DocumentRow, FieldEmbeddingRow, MatchRow, ModelVersionRow, PairScoreRow
-from shared.schemas import JobDocument, ResumeDocument
+from jobfit.shared.client import read_documents
+from jobfit.shared.config import PairType
+from jobfit.shared.fields import field_texts, usable_pairs
+from jobfit.shared.orm import (
+    DocumentRow,
+    FieldEmbeddingRow,
+    MatchRow,
+    ModelVersionRow,
+    PairScoreRow,
+)
+from jobfit.shared.schemas import JobDocument, ResumeDocument
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +169,7 @@ def test_cli_submit_and_ranked_tables(worker, settings, clean_db, tmp_path):
     import subprocess
     import sys
 
-    from workers.procs import ROOT, settings_env
+    from jobfit.workers.procs import ROOT, settings_env
 
     resumes, jobs = sample_docs(2, 4)
     (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(j) for j in jobs))
@@ -172,7 +178,7 @@ def test_cli_submit_and_ranked_tables(worker, settings, clean_db, tmp_path):
 
     def jobfit(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "jobfit", *args],
             env=env,
             cwd=ROOT,
             capture_output=True,

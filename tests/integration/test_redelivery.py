@@ -10,9 +10,9 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from shared import repository as repo
-from shared.celery_app import INGEST_RESUME, SCORE_RESUME
-from shared.orm import DeliveryRow, DocumentRow, FailedMessageRow
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import INGEST_RESUME, SCORE_RESUME
+from jobfit.shared.orm import DeliveryRow, DocumentRow, FailedMessageRow
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 60

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from shared import repository as repo
-from shared.config import PairType
-from shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
-from shared.schemas import JobDocument, ResumeDocument
-from workers import service
+from jobfit.shared import repository as repo
+from jobfit.shared.config import PairType
+from jobfit.shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers import service
 
 pytestmark = pytest.mark.integration
 

@@ -15,20 +15,20 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from shared import registry
-from shared.client import JobfitClient, read_documents
-from shared.config import Settings
-from shared.fields import field_texts
-from shared.orm import DocumentRow, MatchRow, ModelVersionRow
-from shared.schemas import ResumeDocument
-from shared.splits import split_part
+from jobfit.shared import registry
+from jobfit.shared.client import JobfitClient, read_documents
+from jobfit.shared.config import Settings
+from jobfit.shared.fields import field_texts
+from jobfit.shared.orm import DocumentRow, MatchRow, ModelVersionRow
+from jobfit.shared.schemas import ResumeDocument
+from jobfit.shared.splits import split_part
+from jobfit.workers.procs import RUN_ID, WorkerProcess
 from tests.conftest import (
     make_settings,
     private_database,
     producer_app,
     session_factory_for,
 )
-from workers.procs import RUN_ID, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -187,9 +187,9 @@ def test_retrain_promotes_and_the_running_worker_switches(
     # And those scores are the trained model's: cosines of its own embeddings.
     from sentence_transformers import SentenceTransformer
 
-    from shared.fields import usable_pairs
-    from shared.orm import PairScoreRow
-    from shared.schemas import JobDocument
+    from jobfit.shared.fields import usable_pairs
+    from jobfit.shared.orm import PairScoreRow
+    from jobfit.shared.schemas import JobDocument
 
     model = SentenceTransformer(row.path, device="cpu", local_files_only=True)
     job = labelled["jobs"][0]
@@ -291,8 +291,8 @@ def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path)
     import subprocess
     import sys
 
-    from workers.procs import ROOT, settings_env
-    from workers.training import load_training_data
+    from jobfit.workers.procs import ROOT, settings_env
+    from jobfit.workers.training import load_training_data
 
     f = tmp_path / "pairs.csv"
     f.write_text(
@@ -300,7 +300,7 @@ def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path)
         '"Skills: Python, SQL",Skills required: SQL,0.9\n'
         "Positions: Cook,Job title: Data Engineer,0.05\n"
     )
-    cmd = [sys.executable, "-m", "shared.cli", "data", "import-pairs", str(f)]
+    cmd = [sys.executable, "-m", "jobfit", "data", "import-pairs", str(f)]
     env = {**os.environ, **settings_env(tsettings)}
     for _ in range(2):  # idempotent: a second import changes nothing
         subprocess.run(cmd, env=env, cwd=ROOT, check=True, timeout=120)

@@ -8,9 +8,9 @@ import random
 import pytest
 from celery_batches import SimpleRequest
 
-from shared.schemas import ResumeDocument
-from tasks.ingest import parse
-from workers.model import pack_by_tokens
+from jobfit.shared.schemas import ResumeDocument
+from jobfit.tasks.ingest import parse
+from jobfit.workers.model import pack_by_tokens
 
 
 @pytest.mark.parametrize("overhead", [0, 64])

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from shared.cli import app
+from jobfit.shared.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -34,14 +34,14 @@ def jobfit_commands() -> list[tuple[str, list[str]]]:
 
 
 def invocations_in_tests() -> dict[tuple[str, ...], set[str]]:
-    """Command paths the tests start as processes (`python -m shared.cli ...`), with every
+    """Command paths the tests start as processes (`python -m jobfit ...`), with every
     option literal found in the files that start them."""
     found: dict[tuple[str, ...], set[str]] = {}
     # tests/, and the worker harness the tests and the fault suite share
     for f in [*(ROOT / "tests").rglob("*.py"), ROOT / "workers" / "procs.py"]:
         text = f.read_text()
         options = set(re.findall(r'"(--[a-z][a-z-]*)"', text))
-        for m in re.finditer(r'"shared\.cli",([^\]]*)\]', text):
+        for m in re.finditer(r'"-m",\s*"jobfit",([^\]]*)\]', text):
             literals = re.findall(r'"([^"]*)"', m.group(1))
             path = tuple(takewhile(lambda t: not t.startswith("-"), literals))
             if path:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.client import read_documents
-from shared.schemas import JobDocument, ResumeDocument
-from workers import provision
-from workers.dataset import parse_list
+from jobfit.shared.client import read_documents
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers import provision
+from jobfit.workers.dataset import parse_list
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "sample"
 
@@ -82,8 +82,8 @@ def test_provision_joins_parts_drops_desktop_ini_and_checks_sha(tmp_path, monkey
 
 
 def test_missing_model_error_names_the_provision_command(tmp_path, monkeypatch):
-    from shared.config import ModelSettings
-    from workers.model import ModelNotFoundError, ModelSpec, check_model_dir
+    from jobfit.shared.config import ModelSettings
+    from jobfit.workers.model import ModelNotFoundError, ModelSpec, check_model_dir
 
     with pytest.raises(ModelNotFoundError, match="jobfit model provision"):
         check_model_dir(ModelSettings(store=tmp_path).resolved_path())
@@ -101,7 +101,7 @@ def test_worker_refuses_to_start_without_its_model(tmp_path):
     env = {**os.environ, "JOBFIT_MODEL__STORE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("JOBFIT_MODEL__PATH", None)
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "--queues", "embed"],
+        [sys.executable, "-m", "jobfit", "worker", "--queues", "embed"],
         env=env,
         capture_output=True,
         text=True,
@@ -121,7 +121,7 @@ def test_provision_command_refuses_parts_that_fail_the_checksum(tmp_path):
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "jobfit",
             "model",
             "provision",
             "--store",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.config import PairType
-from shared.fields import field_texts, job_field_texts, resume_field_texts, usable_pairs
-from shared.schemas import JobDocument, ResumeDocument
-from workers.scoring import cosine, score_match
+from jobfit.shared.config import PairType
+from jobfit.shared.fields import field_texts, job_field_texts, resume_field_texts, usable_pairs
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers.scoring import cosine, score_match
 
 
 def test_resume_texts_follow_the_training_templates():

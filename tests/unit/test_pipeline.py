@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.pipeline import BatchPipeline, Job
+from jobfit.tasks.pipeline import BatchPipeline, Job
 
 WAIT_S = 10.0
 

@@ -18,8 +18,8 @@ def test_client_and_cli_do_not_import_torch():
 
 
 def test_celery_config_is_safe_by_default():
-    from shared.celery_app import create_celery_app
-    from shared.config import Settings
+    from jobfit.shared.celery_app import create_celery_app
+    from jobfit.shared.config import Settings
 
     conf = create_celery_app(Settings(), with_tasks=False).conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"

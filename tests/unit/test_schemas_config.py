@@ -7,9 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.client import InvalidMessageError, read_documents, validate_message
-from shared.config import DatabaseSettings, PairType, ScoringSettings, Settings
-from shared.schemas import MAX_FIELD_BYTES, JobDocument, ResumeDocument, json_schemas
+from jobfit.shared.client import InvalidMessageError, read_documents, validate_message
+from jobfit.shared.config import DatabaseSettings, PairType, ScoringSettings, Settings
+from jobfit.shared.schemas import MAX_FIELD_BYTES, JobDocument, ResumeDocument, json_schemas
 
 
 def test_content_hash_ignores_key_order_and_sees_content():

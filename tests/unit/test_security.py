@@ -6,8 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from shared.celery_app import celery_config
-from shared.config import BrokerSettings, DatabaseSettings, Settings
+from jobfit.shared.celery_app import celery_config
+from jobfit.shared.config import BrokerSettings, DatabaseSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [p for d in ("shared", "workers", "tasks") for p in (ROOT / d).rglob("*.py")]

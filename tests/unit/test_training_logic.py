@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import PairType
-from shared.splits import EVAL_FRACTION, split_part
-from workers import training
-from workers.retraining import base_name, save_atomically, sweep_tmp
-from workers.training import MatchExample
+from jobfit.shared.config import PairType
+from jobfit.shared.splits import EVAL_FRACTION, split_part
+from jobfit.workers import training
+from jobfit.workers.retraining import base_name, save_atomically, sweep_tmp
+from jobfit.workers.training import MatchExample
 
 S, P = PairType.SKILLS, PairType.POSITIONS
 
