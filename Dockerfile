@@ -15,16 +15,17 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
 RUN python -m venv /opt/jobfit
 ENV PATH=/opt/jobfit/bin:$PATH
-# torch first and pinned (the lock file leaves it out on purpose), then the locked set.
+# torch first and pinned, then the worker's lock (the runtime only: no test or lint tools).
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
-COPY requirements.lock /src/
-RUN pip install -r /src/requirements.lock \
- && pip install --no-deps celery-batches==0.11
+COPY requirements/worker.lock /src/requirements/
+RUN pip install -r /src/requirements/worker.lock
+# jobfit/ links the three folders into the one import root; the wheel follows the links.
 COPY pyproject.toml README.md /src/
+COPY jobfit /src/jobfit
 COPY shared /src/shared
 COPY tasks /src/tasks
 COPY workers /src/workers
-RUN pip install --no-deps /src
+RUN pip install --no-deps "/src[worker]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

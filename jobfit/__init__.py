@@ -16,16 +16,21 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["InvalidMessageError", "JobfitClient", "Settings"]
 
 if TYPE_CHECKING:
-    from jobfit.shared.client import InvalidMessageError, JobfitClient
+    from jobfit.shared.client import JobfitClient
     from jobfit.shared.config import Settings
+    from jobfit.shared.schemas import InvalidMessageError
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: ``import jobfit.workers...`` in a worker does not pay for Celery's client imports.
-    if name in {"JobfitClient", "InvalidMessageError"}:
-        from jobfit.shared import client
+    if name == "JobfitClient":
+        from jobfit.shared.client import JobfitClient
 
-        return getattr(client, name)
+        return JobfitClient
+    if name == "InvalidMessageError":
+        from jobfit.shared.schemas import InvalidMessageError
+
+        return InvalidMessageError
     if name == "Settings":
         from jobfit.shared.config import Settings
 

@@ -24,7 +24,12 @@ SUBMIT_LABEL = "jobfit.submit_label"
 RETRAIN = "jobfit.retrain"
 EVALUATE = "jobfit.evaluate"
 
-TASK_MODULES = ["jobfit.tasks.embed", "jobfit.tasks.ingest", "jobfit.tasks.train"]
+TASK_MODULES = [
+    "jobfit.tasks.ingest",
+    "jobfit.tasks.score",
+    "jobfit.tasks.train",
+    "jobfit.tasks.signals",
+]
 
 
 class JobfitCelery(Celery):
@@ -81,13 +86,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # At-least-once: ack after the rows are committed; a killed worker's task is
         # redelivered (Redis: after visibility_timeout_s, or at once on a warm shutdown), and
         # one that keeps killing workers is dead-lettered after broker.max_deliveries
-        # (tasks.reliability). Failed tasks are acked: they are recorded in failed_messages.
+        # (tasks.delivery). Failed tasks are acked: they are recorded in failed_messages.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         # Ingest messages are batched across tasks: a worker reserves up to two batches per
         # process (all unacknowledged until the batch's rows are committed): the one running
-        # and the next one, gathered meanwhile (tasks.pipeline). Workers that only train run
+        # and the next one, gathered meanwhile (workers.batching). Workers that only train run
         # with 1 (``jobfit worker --queues train``).
         "worker_prefetch_multiplier": 2 * settings.batch.max_tasks,
         # Operators watch tasks in Flower.
@@ -104,7 +109,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             RETRAIN: {"queue": TRAIN_QUEUE},
             EVALUATE: {"queue": TRAIN_QUEUE},
         },
-        "worker_consumer": "jobfit.workers.consumer:RecordingConsumer",
+        "worker_consumer": "jobfit.tasks.consumer:RecordingConsumer",
         # Model loads are slow: don't let the parent kill a child that is still loading.
         "worker_proc_alive_timeout": 300,
         "timezone": "UTC",

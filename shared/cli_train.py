@@ -1,4 +1,5 @@
-"""``jobfit`` commands for training data, retraining, evaluation and the model registry."""
+"""``jobfit`` commands for retraining, evaluation, rescoring and the model registry: requests
+sent to the workers, and the registry read and changed in Postgres (no model needed)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,13 @@ import typer
 from rich.table import Table
 
 from jobfit.shared.config import get_settings
-from jobfit.shared.console import console, err, progress_bar, worker_env
+from jobfit.shared.console import console, err, progress_bar
 
 models_app = typer.Typer(
     help="The model registry: versions, metrics, which is active.", invoke_without_command=True
 )
 
 SplitOpt = Annotated[str, typer.Option(help="Evaluation split: resume or job (held out).")]
-
-
-def _factory() -> Any:
-    from jobfit.shared.db import make_engine, make_session_factory
-
-    return make_session_factory(make_engine(get_settings()))
 
 
 def wait_with_progress(result: Any, what: str, timeout_s: float = 24 * 3600) -> dict[str, Any]:
@@ -76,7 +71,8 @@ def retrain(
     wait: Annotated[bool, typer.Option(help="Follow progress until it ends.")] = False,
 ) -> None:
     """Queue a retraining on the train queue (a `jobfit worker --queues train` runs it)."""
-    from jobfit.shared.client import InvalidMessageError, JobfitClient
+    from jobfit.shared.client import JobfitClient
+    from jobfit.shared.schemas import InvalidMessageError
 
     request: dict[str, Any] = {
         "mode": mode,
@@ -155,24 +151,27 @@ def models(ctx: typer.Context, split: SplitOpt = "resume") -> None:
     """List model versions with their latest metrics and which one is active."""
     if ctx.invoked_subcommand is not None:
         return
-    from jobfit.workers.retraining import version_rows
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import connect, transaction
 
-    console.print(models_table(version_rows(_factory()), split))
+    with transaction(connect(get_settings())) as session:
+        rows = repo.list_versions(session=session)
+        session.expunge_all()
+    console.print(models_table(rows, split))
 
 
 @models_app.command("promote")
 def models_promote(version: str) -> None:
     """Make VERSION the active one by hand (embed workers switch within seconds)."""
-    from jobfit.shared import registry
-    from jobfit.shared.db import transaction
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import connect, transaction
+    from jobfit.shared.model_store import check_model_dir
 
     try:
-        with transaction(_factory()) as session:
-            row = registry.get_version(session=session, version=version)
-            from jobfit.workers.model import check_model_dir
-
+        with transaction(connect(get_settings())) as session:
+            row = repo.get_version(session=session, version=version)
             check_model_dir(Path(row.path))
-            previous, _ = registry.promote(session=session, version=version)
+            previous, _ = repo.promote(session=session, version=version)
     except (LookupError, RuntimeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -184,131 +183,19 @@ def models_rollback(
     version: Annotated[str | None, typer.Argument(help="Default: the previous active.")] = None,
 ) -> None:
     """Make the previously active version (or VERSION) active again."""
-    from jobfit.shared import registry
-    from jobfit.shared.db import transaction
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import connect, transaction
 
-    with transaction(_factory()) as session:
-        target = version or registry.previous_active(session=session)
+    with transaction(connect(get_settings())) as session:
+        target = version or repo.previous_active(session=session)
     if target is None:
         err.print("[red]error:[/red] no previous active version")
         raise typer.Exit(2)
     models_promote(target)
 
 
-def import_resume_dataset(
-    csv: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
-) -> None:
-    """Store the real dataset's resumes, jobs and match labels (idempotent)."""
-    from jobfit.shared import registry
-    from jobfit.shared import repository as repo
-    from jobfit.shared.db import transaction
-    from jobfit.shared.schemas import JobDocument, ResumeDocument
-    from jobfit.workers.dataset import read_dataset
-
-    data = read_dataset(csv)
-    factory = _factory()
-    counts = {"created": 0, "updated": 0, "unchanged": 0}
-    with progress_bar() as bar:
-        docs: list[ResumeDocument | JobDocument] = [*data.resumes, *data.jobs]
-        task = bar.add_task("documents", total=len(docs))
-        for start in range(0, len(docs), 200):
-            with transaction(factory) as session:
-                for doc in docs[start : start + 200]:
-                    _, status = repo.upsert_document(session=session, doc=doc)
-                    counts[status] += 1
-            bar.advance(task, min(200, len(docs) - start))
-        with transaction(factory) as session:
-            n = registry.upsert_labels(
-                session=session,
-                labels=[registry.LabelIn(lb.resume_id, lb.job_id, lb.score) for lb in data.labels],
-                source=f"dataset:{csv.name}",
-            )
-    err.print(
-        f"{len(data.resumes)} resumes, {len(data.jobs)} jobs ({counts}), {n} labels stored; "
-        "score them with `jobfit rescore`"
-    )
-
-
-def import_pairs(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSONL")],
-) -> None:
-    """Store generic field-pair examples (sentence_0, sentence_1, label) for training."""
-    from jobfit.shared import registry
-    from jobfit.shared.db import transaction
-    from jobfit.workers.training import read_pair_file
-
-    try:
-        pairs = read_pair_file(file)
-    except ValueError as exc:
-        err.print(f"[red]invalid pair file:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    with transaction(_factory()) as session:
-        n = registry.upsert_pair_labels(session=session, pairs=pairs, source=f"file:{file.name}")
-    err.print(f"{n} pair examples stored")
-
-
-def bench_quality(
-    csv: Annotated[Path, typer.Option(exists=True, dir_okay=False)] = Path(
-        "../shared/data/resume-job/resume_data.csv"
-    ),
-    models: Annotated[str, typer.Option(help="Comma-separated: minilm, mpnet, or paths.")] = (
-        "minilm"
-    ),
-    mode: Annotated[str, typer.Option(help="head, full or full+head.")] = "head",
-    epochs: Annotated[int, typer.Option(help="Full fine-tune epochs.")] = 1,
-    max_steps: Annotated[int, typer.Option()] = -1,
-    splits: Annotated[str, typer.Option(help="resume,job")] = "resume,job",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
-    time_budget_s: Annotated[float | None, typer.Option()] = None,
-    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
-) -> None:
-    """Untuned vs fine-tuned ranking quality on held-out resumes and jobs (JSON out)."""
-    worker_env()
-    from jobfit.workers.model import model_name, resolve_device
-    from jobfit.workers.quality import QualityRun, run_quality
-    from jobfit.workers.training import TrainParams
-
-    def resolve(name: str) -> Path:
-        if name == "minilm":
-            from jobfit.workers.provision import minilm_path
-
-            return minilm_path()
-        if name == "mpnet":
-            return get_settings().model.store / "all-mpnet-base-v2"
-        return Path(name)
-
-    names = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
-    runs = []
-    for name in (n.strip() for n in models.split(",")):
-        path = resolve(name)
-        params = TrainParams(mode=mode, epochs=epochs, max_steps=max_steps)  # type: ignore[arg-type]
-        runs.append(QualityRun(names.get(name, model_name(path)), path, params.mode, params))
-    last = [0.0]
-
-    def progress(stage: str, done: int, total: int, **info: Any) -> None:
-        if time.monotonic() - last[0] > 10 or done == total:
-            last[0] = time.monotonic()
-            err.print(f"{stage} {done}/{total} {info}")
-
-    result = run_quality(
-        csv,
-        runs,
-        splits=[s.strip() for s in splits.split(",")],  # type: ignore[misc]
-        device=resolve_device(device),
-        time_budget_s=time_budget_s,
-        progress=progress,
-    )
-    text = json.dumps(result, indent=2)
-    if out:
-        out.write_text(text + "\n", encoding="utf-8")
-    sys.stdout.write(text + "\n")
-
-
-def register(app: typer.Typer, data_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command()(retrain)
     app.command()(evaluate)
     app.command()(rescore)
-    app.command("bench-quality")(bench_quality)
     app.add_typer(models_app, name="models")
-    data_app.command("import-resume-dataset")(import_resume_dataset)
-    data_app.command("import-pairs")(import_pairs)

@@ -13,10 +13,9 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from celery.result import AsyncResult
-from pydantic import BaseModel, ValidationError
 
 from jobfit.shared.celery_app import (
     EVALUATE,
@@ -34,32 +33,15 @@ from jobfit.shared.config import Settings
 from jobfit.shared.schemas import (
     CandidatesRequest,
     EvaluateRequest,
+    InvalidMessageError,
     JobDocument,
     LabelMessage,
     MatchRequest,
     RescoreRequest,
     ResumeDocument,
     RetrainRequest,
-    describe_validation_error,
+    validate_message,
 )
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class InvalidMessageError(ValueError):
-    """The message was refused before sending; ``str()`` names each bad field."""
-
-
-def validate_message(model: type[M], data: M | Mapping[str, Any] | str | bytes) -> M:
-    """A message as its pydantic type, or InvalidMessageError with a readable reason."""
-    if isinstance(data, model):
-        return data
-    try:
-        if isinstance(data, str | bytes):
-            return model.model_validate_json(data)
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidMessageError(describe_validation_error(exc)) from exc
 
 
 def _doc_repr(doc: ResumeDocument | JobDocument) -> str:

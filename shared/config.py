@@ -79,7 +79,8 @@ class ModelSettings(BaseModel):
     # gets slower per token as batches grow), 16384 on CUDA.
     token_budget: int | None = Field(default=None, ge=16)
     # What one more forward pass costs, in padded tokens: the packer cuts a batch's sorted
-    # texts where padding would cost more than another pass (workers.model.pack_by_tokens).
+    # texts where padding would cost more than another pass
+    # (workers.embedders.packing.pack_by_tokens).
     # None: 64 on CPU (2 cores, MiniLM: a pass of 1 x 8 tokens takes 16 ms, each further
     # token ~0.25 ms), 1024 on CUDA (kernel launches dominate small passes). 0: greedy fill.
     pass_overhead_tokens: int | None = Field(default=None, ge=0)
@@ -101,7 +102,8 @@ class ModelSettings(BaseModel):
     reload_interval_s: float = 5.0
 
     def resolved_path(self) -> Path:
-        """The model directory, unless a hub id is set (see workers.model.resolve_model_path)."""
+        """The model directory, unless a hub id is set (see
+        shared.model_store.resolve_model_path)."""
         return self.path if self.path is not None else self.store / self.name
 
 

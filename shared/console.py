@@ -31,5 +31,5 @@ def worker_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # OpenMP threads sleep when idle instead of spinning: torch's default (active) spinning
     # measured 10-15 % slower encodes when batches run in a thread beside the event loop
-    # (tasks.pipeline), and no faster on the main thread. Set before torch is imported.
+    # (workers.batching), and no faster on the main thread. Set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

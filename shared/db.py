@@ -43,6 +43,11 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def connect(settings: Settings) -> sessionmaker[Session]:
+    """Sessions on the configured database (an engine of its own): for one command."""
+    return make_session_factory(make_engine(settings))
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any error."""

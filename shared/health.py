@@ -58,7 +58,7 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_model(settings: Settings) -> Check:
-    from jobfit.workers.model import ModelNotFoundError, check_model_dir, resolve_model_path
+    from jobfit.shared.model_store import ModelNotFoundError, check_model_dir, resolve_model_path
 
     try:
         path = resolve_model_path(settings.model)

@@ -71,7 +71,8 @@ class ModelVersionRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     path: Mapped[str] = mapped_column(Text)
     dim: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="registered")
+    # A ``repository.registry.ModelStatus`` value; every insert goes through the registry.
+    status: Mapped[str] = mapped_column(String(20))
     parent_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -206,6 +207,30 @@ def json_schemas() -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "messages": {m.__name__: m.model_json_schema() for m in models},
     }
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidMessageError(ValueError):
+    """A message that is not what its type says; ``str()`` names each bad field."""
+
+
+def validate_message(model: type[M], data: M | Mapping[str, Any] | str | bytes) -> M:
+    """The one validator, used by producers before sending and by every task on receipt: a
+    message (its pydantic object, a mapping, or a JSON text of one) as its pydantic type, or
+    InvalidMessageError with a readable reason. Whatever a hostile payload makes pydantic
+    raise (a validation error, a bad type, a too deeply nested JSON) ends up as that."""
+    if isinstance(data, model):
+        return data
+    try:
+        if isinstance(data, str | bytes):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessageError(describe_validation_error(exc)) from exc
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidMessageError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def describe_validation_error(exc: ValidationError) -> str:

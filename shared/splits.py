@@ -1,5 +1,5 @@
 """The train/evaluation split: by resume (or by job), never by row, since rows share
-resumes. Pure functions; ``shared.registry`` stores the assignment."""
+resumes. Pure functions; ``shared.repository.labels`` stores the assignment."""
 
 from __future__ import annotations
 

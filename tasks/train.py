@@ -10,14 +10,15 @@ from typing import Any, TypeVar
 from celery import Task, shared_task
 from pydantic import BaseModel
 
-from jobfit.shared import registry
+from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EVALUATE, RESCORE, RETRAIN, SUBMIT_LABEL
 from jobfit.shared.db import transaction
-from jobfit.shared.schemas import EvaluateRequest, LabelMessage, RetrainRequest
-from jobfit.tasks.embed import JobfitTask, _validate
+from jobfit.shared.schemas import EvaluateRequest, LabelMessage, RetrainRequest, validate_message
+from jobfit.tasks.base import JobfitTask
 from jobfit.tasks.progress import StateReporter
-from jobfit.workers import retraining
 from jobfit.workers.runtime import get_runtime
+from jobfit.workers.training import promotion
+from jobfit.workers.training.data import NotEnoughDataError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,13 +26,11 @@ M = TypeVar("M", bound=BaseModel)
 @shared_task(bind=True, base=JobfitTask, name=SUBMIT_LABEL)
 def submit_label(self: Task, label: Any) -> dict[str, Any]:
     """Store a match label; it joins the next training set (idempotent: latest wins)."""
-    msg, reason = _validate(self, LabelMessage, label)
-    if msg is None:
-        return {"status": "rejected", "reason": reason}
+    msg = validate_message(LabelMessage, label)
     with transaction(get_runtime(self.app).session_factory) as session:
-        registry.upsert_labels(
+        repo.upsert_labels(
             session=session,
-            labels=[registry.LabelIn(msg.resume_id, msg.job_id, msg.score)],
+            labels=[repo.LabelIn(msg.resume_id, msg.job_id, msg.score)],
             source=msg.source,
         )
     return {"status": "stored", "resume_id": msg.resume_id, "job_id": msg.job_id}
@@ -41,7 +40,7 @@ def submit_label(self: Task, label: Any) -> dict[str, Any]:
 def retrain(self: Task, request: Any = None) -> dict[str, Any]:
     """Fine-tune a new version, evaluate it next to the active one, promote the winner, and
     then ask the embed workers to rescore the stored matches."""
-    out = _run(self, RetrainRequest, request, retraining.retrain)
+    out = _run(self, RetrainRequest, request, promotion.retrain)
     if out["status"] == "promoted" and self.app.settings.train.rescore_after_promotion:
         self.app.send_task(RESCORE, kwargs={"request": {"version": out["version"]}})
     return out
@@ -50,7 +49,7 @@ def retrain(self: Task, request: Any = None) -> dict[str, Any]:
 @shared_task(bind=True, base=JobfitTask, name=EVALUATE)
 def evaluate(self: Task, request: Any = None) -> dict[str, Any]:
     """Metrics of a version (default: the active one) on the stored evaluation split."""
-    out = _run(self, EvaluateRequest, request, retraining.evaluate)
+    out = _run(self, EvaluateRequest, request, promotion.evaluate)
     return out if out.get("status") == "rejected" else {"status": "ok", **out}
 
 
@@ -59,9 +58,7 @@ def _run(
 ) -> dict[str, Any]:
     """Validate the request, call the service with progress as task state; a request the
     data cannot satisfy (too few labels, unknown version) is answered, not retried."""
-    req, reason = _validate(task, model, request or {})
-    if req is None:
-        return {"status": "rejected", "reason": reason}
+    req = validate_message(model, request or {})
     rt = get_runtime(task.app)
     try:
         return call(
@@ -70,5 +67,5 @@ def _run(
             request=req,
             progress=StateReporter(task),
         )
-    except (retraining.NotEnoughDataError, LookupError) as exc:
+    except (NotEnoughDataError, LookupError) as exc:
         return {"status": "rejected", "reason": str(exc)}

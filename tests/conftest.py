@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
-from jobfit.workers.procs import ROOT, RUN_ID, WorkerProcess
+from tools.procs import ROOT, RUN_ID, WorkerProcess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,6 +27,15 @@ REDIS_URL = os.environ.get("JOBFIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # The broker under test: Redis by default; JOBFIT_TEST_BROKER=amqp://guest:guest@127.0.0.1:5672
 # runs the same tests on RabbitMQ, in a vhost of their own (results stay on Redis).
 TEST_BROKER = os.environ.get("JOBFIT_TEST_BROKER", REDIS_URL)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full-faults",
+        action="store_true",
+        help="Run the fault scenarios at their full sizes (make test-faults): 5 worker kills,"
+        " 10,000 hostile messages, a 20 s Postgres outage. Default: the quick draw.",
+    )
 
 
 @pytest.fixture(scope="session")

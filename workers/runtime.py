@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobfit.shared import registry
 from jobfit.shared import repository as repo
 from jobfit.shared.config import Settings
 from jobfit.shared.db import make_engine, make_session_factory, transaction
-from jobfit.workers.model import ModelNotFoundError, ModelSpec, base_version
-from jobfit.workers.onnx_backend import make_embedder
+from jobfit.shared.model_store import ModelNotFoundError, base_version
+from jobfit.workers.embedders.base import ModelSpec
+from jobfit.workers.embedders.select import make_embedder
 from jobfit.workers.service import ModelContext
 
 log = logging.getLogger(__name__)
@@ -103,27 +103,10 @@ class WorkerRuntime:
         if self.settings.model.warmup:
             embedder.warm_up()
         with transaction(factory) as session:
-            row = repo.ensure_model_version(
-                session=session,
-                version=base_version(embedder.version),
-                name=spec.name,
-                path=str(spec.path),
-                dim=embedder.dim,
-            )
-            if row.version != embedder.version:
-                # Another backend of these weights: its vectors and scores get their own
-                # version row, a child of the weights' version (the registry promotes weights).
-                row = repo.insert_model_version(
-                    session=session,
-                    version=embedder.version,
-                    name=spec.name,
-                    path=str(spec.path),
-                    dim=embedder.dim,
-                    status="variant",
-                    parent_version=row.version,
-                    params={"backend": spec.backend},
-                )
-            version_id = row.id
+            served = repo.ModelInfo(embedder.version, spec.name, str(spec.path), embedder.dim)
+            version_id = repo.ensure_served_version(
+                session=session, model=served, backend=spec.backend
+            ).id
         log.info("serving model version %s", embedder.version)
         return ModelContext(
             embedder=embedder,
@@ -137,7 +120,7 @@ class WorkerRuntime:
     ) -> None:
         try:
             with transaction(factory) as session:
-                registry.record_load_error(
+                repo.record_load_error(
                     session=session, version=version, error=f"{type(exc).__name__}: {exc}"
                 )
         except Exception:

@@ -1,4 +1,5 @@
-"""Pure scoring: pair cosines and the match score. No I/O, no model."""
+"""Pure scoring: pair cosines and the match score, and the stored form of a vector (the bytes
+the embeddings table keeps). No I/O, no model."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ class MatchScore:
     @property
     def pairs_used(self) -> list[PairType]:
         return list(self.pair_scores)
+
+
+def to_bytes(vec: Vector) -> bytes:
+    """The stored form of a vector: float32, little endian (``field_embeddings.vector``)."""
+    return np.asarray(vec, dtype="<f4").tobytes()
+
+
+def from_bytes(raw: bytes) -> Vector:
+    """A stored vector back as float32 (a copy: the buffer is read-only)."""
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 def cosine(a: Vector, b: Vector) -> float:

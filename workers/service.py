@@ -1,6 +1,6 @@
 """The pipeline's logic as plain functions: tests call them without Celery.
 
-ingest: document -> stored row -> its field texts embedded (cache-through)
+ingest: documents -> stored rows -> their field texts embedded (cache-through) -> scored
 score:  (resumes x jobs) not yet scored on their current content -> pair cosines -> rows
 """
 
@@ -11,15 +11,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType
+from jobfit.shared.db import transaction
 from jobfit.shared.fields import field_texts, text_hash
 from jobfit.shared.orm import DocumentRow
-from jobfit.shared.schemas import Document
-from jobfit.workers.model import Embedder, from_bytes, to_bytes
-from jobfit.workers.scoring import Vector, score_match
+from jobfit.shared.schemas import Document, IngestResult
+from jobfit.workers.embedders.base import Embedder
+from jobfit.workers.scoring import Vector, from_bytes, score_match, to_bytes
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,58 @@ def ingest_documents(
             first.setdefault(text_hash(t), i)
     per_doc = Counter(first[h] for h in new)
     return [(row, status, per_doc[i]) for i, (row, status) in enumerate(stored)]
+
+
+def ingest_batch(
+    *,
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    docs: Sequence[tuple[Document, bool]],
+    done_keys: Sequence[str] = (),
+) -> list[IngestResult]:
+    """Ingest many messages' documents, each with its ``score`` flag; one result per document.
+
+    Two transactions: the documents stored and their new texts embedded (one ``encode``),
+    then the pairs of those to be scored (one bulk upsert; a resume against every stored job,
+    a job against every stored resume), begun after the documents are committed so that of a
+    resume and a job ingested at the same time at least one side sees the other. The
+    deliveries ``done_keys`` are marked done in the last transaction, with the rows: a
+    delivery is done exactly when its rows are committed.
+    """
+    with transaction(factory) as session:
+        stored = ingest_documents(session=session, ctx=ctx, docs=[doc for doc, _ in docs])
+        to_score = {
+            row.id: row for (row, _, _), (_, score) in zip(stored, docs, strict=True) if score
+        }
+        if not to_score:
+            repo.set_delivery_state(session=session, keys=done_keys, state="done")
+    per_doc: Counter[int] = Counter()
+    if to_score:
+        with transaction(factory) as session:
+            repo.set_delivery_state(session=session, keys=done_keys, state="done")
+            rows = [to_score[i] for i in sorted(to_score)]
+            if resumes := [r for r in rows if r.kind == "resume"]:
+                jobs = repo.list_documents(session=session, kind="job")
+                score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs, per_doc=per_doc)
+            if jobs := [r for r in rows if r.kind == "job"]:
+                resumes = repo.list_documents(session=session, kind="resume")
+                score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs, per_doc=per_doc)
+    results = []
+    scored_once: set[int] = set()
+    for (row, status, embedded), (_, score) in zip(stored, docs, strict=True):
+        # A document twice in one batch: its matches count for its first message.
+        scored = per_doc[row.id] if score and row.id not in scored_once else 0
+        scored_once.add(row.id)
+        results.append(
+            IngestResult(
+                status=status,
+                document_id=row.external_id,
+                embedded=embedded,
+                scored=scored,
+                model_version=ctx.version,
+            )
+        )
+    return results
 
 
 def score_pairs(

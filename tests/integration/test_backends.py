@@ -11,18 +11,17 @@ import pytest
 from sqlalchemy import select
 
 from jobfit.shared.client import JobfitClient
+from jobfit.shared.model_store import base_version, version_of
 from jobfit.shared.orm import ModelVersionRow
-from jobfit.workers.model import ModelSpec, SentenceTransformerEmbedder, base_version, version_of
-from jobfit.workers.onnx_backend import (
-    GATE_FILE,
-    OnnxEmbedder,
-    gate,
-    make_embedder,
-    quantize,
-    sample_check_set,
-)
-from jobfit.workers.procs import WorkerProcess
+from jobfit.shared.repository import ModelStatus
+from jobfit.workers.embedders.base import ModelSpec
+from jobfit.workers.embedders.export import quantize
+from jobfit.workers.embedders.gate import GATE_FILE, gate, sample_check_set
+from jobfit.workers.embedders.onnx import OnnxEmbedder
+from jobfit.workers.embedders.select import make_embedder
+from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 from tests.conftest import isolated
+from tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -88,5 +87,5 @@ def test_worker_on_int8_names_the_backend(
         row = s.execute(
             select(ModelVersionRow).where(ModelVersionRow.version == out["model_version"])
         ).scalar_one()
-    assert row.status == "variant" and row.parent_version == version_of(spec.path)
+    assert row.status == ModelStatus.VARIANT and row.parent_version == version_of(spec.path)
     assert row.params == {"backend": "onnx-int8"}

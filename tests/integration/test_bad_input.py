@@ -11,9 +11,8 @@ from kombu import Connection, Exchange
 from sqlalchemy import select
 
 from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_JOB, INGEST_RESUME
-from jobfit.shared.client import InvalidMessageError
 from jobfit.shared.orm import DocumentRow, FailedMessageRow
-from jobfit.shared.schemas import MAX_FIELD_BYTES
+from jobfit.shared.schemas import MAX_FIELD_BYTES, InvalidMessageError
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 60

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from jobfit.shared.client import JobfitClient
 from jobfit.shared.orm import DeliveryRow, DocumentRow, FieldEmbeddingRow
-from jobfit.workers.procs import WorkerProcess
 from tests.conftest import isolated
+from tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

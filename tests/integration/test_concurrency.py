@@ -1,35 +1,35 @@
-"""Several worker processes at once: resumes and jobs racing each other are all matched."""
+"""Several worker processes at once: resumes and jobs racing each other are all matched. (An
+embed worker is one solo process holding one model; more executors are more workers. A prefork
+embed worker is refused at its start.)"""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 from sqlalchemy import func, select
 
 from jobfit.shared.orm import FieldEmbeddingRow, MatchRow
-from jobfit.workers.procs import WorkerProcess
+from tools.procs import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def prefork_worker(settings, celery_app, tmp_path):
-    """A second worker: prefork with two children, each loading its model after the fork."""
-    w = WorkerProcess(
-        settings,
-        celery_app,
-        "prefork",
-        tmp_path / "prefork.log",
-        extra=("--pool", "prefork", "--concurrency", "2"),
-    )
-    w.start()
-    yield w
-    w.stop()
+def more_workers(settings, celery_app, tmp_path):
+    """Two more embed workers beside the session's one: three executors, three models."""
+    workers = [
+        WorkerProcess(settings, celery_app, f"more{i}", tmp_path / f"more{i}.log") for i in range(2)
+    ]
+    try:
+        for w in workers:
+            w.start()
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
 
 
 def test_interleaved_resumes_and_jobs_on_three_executors(
-    worker, prefork_worker, client, clean_db, session_factory
+    worker, more_workers, client, clean_db, session_factory
 ):
     n = 8
     shared_skills = ["Python", "SQL"]  # the same text in every resume, embedded concurrently
@@ -57,26 +57,16 @@ def test_interleaved_resumes_and_jobs_on_three_executors(
     assert texts == 2 + n + 2 * n
     # ...and sent to the model once each, although several workers needed them at once.
     assert sum(s["embedded"] for s in summaries) == texts
-    deadline = time.monotonic() + 60  # each child loads at its start, whether or not it works
-    while (log := prefork_worker.log_path.read_text()).count("loaded model") < 2:
-        assert time.monotonic() < deadline, "one model per child process"
-        time.sleep(0.5)
-    assert log.count("loaded model") == 2
-    # Both served: each logs its batch after answering its messages, so wait for the lines.
-    while not all("batch of" in w.log_path.read_text() for w in (worker, prefork_worker)):
-        assert time.monotonic() < deadline, "both served"
-        time.sleep(0.2)
+    for w in more_workers:
+        assert w.log_path.read_text().count("serving model version") == 1, "one model each"
 
 
 def test_a_text_reaches_the_model_once_when_workers_need_it_at_the_same_time(
-    worker, prefork_worker, client, clean_db, session_factory
+    worker, more_workers, client, clean_db, session_factory
 ):
     # Identical long field texts under different ids: the first three tasks run at once on
-    # three executors (once both prefork children have their model), all missing the same texts.
-    deadline = time.monotonic() + 120
-    while prefork_worker.log_path.read_text().count("serving model version") < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    # three executors (each worker loaded its model before it answered its first ping), all
+    # missing the same texts.
     long_skills = [f"skill {i} with a long description of the work involved" for i in range(60)]
     docs = [
         {"id": f"same-{i}", "skills": long_skills, "positions": ["Engineer"], "degrees": ["BSc"]}
@@ -92,3 +82,17 @@ def test_a_text_reaches_the_model_once_when_workers_need_it_at_the_same_time(
     again = [r.get(timeout=120) for r in [client.submit_resume(d) for d in docs]]
     assert {s["status"] for s in again} == {"unchanged"}
     assert sum(s["embedded"] for s in again) == 0
+
+
+def test_a_prefork_embed_worker_is_refused(settings, celery_app, tmp_path):
+    w = WorkerProcess(
+        settings,
+        celery_app,
+        "prefork",
+        tmp_path / "prefork.log",
+        extra=("--pool", "prefork", "--concurrency", "2"),
+    )
+    with pytest.raises(RuntimeError, match="worker died"):
+        w.start()
+    w.stop()
+    assert "runs in batches on the solo pool" in w.log_path.read_text()

@@ -1,4 +1,5 @@
-"""`jobfit demo`, the main job, as a newcomer runs it (with the small model)."""
+"""`python -m tools demo` (`make demo`), the main job, as a newcomer runs it (with the small
+model)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import sys
 
 import pytest
 
-from jobfit.workers.procs import ROOT, RUN_ID, settings_env
 from tests.conftest import private_database
+from tools.procs import ROOT, RUN_ID, settings_env
 
 pytestmark = pytest.mark.integration
 
 
 def run_demo(env: dict[str, str], backend: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobfit", "demo", "--backend", backend, "--show", "2"],
+        [sys.executable, "-m", "tools", "demo", "--backend", backend, "--show", "2"],
         env={**os.environ, **env, "COLUMNS": "200"},
         cwd=ROOT,
         capture_output=True,

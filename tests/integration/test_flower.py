@@ -15,7 +15,7 @@ from base64 import b64encode
 
 import pytest
 
-from jobfit.workers.procs import ROOT, settings_env
+from tools.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jobfit.workers.procs import ROOT, settings_env
+from tools.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
 

@@ -169,7 +169,7 @@ def test_cli_submit_and_ranked_tables(worker, settings, clean_db, tmp_path):
     import subprocess
     import sys
 
-    from jobfit.workers.procs import ROOT, settings_env
+    from tools.procs import ROOT, settings_env
 
     resumes, jobs = sample_docs(2, 4)
     (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(j) for j in jobs))

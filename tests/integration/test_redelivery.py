@@ -66,13 +66,21 @@ def test_a_suspect_runs_alone_and_finishes(worker, celery_app, clean_db, session
     assert (d.count, d.state) == (2, "done")
 
 
-def test_a_finished_task_delivered_again_is_not_run(worker, client, session_factory, clean_db):
-    client.submit_resume({"id": "r-dup", "skills": ["Python"]}).get(timeout=TIMEOUT)
-    first = client.request_matches("r-dup")
-    assert first.get(timeout=TIMEOUT)["status"] == "ok"
+@pytest.mark.parametrize("name", [INGEST_RESUME, SCORE_RESUME])
+def test_a_finished_task_delivered_again_is_not_run(
+    name, worker, client, session_factory, clean_db
+):
+    doc = {"id": "r-dup", "skills": ["Python"]}
+    first = client.submit_resume(doc)
+    assert first.get(timeout=TIMEOUT)["status"] == "created"
+    kwargs: dict = {"document": doc}
+    if name == SCORE_RESUME:
+        first = client.request_matches("r-dup")
+        assert first.get(timeout=TIMEOUT)["status"] == "ok"
+        kwargs = {"resume_id": "r-dup"}
     # The same message again (its result key is the same, so the worker's log tells).
-    client.app.send_task(SCORE_RESUME, kwargs={"resume_id": "r-dup"}, task_id=first.id)
-    line = f"jobfit.score_resume[{first.id}] delivered again after it finished: not run"
+    client.app.send_task(name, kwargs=kwargs, task_id=first.id)
+    line = f"{name}[{first.id}] delivered again after it finished: not run"
     deadline = time.monotonic() + TIMEOUT
     while line not in worker.log_path.read_text(errors="replace"):
         assert time.monotonic() < deadline, "the redelivery was not recognised"

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType
 from jobfit.shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
+from jobfit.shared.repository import chunks
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers import service
 
@@ -40,7 +41,7 @@ def ctx(session_factory, clean_db):
     emb = CountingEmbedder()
     with session_factory.begin() as s:
         row = repo.ensure_model_version(
-            session=s, version=emb.version, name="counting", path="-", dim=emb.dim
+            session=s, model=repo.ModelInfo(emb.version, "counting", "-", emb.dim)
         )
     return service.ModelContext(emb, row.id, dict.fromkeys(PairType, 1.0))
 
@@ -60,7 +61,7 @@ def test_a_text_is_embedded_once_for_every_document_that_has_it(session_factory,
 
 
 def test_one_job_against_many_resumes_in_chunks(session_factory, ctx, monkeypatch):
-    monkeypatch.setattr(repo, "CHUNK", 37)  # many statements, same result
+    monkeypatch.setattr(chunks, "CHUNK", 37)  # many statements, same result
     resumes = [ResumeDocument(id=f"r{i}", positions=[f"Engineer {i % 50}"]) for i in range(400)]
     job = JobDocument(id="j", title="Engineer", skills_required=["C"])
     with session_factory.begin() as s:
@@ -107,7 +108,7 @@ def test_rankings_never_mix_model_versions(session_factory, ctx):
         version = "counting@v2"
 
     with session_factory.begin() as s:
-        v2 = repo.ensure_model_version(session=s, version=Other.version, name="c", path="-", dim=8)
+        v2 = repo.ensure_model_version(session=s, model=repo.ModelInfo(Other.version, "c", "-", 8))
     ctx2 = service.ModelContext(Other(), v2.id, ctx.weights)
     with session_factory.begin() as s:
         assert service.score_resume(session=s, ctx=ctx2, resume_id="r") == (

@@ -15,20 +15,20 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from jobfit.shared import registry
+from jobfit.shared import repository as repo
 from jobfit.shared.client import JobfitClient, read_documents
 from jobfit.shared.config import Settings
 from jobfit.shared.fields import field_texts
 from jobfit.shared.orm import DocumentRow, MatchRow, ModelVersionRow
 from jobfit.shared.schemas import ResumeDocument
 from jobfit.shared.splits import split_part
-from jobfit.workers.procs import RUN_ID, WorkerProcess
 from tests.conftest import (
     make_settings,
     private_database,
     producer_app,
     session_factory_for,
 )
+from tools.procs import RUN_ID, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -106,9 +106,9 @@ def labelled(workers, tclient, tfactory) -> dict:
     sent = [tclient.submit_label(r, j, y, source="test") for r, j, y in labels]
     assert all(s.get(timeout=TIMEOUT)["status"] == "stored" for s in sent)
     with tfactory() as s:
-        assert registry.label_count(session=s) == len(labels) == len(resumes) * len(jobs)
+        assert repo.label_count(session=s) == len(labels) == len(resumes) * len(jobs)
         base = s.execute(
-            select(ModelVersionRow.version).where(ModelVersionRow.status == "active")
+            select(ModelVersionRow.version).where(ModelVersionRow.status == repo.ModelStatus.ACTIVE)
         ).scalar_one()
     return {"resumes": resumes, "spare": spare, "jobs": jobs, "labels": labels, "base": base}
 
@@ -116,7 +116,7 @@ def labelled(workers, tclient, tfactory) -> dict:
 def active_version(factory) -> str:
     with factory() as s:
         return s.execute(
-            select(ModelVersionRow.version).where(ModelVersionRow.status == "active")
+            select(ModelVersionRow.version).where(ModelVersionRow.status == repo.ModelStatus.ACTIVE)
         ).scalar_one()
 
 
@@ -162,12 +162,12 @@ def test_retrain_promotes_and_the_running_worker_switches(
     assert out["train_matches"] == n_train  # the labels sent with submit_label, train side
 
     with tfactory() as s:
-        row = registry.get_version(session=s, version=new)
-        assert row.status == "active" and row.parent_version == base
+        row = repo.get_version(session=s, version=new)
+        assert row.status == repo.ModelStatus.ACTIVE and row.parent_version == base
         assert Path(row.path).is_dir() and row.params["data_hash"]
         (key,) = row.metrics
         assert key.startswith("resume:") and row.metrics[key]["eval_matches"] == 3 * 6
-        assert registry.get_version(session=s, version=base).metrics[key]  # judged too
+        assert repo.get_version(session=s, version=base).metrics[key]  # judged too
     assert not list(tsettings.model.store.glob(".tmp-*"))
 
     # The same worker process, not restarted, now scores with the new version.
@@ -224,7 +224,9 @@ def test_a_candidate_that_does_not_beat_the_active_is_not_promoted(labelled, tcl
     assert out["status"] == "candidate" and "does not beat" in out["reason"]
     assert active_version(tfactory) == before
     with tfactory() as s:
-        assert registry.get_version(session=s, version=out["version"]).status == "candidate"
+        assert (
+            repo.get_version(session=s, version=out["version"]).status == repo.ModelStatus.CANDIDATE
+        )
 
 
 def test_killed_retrain_leaves_the_active_model_untouched(
@@ -232,7 +234,7 @@ def test_killed_retrain_leaves_the_active_model_untouched(
 ):
     before = active_version(tfactory)
     with tfactory() as s:
-        n_versions = len(registry.list_versions(session=s))
+        n_versions = len(repo.list_versions(session=s))
     dirs = {p.name for p in tsettings.model.store.iterdir()}
     # A full fine-tune on CPU: seconds per step, so it is surely running when killed.
     result = tclient.retrain(mode="full", max_steps=500)
@@ -247,7 +249,7 @@ def test_killed_retrain_leaves_the_active_model_untouched(
     workers["train"].kill()
     assert active_version(tfactory) == before
     with tfactory() as s:
-        assert len(registry.list_versions(session=s)) == n_versions
+        assert len(repo.list_versions(session=s)) == n_versions
     left = {p.name for p in tsettings.model.store.iterdir()} - dirs
     assert all(name.startswith(".tmp-") for name in left)  # no half-written model in place
     # The embed side never noticed: it still serves the active version.
@@ -260,30 +262,28 @@ def test_a_model_that_fails_to_load_keeps_the_old_one_serving(
 ):
     good = active_version(tfactory)
     with tfactory() as s:
-        src = Path(registry.get_version(session=s, version=good).path)
+        src = Path(repo.get_version(session=s, version=good).path)
     broken = tsettings.model.store / "broken-model"
     shutil.copytree(src, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with tfactory.begin() as s:
-        registry.register_model_version(
+        repo.insert_model_version(
             session=s,
-            version="broken@000000000000",
-            name="broken-model",
-            path=str(broken),
-            dim=384,
+            model=repo.ModelInfo("broken@000000000000", "broken-model", str(broken), 384),
+            status=repo.ModelStatus.CANDIDATE,
             parent_version=good,
             params={},
         )
-        registry.promote(session=s, version="broken@000000000000")
+        repo.promote(session=s, version="broken@000000000000")
     time.sleep(1.0)  # past the reload interval
     out = tclient.request_matches(labelled["spare"]["id"]).get(timeout=TIMEOUT)
     assert out["status"] == "ok" and out["model_version"] == good
     assert workers["embed"].alive()
     with tfactory() as s:
-        err = registry.get_version(session=s, version="broken@000000000000").last_error
+        err = repo.get_version(session=s, version="broken@000000000000").last_error
     assert err
     with tfactory.begin() as s:
-        registry.promote(session=s, version=good)  # roll back
+        repo.promote(session=s, version=good)  # roll back
 
 
 def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path):
@@ -291,8 +291,8 @@ def test_pair_file_examples_join_the_training_set(tsettings, tfactory, tmp_path)
     import subprocess
     import sys
 
-    from jobfit.workers.procs import ROOT, settings_env
-    from jobfit.workers.training import load_training_data
+    from jobfit.workers.training.data import load_training_data
+    from tools.procs import ROOT, settings_env
 
     f = tmp_path / "pairs.csv"
     f.write_text(

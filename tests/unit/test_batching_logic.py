@@ -1,16 +1,23 @@
-"""Pure logic of batching: token-budget packing and the parsing of ingest messages."""
+"""Pure logic of batching: token-budget packing, the decoding and parsing of ingest
+messages, the batcher's flushes, and the sorting of deliveries."""
 
 from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from celery_batches import SimpleRequest
+from celery.app.task import Context
+from celery.exceptions import ImproperlyConfigured, InvalidTaskError
 
-from jobfit.shared.schemas import ResumeDocument
-from jobfit.tasks.ingest import parse
-from jobfit.workers.model import pack_by_tokens
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import INGEST_RESUME, create_celery_app
+from jobfit.shared.config import Settings
+from jobfit.tasks.consumer import Batcher, batch_strategy, message_request
+from jobfit.tasks.delivery import sort_deliveries
+from jobfit.workers.embedders.packing import pack_by_tokens
 
 
 @pytest.mark.parametrize("overhead", [0, 64])
@@ -56,19 +63,20 @@ def test_packing_is_never_costlier_than_the_greedy_fill(seed):
         assert cost(lengths, packed, overhead) <= cost(lengths, greedy, overhead)
 
 
-def request(*args, **kwargs) -> SimpleRequest:
-    return SimpleRequest(
-        id="t1",
-        name="jobfit.ingest_resume",
-        args=args,
-        kwargs=kwargs,
-        delivery_info={},
-        hostname="w@h",
-        ignore_result=False,
-        reply_to=None,
-        correlation_id=None,
-        request_dict={},
-    )
+@pytest.fixture(scope="module")
+def app():
+    app = create_celery_app(Settings())
+    app.loader.import_default_modules()
+    return app
+
+
+@pytest.fixture(scope="module")
+def ingest_resume(app):
+    return app.tasks[INGEST_RESUME]
+
+
+def request(*args, **kwargs) -> Context:
+    return Context(id="t1", task=INGEST_RESUME, args=list(args), kwargs=kwargs, retries=0)
 
 
 GOOD = {"id": "r1", "skills": ["Python"]}
@@ -83,8 +91,8 @@ GOOD = {"id": "r1", "skills": ["Python"]}
         (request(json.dumps(GOOD)), True),
     ],
 )
-def test_valid_messages(req, score):
-    item = parse(req, ResumeDocument)
+def test_valid_messages(ingest_resume, req, score):
+    item = ingest_resume.parse(req)
     assert item.result is None and item.doc is not None and item.doc.id == "r1"
     assert item.score is score
 
@@ -98,9 +106,192 @@ def test_valid_messages(req, score):
         (request(GOOD, score="yes"), "score must be true or false"),
         (request({"skills": ["x"]}), "id: Field required"),
         (request("{not json"), "Invalid JSON"),
+        (request("[" * 100_000), "ResumeDocument"),  # too deep for the parser: still a reason
     ],
 )
-def test_invalid_messages_are_rejected_with_a_reason(req, reason):
-    item = parse(req, ResumeDocument)
+def test_invalid_messages_are_rejected_with_a_reason(ingest_resume, req, reason):
+    item = ingest_resume.parse(req)
     assert item.doc is None and item.result is not None
     assert item.result["status"] == "rejected" and reason in item.result["reason"], item.result
+
+
+class Message:
+    """A kombu message as the strategy sees it (decoded JSON body, headers, properties)."""
+
+    def __init__(self, body: Any, task_id: str | None = "t1", **headers: Any) -> None:
+        self.body = body
+        self.headers = {"task": INGEST_RESUME, "retries": 0, **headers}
+        if task_id:
+            self.headers["id"] = task_id
+        self.properties = {"correlation_id": task_id}
+        self.delivery_info = {"routing_key": "embed"}
+        self.content_type = "application/json"
+
+    def decode(self) -> Any:
+        if isinstance(self.body, bytes):
+            return json.loads(self.body)
+        return self.body
+
+
+def test_a_protocol_2_message_becomes_its_request():
+    msg = Message([[GOOD], {"score": False}, {"callbacks": None}], retries=2, group="g1")
+    req = message_request(msg, msg.decode(), "w@h")
+    assert (req.id, req.task, req.retries, req.group) == ("t1", INGEST_RESUME, 2, "g1")
+    assert (req.args, req.kwargs, req.hostname) == ([GOOD], {"score": False}, "w@h")
+    assert req.delivery_info == {"routing_key": "embed"} and req.correlation_id == "t1"
+    assert not req.called_directly and not req.ignore_result
+
+
+def test_a_protocol_1_message_is_converted():
+    body = {"task": INGEST_RESUME, "id": "t1", "args": [GOOD], "kwargs": {}}
+    req = message_request(Message(body, task_id=None), body, "w@h")
+    assert (req.id, req.args) == ("t1", [GOOD])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a string",
+        [[GOOD], {}],
+        [GOOD, {}, {}],
+        [[GOOD], ["not", "kwargs"], {}],
+    ],
+)
+def test_a_malformed_body_is_an_invalid_task(body):
+    with pytest.raises(InvalidTaskError):
+        message_request(Message(body), body, "w@h")
+
+
+def test_a_message_without_a_task_id_is_an_invalid_task():
+    body = [[GOOD], {}, {}]
+    with pytest.raises(InvalidTaskError, match="task id"):
+        message_request(Message(body, task_id=None), body, "w@h")
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+
+    def call_repeatedly(self, secs: float, fn: Any) -> Any:
+        entry = SimpleNamespace(secs=secs, fn=fn, cancelled=False)
+        entry.cancel = lambda: setattr(entry, "cancelled", True)
+        self.entries.append(entry)
+        return entry
+
+
+class Pipeline:
+    """Runs each submitted job at once and returns its result to its callback."""
+
+    def __init__(self) -> None:
+        self.ran: list[list[str]] = []
+
+    def submit(self, job: Any) -> bool:
+        self.ran.append([r.request.id for r in job.items])
+        job.on_return(job.run(job.items))
+        return True
+
+
+class Consumer:
+    def __init__(self, app: Any, decoding_errors: list[Any]) -> None:
+        self.app, self.hostname, self.connection_errors = app, "w@h", ()
+        self.event_dispatcher = None
+        self.timer = Timer()
+        self.on_decode_error = lambda message, exc: decoding_errors.append((message, exc))
+        self.on_invalid_task = lambda body, message, exc: decoding_errors.append((message, exc))
+
+
+def batcher(max_tasks: int, requeue: set[str]) -> tuple[Batcher, Consumer, Pipeline, list[Any]]:
+    settings = Settings(batch={"max_tasks": max_tasks, "max_wait_s": 0.05})
+    task = SimpleNamespace(
+        app=SimpleNamespace(settings=settings),
+        name=INGEST_RESUME,
+        send_events=False,
+        run_batch=lambda requests: requeue,
+    )
+    errors: list[Any] = []
+    consumer = Consumer(task.app, errors)
+    pipeline = Pipeline()
+    return Batcher(task, consumer, pipeline), consumer, pipeline, errors  # type: ignore[arg-type]
+
+
+def deliver(b: Batcher, task_id: str, outcome: list[tuple[str, str]]) -> None:
+    msg = Message([[GOOD], {}, {}], task_id=task_id)
+    b.on_message(
+        msg,
+        None,
+        lambda log, errors: outcome.append(("ack", task_id)),
+        lambda log, errors, requeue: outcome.append(("requeue" if requeue else "drop", task_id)),
+        set(),
+    )
+
+
+def test_the_batcher_flushes_on_count_and_on_its_timer_and_acks_or_requeues():
+    b, consumer, pipeline, _ = batcher(max_tasks=3, requeue={"m4"})
+    outcome: list[tuple[str, str]] = []
+    for i in range(5):
+        deliver(b, f"m{i}", outcome)
+    assert pipeline.ran == [["m0", "m1", "m2"]], "a full buffer flushes at once"
+    assert outcome == [("ack", "m0"), ("ack", "m1"), ("ack", "m2")]
+    [entry] = consumer.timer.entries
+    assert entry.secs == 0.05
+    entry.fn()  # the timer: whatever is buffered
+    assert pipeline.ran[-1] == ["m3", "m4"]
+    assert outcome[-2:] == [("ack", "m3"), ("requeue", "m4")]
+    entry.fn()  # idle: the timer stops until the next message
+    assert entry.cancelled and b.timer is None
+    deliver(b, "m5", outcome)
+    assert len(consumer.timer.entries) == 2
+
+
+def test_a_batch_that_raised_puts_every_message_back():
+    b, _, _, _ = batcher(max_tasks=2, requeue=set())
+    b.task.run_batch = lambda requests: None  # what the pipeline hands back when it raised
+    outcome: list[tuple[str, str]] = []
+    deliver(b, "a", outcome)
+    deliver(b, "b", outcome)
+    assert outcome == [("requeue", "a"), ("requeue", "b")]
+
+
+def test_without_an_event_loop_a_batch_runs_in_the_flushing_thread():
+    b, _, _, _ = batcher(max_tasks=2, requeue={"m1"})
+    b.pipeline = None  # Celery's in-memory broker: no hub, no pipeline thread
+    outcome: list[tuple[str, str]] = []
+    deliver(b, "m0", outcome)
+    assert outcome == []
+    deliver(b, "m1", outcome)
+    assert outcome == [("ack", "m0"), ("requeue", "m1")]
+
+
+def test_undecodable_and_malformed_messages_go_to_the_consumer_not_the_buffer():
+    b, _, pipeline, errors = batcher(max_tasks=1, requeue=set())
+    garbage = Message(b"{not json")
+    b.on_message(garbage, None, None, None, set())
+    malformed = Message("just a string")
+    b.on_message(malformed, None, None, None, set())
+    assert [m for m, _ in errors] == [garbage, malformed]
+    assert isinstance(errors[1][1], InvalidTaskError)
+    assert b.buffer == [] and pipeline.ran == []
+
+
+def test_an_embed_worker_on_another_pool_is_refused(app):
+    consumer = SimpleNamespace(pool=SimpleNamespace(), hub=None)
+    with pytest.raises(ImproperlyConfigured, match="--pool solo"):
+        batch_strategy(app.tasks[INGEST_RESUME], app, consumer)
+
+
+def d(count: int, state: str = "running") -> repo.Delivery:
+    return repo.Delivery("k", count, state)
+
+
+def test_deliveries_sorted_fresh_suspects_dead_done():
+    out = sort_deliveries(
+        ["new", "back-twice", "tried-alone", "back-once", "too-often", "finished"],
+        [d(1), d(3), d(2, "alone"), d(2), d(6, "alone"), d(4, "done")],
+        max_deliveries=5,
+    )
+    assert out.fresh == ["new"]
+    # not yet tried alone first (fewest deliveries first), those tried alone last
+    assert out.suspects == ["back-once", "back-twice", "tried-alone"]
+    assert [m for m, _ in out.dead] == ["too-often"]
+    assert "delivered 6 times" in out.dead[0][1] and "max_deliveries=5" in out.dead[0][1]
+    assert out.done == ["finished"]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from jobfit.shared.cli import app
+from jobfit.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -38,7 +38,7 @@ def invocations_in_tests() -> dict[tuple[str, ...], set[str]]:
     option literal found in the files that start them."""
     found: dict[tuple[str, ...], set[str]] = {}
     # tests/, and the worker harness the tests and the fault suite share
-    for f in [*(ROOT / "tests").rglob("*.py"), ROOT / "workers" / "procs.py"]:
+    for f in [*(ROOT / "tests").rglob("*.py"), ROOT / "tools" / "procs.py"]:
         text = f.read_text()
         options = set(re.findall(r'"(--[a-z][a-z-]*)"', text))
         for m in re.finditer(r'"-m",\s*"jobfit",([^\]]*)\]', text):

@@ -13,7 +13,7 @@ import pytest
 from jobfit.shared.client import read_documents
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers import provision
-from jobfit.workers.dataset import parse_list
+from tools.dataset import parse_list
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "sample"
 
@@ -83,7 +83,8 @@ def test_provision_joins_parts_drops_desktop_ini_and_checks_sha(tmp_path, monkey
 
 def test_missing_model_error_names_the_provision_command(tmp_path, monkeypatch):
     from jobfit.shared.config import ModelSettings
-    from jobfit.workers.model import ModelNotFoundError, ModelSpec, check_model_dir
+    from jobfit.shared.model_store import ModelNotFoundError, check_model_dir
+    from jobfit.workers.embedders.base import ModelSpec
 
     with pytest.raises(ModelNotFoundError, match="jobfit model provision"):
         check_model_dir(ModelSettings(store=tmp_path).resolved_path())

@@ -1,4 +1,4 @@
-"""The batch pipeline's own logic (tasks.pipeline): merging, callbacks on the loop's thread,
+"""The batch pipeline's own logic (workers.batching): merging, callbacks on the loop's thread,
 closing. The worker-level behaviour (acks after commit, redelivery) is in the integration
 and fault suites, through a real worker."""
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobfit.tasks.pipeline import BatchPipeline, Job
+from jobfit.workers.batching import BatchPipeline, Job
 
 WAIT_S = 10.0
 
@@ -98,7 +98,7 @@ def test_a_batch_that_raises_gives_none_so_its_messages_go_back():
     pipeline.attach(loop.call_soon)
     pipeline.submit(Job(object(), [1], boom, lambda r: results.append(r)))
     loop.run_once()
-    assert results == [None]  # IngestBatch's callback rejects (requeues) on None
+    assert results == [None]  # the batcher's callback requeues on None
     pipeline.submit(Job(object(), [2], lambda items: {"requeue": []}, results.append))
     loop.run_once()  # the thread survived
     assert results[-1] == {"requeue": []}

@@ -8,8 +8,9 @@ import sys
 
 def test_client_and_cli_do_not_import_torch():
     code = (
-        "import sys, shared.client, shared.cli, shared.repository, shared.celery_app;"
-        "c = shared.celery_app.create_celery_app(with_tasks=False);"
+        "import sys, jobfit, jobfit.cli, jobfit.shared.client, jobfit.shared.repository;"
+        "from jobfit.shared.celery_app import create_celery_app;"
+        "c = create_celery_app(with_tasks=False); jobfit.JobfitClient;"
         "bad = [m for m in ('torch', 'sentence_transformers', 'numpy') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,9 +7,16 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from jobfit.shared.client import InvalidMessageError, read_documents, validate_message
+from jobfit.shared.client import read_documents
 from jobfit.shared.config import DatabaseSettings, PairType, ScoringSettings, Settings
-from jobfit.shared.schemas import MAX_FIELD_BYTES, JobDocument, ResumeDocument, json_schemas
+from jobfit.shared.schemas import (
+    MAX_FIELD_BYTES,
+    InvalidMessageError,
+    JobDocument,
+    ResumeDocument,
+    json_schemas,
+    validate_message,
+)
 
 
 def test_content_hash_ignores_key_order_and_sees_content():

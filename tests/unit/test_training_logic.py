@@ -1,4 +1,5 @@
-"""Pure training logic: pair labels, splits, metrics, the promotion rule, atomic saves."""
+"""Pure training logic: pair labels, splits, metrics, the promotion rule (read from the
+evaluator's declared primary metric and direction), atomic saves."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import pytest
 
 from jobfit.shared.config import PairType
 from jobfit.shared.splits import EVAL_FRACTION, split_part
-from jobfit.workers import training
-from jobfit.workers.retraining import base_name, save_atomically, sweep_tmp
-from jobfit.workers.training import MatchExample
+from jobfit.workers.training.data import (
+    MatchExample,
+    TrainingData,
+    match_examples,
+    pair_examples,
+    read_pair_file,
+    split_examples,
+)
+from jobfit.workers.training.evaluation import MatchEvaluator, metrics_from_vectors, metrics_key
+from jobfit.workers.training.promotion import should_promote
+from jobfit.workers.training.trainers import base_name, save_atomically, sweep_tmp
 
 S, P = PairType.SKILLS, PairType.POSITIONS
 
@@ -35,7 +44,7 @@ def test_each_field_pair_carries_its_match_label_and_duplicates_take_the_mean():
             [(S, "Skills: b", "Skills required: x"), (P, "Positions: p", "Job title: t")],
         ),
     ]
-    pairs = training.pair_examples(matches, extra=[("u", "v", 1.0)])
+    pairs = pair_examples(matches, extra=[("u", "v", 1.0)])
     assert pairs == sorted(
         [
             ("Skills: a", "Skills required: x", 0.8),
@@ -49,9 +58,7 @@ def test_each_field_pair_carries_its_match_label_and_duplicates_take_the_mean():
 def test_match_examples_use_only_pairs_both_sides_have_and_count_pending_labels():
     rt = {"r1": {S: "Skills: a"}, "r2": {P: "Positions: p"}}
     jt = {"j1": {S: "Skills required: x", P: "Job title: t"}}
-    out, pending = training.match_examples(
-        [("r1", "j1", 0.5), ("r2", "j1", 0.7), ("r9", "j1", 0.1)], rt, jt
-    )
+    out, pending = match_examples([("r1", "j1", 0.5), ("r2", "j1", 0.7), ("r9", "j1", 0.1)], rt, jt)
     assert pending == 1
     assert [(e.resume_id, [p for p, _, _ in e.pairs]) for e in out] == [("r1", [S]), ("r2", [P])]
 
@@ -69,7 +76,7 @@ def test_split_is_deterministic_by_id_and_near_the_fraction():
 def test_split_examples_keeps_every_match_of_a_resume_on_one_side():
     matches = [m(f"r{i % 7}", f"j{i % 3}", 0.5, [(S, "a", "b")]) for i in range(21)]
     parts = {f"r{i}": ("eval" if i < 2 else "train") for i in range(7)}
-    train, held = training.split_examples(matches, parts, "resume")
+    train, held = split_examples(matches, parts, "resume")
     assert {x.resume_id for x in held} == {"r0", "r1"}
     assert not {x.resume_id for x in train} & {"r0", "r1"}
 
@@ -86,12 +93,12 @@ def test_metrics_perfect_ranking_and_ndcg():
         m("r1", "j2", 0.5, [(S, "a", "b2")]),
         m("r1", "j3", 0.1, [(S, "a", "b3")]),
     ]
-    out = training.metrics_from_vectors(vec, matches)
+    out = metrics_from_vectors(vec, matches)
     assert out["match_spearman"] == pytest.approx(1.0)
     assert out["pair_spearman"] == pytest.approx(1.0)
     assert out["ndcg_at_10"] == pytest.approx(1.0)
     reversed_ = [m(x.resume_id, x.job_id, 1 - x.label, x.pairs) for x in matches]
-    assert training.metrics_from_vectors(vec, reversed_)["match_spearman"] == pytest.approx(-1.0)
+    assert metrics_from_vectors(vec, reversed_)["match_spearman"] == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize(
@@ -107,37 +114,57 @@ def test_metrics_perfect_ranking_and_ndcg():
     ],
 )
 def test_promotion_rule(cand, active, margin, promote):
-    ok, reason = training.should_promote(
-        {"match_spearman": cand}, None if active is None else {"match_spearman": active}, margin
+    metric = MatchEvaluator.primary_metric
+    ok, reason = should_promote(
+        {metric: cand},
+        None if active is None else {metric: active},
+        margin,
+        metric=metric,
+        greater_is_better=MatchEvaluator.greater_is_better,
     )
     assert ok is promote and reason
 
 
+def test_the_evaluator_declares_what_promotion_reads():
+    assert MatchEvaluator.primary_metric == "match_spearman"
+    assert MatchEvaluator.greater_is_better is True
+
+
+@pytest.mark.parametrize(
+    ("cand", "active", "promote"), [(0.40, 0.50, True), (0.49, 0.50, False), (0.60, 0.50, False)]
+)
+def test_promotion_follows_a_lower_is_better_declaration(cand, active, promote):
+    ok, reason = should_promote(
+        {"loss": cand}, {"loss": active}, 0.05, metric="loss", greater_is_better=False
+    )
+    assert ok is promote and "loss" in reason
+
+
 def test_data_hash_changes_with_labels_and_eval_hash_ignores_training_side():
-    a = training.TrainingData(
+    a = TrainingData(
         train=[m("r1", "j1", 0.5, [(S, "a", "b")])], eval=[m("r2", "j1", 0.2, [(S, "c", "b")])]
     )
-    b = training.TrainingData(train=[m("r1", "j1", 0.6, [(S, "a", "b")])], eval=a.eval)
+    b = TrainingData(train=[m("r1", "j1", 0.6, [(S, "a", "b")])], eval=a.eval)
     assert a.data_hash() != b.data_hash()
     assert a.eval_hash() == b.eval_hash()
-    assert training.metrics_key("resume", a.eval_hash()).startswith("resume:")
+    assert metrics_key("resume", a.eval_hash()).startswith("resume:")
 
 
 def test_read_pair_file_csv_jsonl_and_errors(tmp_path: Path):
     f = tmp_path / "p.csv"
     f.write_text('sentence_0,sentence_1,label\n"Skills: a, b",Skills required: b,0.7\n')
-    assert training.read_pair_file(f) == [("Skills: a, b", "Skills required: b", 0.7)]
+    assert read_pair_file(f) == [("Skills: a, b", "Skills required: b", 0.7)]
     j = tmp_path / "p.jsonl"
     j.write_text('{"sentence_0": "x", "sentence_1": "y", "label": 0.1}\n')
-    assert training.read_pair_file(j) == [("x", "y", 0.1)]
+    assert read_pair_file(j) == [("x", "y", 0.1)]
     bad = tmp_path / "bad.csv"
     bad.write_text("sentence_0,sentence_1,label\nx,y,7\n")
     with pytest.raises(ValueError, match="not in"):
-        training.read_pair_file(bad)
+        read_pair_file(bad)
     missing = tmp_path / "missing.csv"
     missing.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
-        training.read_pair_file(missing)
+        read_pair_file(missing)
 
 
 def test_base_name_strips_the_fine_tune_suffix():

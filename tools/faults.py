@@ -1,6 +1,8 @@
 """Fault scenarios on real processes, and what they leave behind: the same code makes the
-fault report (``jobfit bench-faults``, ``make bench-faults``: JSON) and the fault tests
-(``make test-faults``), which assert its counts.
+fault report (``python -m tools bench-faults``, ``make bench-faults``: JSON) and the fault
+tests (``tests/faults``), which assert its counts. ``FULL`` sizes are the report's and
+``make test-faults``'s; ``make test`` runs every scenario at ``QUICK`` sizes (fewer kills and
+messages, a shorter outage: the same checks, a smaller draw).
 
 Every scenario runs on a fresh database and its own broker key prefix, with real ``jobfit
 worker`` processes, and counts at the end, from Postgres:
@@ -40,12 +42,51 @@ from jobfit.shared.client import JobfitClient, await_or_resend, read_documents
 from jobfit.shared.config import Settings
 from jobfit.shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
-from jobfit.workers import hostile
-from jobfit.workers.bench import Stage, fresh_stage
-from jobfit.workers.procs import RUN_ID, WorkerProcess
+from tools import hostile
+from tools.bench import Stage, fresh_stage
+from tools.procs import RUN_ID, WorkerProcess
 
 Docs = list[dict[str, Any]]
 WAIT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each scenario to run."""
+
+    embed_kills: int  # kill -9 of the embed worker mid-stream, a new worker after each
+    embed_resumes: int  # resumes streamed (8/s) while the embed workers are killed
+    # the producer's wait before it resends what a kill lost in transit (the killed workers'
+    # unacknowledged messages come back after 10 s: this must leave them time to)
+    embed_resend_after_s: float
+    postgres_down_s: float  # how long Postgres stays stopped mid-stream
+    train_steps: int  # fine-tune steps of the retrain whose worker is killed
+    train_redelivery_s: int  # the train queue's visibility timeout: when the retrain comes back
+    hostile: int  # hostile messages (80 % hypothesis draws, 20 % every hand-written kind)
+
+
+FULL = Sizes(
+    embed_kills=5,
+    embed_resumes=200,
+    embed_resend_after_s=45.0,
+    postgres_down_s=20.0,
+    train_steps=40,
+    train_redelivery_s=40,
+    hostile=10_000,
+)
+# Each check still fails when its behaviour breaks: two kills (the second hits a worker that
+# took over the first one's messages) and a producer that resends sooner, an outage that
+# outlasts several batch retries, a retrain killed mid-step that comes back sooner and trains
+# two steps, and 400 hostile messages that cover every hand-written kind many times over.
+QUICK = Sizes(
+    embed_kills=2,
+    embed_resumes=80,
+    embed_resend_after_s=25.0,
+    postgres_down_s=8.0,
+    train_steps=2,
+    train_redelivery_s=20,
+    hostile=400,
+)
 
 
 # --- private services --------------------------------------------------------------------
@@ -302,15 +343,22 @@ def send_stream(
 
 
 def stream_report(
-    run: Run, resumes: Docs, jobs: Docs, sent: dict[str, AsyncResult], **extra: Any
+    run: Run,
+    resumes: Docs,
+    jobs: Docs,
+    sent: dict[str, AsyncResult],
+    *,
+    resend_after_s: float = 45.0,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Wait as a careful producer does (``await_or_resend``), then count. ``lost_in_transit``:
-    messages whose first send never got an answer (a worker was killed as Redis handed them
-    over); they were re-sent, and count as lost only if still missing after that."""
+    """Wait as a careful producer does (``await_or_resend``: resend what got no answer after
+    ``resend_after_s``), then count. ``lost_in_transit``: messages whose first send never got
+    an answer (a worker was killed as Redis handed them over); they were re-sent, and count as
+    lost only if still missing after that."""
     client = JobfitClient(app=run.stage.app)
     by_id = {r["id"]: r for r in resumes}
     _, resent = await_or_resend(
-        sent, lambda rid: client.submit_resume(by_id[rid]), timeout_s=45.0, rounds=2
+        sent, lambda rid: client.submit_resume(by_id[rid]), timeout_s=resend_after_s, rounds=2
     )
     counts = wait_scored(run.factory, set(by_id), len(jobs), timeout=30.0)
     run.check_alive()
@@ -331,12 +379,13 @@ def stream_report(
 
 
 def kill_embed_worker(
-    settings: Settings, model_path: Path, workdir: Path, console: Console, kills: int = 5
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
-    """kill -9 the embed worker ``kills`` times while documents stream in; a new worker is
-    started after each kill (as compose's restart policy does). The killed workers' messages
-    come back after the visibility timeout (10 s here)."""
-    resumes, jobs = stream_documents(200)
+    """kill -9 the embed worker ``size.embed_kills`` times while documents stream in; a new
+    worker is started after each kill (as compose's restart policy does). The killed workers'
+    messages come back after the visibility timeout (10 s here)."""
+    kills = size.embed_kills
+    resumes, jobs = stream_documents(size.embed_resumes)
     with scenario(settings, model_path, workdir, JOBFIT_BROKER__VISIBILITY_TIMEOUT_S="10") as run:
         w = run.worker("embed")
 
@@ -349,7 +398,7 @@ def kill_embed_worker(
                 w = run.worker("embed")
 
         sent = send_stream(JobfitClient(app=run.stage.app), resumes, jobs, 8, during=killer)
-        return stream_report(run, resumes, jobs, sent)
+        return stream_report(run, resumes, jobs, sent, resend_after_s=size.embed_resend_after_s)
 
 
 def secrets_in_logs(run: Run, *secrets_: str) -> int:
@@ -397,7 +446,7 @@ def down_for(
 
 
 def restart_redis(
-    settings: Settings, model_path: Path, workdir: Path, console: Console
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
     """A private Redis (append-only, fsync always, password) as broker and result backend;
     kill -9 it mid-stream and start it again on its files 2 s later. Producers retry their
@@ -418,9 +467,10 @@ def restart_redis(
 
 
 def stop_postgres(
-    settings: Settings, model_path: Path, workdir: Path, console: Console, down_s: float = 20.0
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
-    """A private Postgres cluster (password auth); stopped mid-stream for ``down_s`` seconds.
+    """A private Postgres cluster (password auth); stopped mid-stream for
+    ``size.postgres_down_s`` seconds.
     The worker's batch retries with backoff (messages unacknowledged meanwhile); nothing is
     acknowledged before its rows are committed."""
     pg = PrivatePostgres()
@@ -428,7 +478,7 @@ def stop_postgres(
     own = settings.model_copy(deep=True)
     own.db.url = pg.url
 
-    outage = down_for(console, "postgres (stopped)", pg.stop, pg.start, down_s)
+    outage = down_for(console, "postgres (stopped)", pg.stop, pg.start, size.postgres_down_s)
     try:
         return outage_stream(
             own, model_path, workdir, outage, secret=pg.password, visibility_timeout_s=600
@@ -460,18 +510,20 @@ def publish_all(run: Run, messages: list[hostile.Message]) -> None:
 
 
 def hostile_messages(
-    settings: Settings, model_path: Path, workdir: Path, console: Console, n: int = 10_000
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
-    """``n`` malformed and hostile messages (80 % hypothesis-generated ingest and scoring
+    """``size.hostile`` malformed and hostile messages (80 % hypothesis-generated ingest and scoring
     calls, 20 % hand-written raw messages) mixed with valid documents, to one embed worker.
     Every hostile message must end up either recorded in ``failed_messages`` with a reason,
     or (when it happens to be a valid document) stored and scored; the worker must live."""
+    n = size.hostile
     console.print(f"generating {n} hostile messages (hypothesis)")
     drawn = hostile.generated(int(n * 0.8))
     split = int(n * 0.65)
     bad = list(hostile.ingest_messages(drawn[:split]))
     bad += hostile.score_messages(drawn[split:])
-    bad += hostile.raw_messages(n - len(bad))
+    n_drawn = len(bad)
+    bad += hostile.raw_messages(n - n_drawn)
     resumes, jobs = stream_documents(100)
     resumes += hostile.valid_hostile_documents()
     good = [
@@ -494,7 +546,7 @@ def hostile_messages(
             recorded = recorded_ids(run.factory, rejected_ids)
             if len(recorded) == len(rejected_ids) or time.monotonic() > deadline:
                 break
-            time.sleep(2.0)
+            time.sleep(1.0)
         seconds = time.monotonic() - t0
         n_jobs = count_jobs(run.factory)
         counts = wait_scored(run.factory, {r["id"] for r in resumes}, n_jobs, timeout=120)
@@ -503,6 +555,7 @@ def hostile_messages(
         return {
             "sent": len(mixed) + len(jobs),
             "hostile": len(bad),
+            "hand_written": len(bad) - n_drawn,
             "hostile_valid_documents": len(valid_docs),
             "hostile_valid_stored": len(stored),
             "rejected_expected": len(rejected_ids),
@@ -567,19 +620,19 @@ def reason_counts(factory: sessionmaker[Session]) -> dict[str, int]:
 
 
 def kill_train_worker(
-    settings: Settings, model_path: Path, workdir: Path, console: Console
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
     """Labels for a few sample documents, then a full fine-tune on the train queue; the train
     worker is killed (-9) as soon as it reports fine-tuning. The active version, the registry
     and the model store must be as before (a ``.tmp-*`` dir at most). A new train worker
     then gets the retrain again (after the visibility timeout) and finishes it once."""
-    from jobfit.shared import registry
+    from jobfit.shared import repository as repo
 
     resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")[:12]
     jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")[:6]
     store = workdir / "store"  # trained versions go here, not to the user's model store
     env = {
-        "JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "40",
+        "JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": str(size.train_redelivery_s),
         "JOBFIT_TRAIN__DEVICE": "cpu",
         "JOBFIT_MODEL__STORE": str(store),
     }
@@ -601,12 +654,12 @@ def kill_train_worker(
 
         def registry_state() -> tuple[str, int]:
             with run.factory() as s:
-                versions = registry.list_versions(session=s)
+                versions = repo.list_versions(session=s)
             return next(v.version for v in versions if v.status == "active"), len(versions)
 
         before = registry_state()
         dirs = set(os.listdir(store)) if store.is_dir() else set()
-        retrain = client.retrain(mode="full", max_steps=40)
+        retrain = client.retrain(mode="full", max_steps=size.train_steps)
         deadline = time.monotonic() + WAIT_S
         while not (isinstance(retrain.info, dict) and retrain.info.get("stage") == "fine-tuning"):
             if time.monotonic() > deadline:
@@ -633,7 +686,8 @@ def kill_train_worker(
         }
 
 
-SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+Scenario = Callable[[Settings, Path, Path, Console, Sizes], dict[str, Any]]
+SCENARIOS: dict[str, Scenario] = {
     "kill_embed_worker": kill_embed_worker,
     "restart_redis": restart_redis,
     "stop_postgres": stop_postgres,
@@ -647,9 +701,9 @@ def report(
     model_path: Path,
     console: Console,
     names: list[str] | None = None,
-    hostile_n: int = 10_000,
+    size: Sizes = FULL,
 ) -> dict[str, Any]:
-    """Run the scenarios (all by default) and total their counts."""
+    """Run the scenarios (all by default) at these sizes and total their counts."""
     import tempfile
 
     out: dict[str, Any] = {"scenarios": {}}
@@ -658,9 +712,8 @@ def report(
             console.print(f"[bold]{name}[/bold]")
             workdir = Path(tmp) / name
             workdir.mkdir()
-            kwargs = {"n": hostile_n} if name == "hostile_messages" else {}
             t0 = time.monotonic()
-            result = SCENARIOS[name](settings, model_path, workdir, console, **kwargs)
+            result = SCENARIOS[name](settings, model_path, workdir, console, size)
             result["wall_s"] = round(time.monotonic() - t0, 1)
             out["scenarios"][name] = result
     keys = ("sent", "scored", "lost", "duplicated", "crashed")

@@ -1,5 +1,5 @@
-"""``jobfit bench``: the pipeline against its limit, each figure a ratio against a baseline
-measured in the same run on the same texts.
+"""``python -m tools bench`` (``make bench``): the pipeline against its limit, each figure a
+ratio against a baseline measured in the same run on the same texts.
 
 The documents are every resume and job of the real dataset (344 + 28, 1,236 unique field
 texts) when its CSV is given, else the bundled sample (a 1-second run on MiniLM: that
@@ -40,11 +40,13 @@ from jobfit.shared.client import JobfitClient, read_documents
 from jobfit.shared.config import Settings
 from jobfit.shared.db import ensure_database, upgrade
 from jobfit.shared.fields import field_texts
+from jobfit.shared.model_store import version_of
 from jobfit.shared.orm import DocumentRow, MatchRow
 from jobfit.shared.sample import SAMPLE_DIR
 from jobfit.shared.schemas import JobDocument, ResumeDocument
-from jobfit.workers.demo import worker_process
-from jobfit.workers.model import ModelSpec, SentenceTransformerEmbedder, version_of
+from jobfit.workers.embedders.base import ModelSpec
+from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
+from tools.demo import worker_process
 
 Docs = list[dict[str, Any]]
 LATENCY_RUNS = 20
@@ -62,7 +64,7 @@ def load_documents(dataset: Path | None) -> tuple[Docs, Docs]:
         return read_documents(SAMPLE_DIR / "resumes.jsonl"), read_documents(
             SAMPLE_DIR / "jobs.jsonl"
         )
-    from jobfit.workers.dataset import read_dataset
+    from tools.dataset import read_dataset
 
     data = read_dataset(dataset)
     return (
@@ -345,7 +347,7 @@ def bench(
         },
     }
     result["goals"] = goals(result["models"])
-    from jobfit.workers.onnx_backend import compare
+    from jobfit.workers.embedders.gate import compare
 
     result["backends"] = {}
     for name, path in models.items():

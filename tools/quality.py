@@ -18,9 +18,17 @@ from typing import Any
 
 from jobfit.shared.fields import field_texts
 from jobfit.shared.splits import SplitName, split_part
-from jobfit.workers import training
-from jobfit.workers.dataset import read_dataset
-from jobfit.workers.training import MatchExample, Progress, TrainParams
+from jobfit.workers.training import trainers
+from jobfit.workers.training.data import (
+    MatchExample,
+    match_examples,
+    pair_examples,
+    split_examples,
+)
+from jobfit.workers.training.encoding import Progress, load_model, no_progress
+from jobfit.workers.training.evaluation import MatchEvaluator
+from jobfit.workers.training.trainers import TrainParams
+from tools.dataset import read_dataset
 
 GOALS = {"all-MiniLM-L6-v2": 0.75, "all-mpnet-base-v2": 0.80}
 
@@ -29,7 +37,7 @@ GOALS = {"all-MiniLM-L6-v2": 0.75, "all-mpnet-base-v2": 0.80}
 class QualityRun:
     name: str
     path: Path
-    mode: training.Mode
+    mode: trainers.Mode
     params: TrainParams
 
 
@@ -37,7 +45,7 @@ def labelled_matches(csv: Path) -> list[MatchExample]:
     data = read_dataset(csv)
     resume_texts = {r.id: field_texts(r) for r in data.resumes}
     job_texts = {j.id: field_texts(j) for j in data.jobs}
-    matches, _ = training.match_examples(
+    matches, _ = match_examples(
         ((lb.resume_id, lb.job_id, lb.score) for lb in data.labels), resume_texts, job_texts
     )
     return matches
@@ -48,7 +56,7 @@ def split(
 ) -> tuple[list[MatchExample], list[MatchExample]]:
     ids = {m.resume_id if by == "resume" else m.job_id for m in matches}
     parts = {i: split_part(by, i) for i in ids}
-    return training.split_examples(matches, parts, by)
+    return split_examples(matches, parts, by)
 
 
 def _round(metrics: dict[str, float]) -> dict[str, float]:
@@ -67,9 +75,9 @@ def run_one(
 
     work_dir = Path(tempfile.mkdtemp(prefix="jobfit-quality-"))
     train, held_out = split(matches, by)
-    pairs = training.pair_examples(train)
-    model = training.load_model(run.path, device, run.params.max_seq_length)
-    untuned = training.evaluate(model, held_out, batch_size=run.params.batch_size)
+    pairs = pair_examples(train)
+    model = load_model(run.path, device, run.params.max_seq_length)
+    untuned = MatchEvaluator(held_out, batch_size=run.params.batch_size)(model)
     out: dict[str, Any] = {
         "model": run.name,
         "mode": run.mode,
@@ -80,7 +88,7 @@ def run_one(
         "untuned": _round(untuned),
         "stages": [],
     }
-    stages: list[tuple[str, training.Mode]] = (
+    stages: list[tuple[str, trainers.Mode]] = (
         [("full", "full"), ("full+head", "head")]
         if run.mode == "full+head"
         else [(run.mode, run.mode)]
@@ -88,7 +96,7 @@ def run_one(
     total_s = 0.0
     for label, mode in stages:
         t0 = time.perf_counter()
-        model = training.train(
+        model = trainers.train(
             model,
             pairs,
             replace(run.params, mode=mode),
@@ -96,7 +104,7 @@ def run_one(
             progress=progress,
         )
         total_s += time.perf_counter() - t0
-        metrics = training.evaluate(model, held_out, batch_size=run.params.batch_size)
+        metrics = MatchEvaluator(held_out, batch_size=run.params.batch_size)(model)
         out["stages"].append(
             {"mode": label, "train_s": round(total_s, 1), "tuned": _round(metrics)}
         )
@@ -114,7 +122,7 @@ def encode_throughput(path: Path, texts: Sequence[str], *, device: str, fp16: bo
     """Sentences/s of a plain ``encode`` of the texts (after one warm-up batch)."""
     import torch
 
-    model = training.load_model(path, device)
+    model = load_model(path, device)
     if fp16 and device.startswith("cuda"):
         model.half()
     batch = 128 if device.startswith("cuda") else 16
@@ -134,7 +142,7 @@ def run_quality(
     splits: Sequence[SplitName] = ("resume", "job"),
     device: str = "cpu",
     time_budget_s: float | None = None,
-    progress: Progress = training._no_progress,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Every run on every split; stops starting new ones once ``time_budget_s`` is spent."""
     import torch

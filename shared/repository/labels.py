@@ -1,34 +1,20 @@
-"""Training data and the model registry: labels, pair labels, the stored evaluation split,
-model versions and their promotion. Like ``shared.repository``: ``session`` keyword-only,
-never commits, every write idempotent."""
+"""Training data: match labels, generic field-pair labels, and the stored train/evaluation
+split (each resume's and job's side, assigned once, so every model version is judged on the
+same examples). Every write is idempotent: the latest label wins, an assigned side stays."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobfit.shared.db import insert_for
-from jobfit.shared.orm import (
-    LabelRow,
-    ModelVersionRow,
-    PairLabelRow,
-    SplitAssignmentRow,
-    utcnow,
-)
-from jobfit.shared.repository import chunked, insert_model_version
+from jobfit.shared.orm import LabelRow, PairLabelRow, SplitAssignmentRow, utcnow
+from jobfit.shared.repository.chunks import chunked
 from jobfit.shared.splits import SplitName, split_part
-
-# Status of a model version: the one the workers serve, one that lost (or was not yet
-# judged), one that was active before.
-ACTIVE, CANDIDATE, RETIRED = "active", "candidate", "retired"
-
-
-# --- labels ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -123,9 +109,6 @@ def list_pair_labels(*, session: Session) -> list[tuple[str, str, float]]:
     return [(a, b, y) for a, b, y in rows]
 
 
-# --- the stored split --------------------------------------------------------------------
-
-
 def assign_splits(*, session: Session, resume_ids: Iterable[str], job_ids: Iterable[str]) -> None:
     """Store the side of each new id; an id already assigned keeps its side forever."""
     by_split: tuple[tuple[SplitName, Iterable[str]], ...] = (
@@ -153,95 +136,6 @@ def split_parts(*, session: Session, split: SplitName) -> dict[str, str]:
         )
     )
     return {external_id: part for external_id, part in rows}
-
-
-# --- model versions ----------------------------------------------------------------------
-
-
-def register_model_version(
-    *,
-    session: Session,
-    version: str,
-    name: str,
-    path: str,
-    dim: int,
-    parent_version: str | None,
-    params: dict[str, Any],
-) -> ModelVersionRow:
-    """Record a trained model as a candidate (idempotent: same version, same row)."""
-    return insert_model_version(
-        session=session,
-        version=version,
-        name=name,
-        path=path,
-        dim=dim,
-        status=CANDIDATE,
-        parent_version=parent_version,
-        params=params,
-    )
-
-
-def get_version(*, session: Session, version: str) -> ModelVersionRow:
-    row = session.execute(
-        select(ModelVersionRow).where(ModelVersionRow.version == version)
-    ).scalar_one_or_none()
-    if row is None:
-        raise LookupError(f"no model version {version!r}")
-    return row
-
-
-def list_versions(*, session: Session) -> list[ModelVersionRow]:
-    return list(
-        session.execute(select(ModelVersionRow).order_by(ModelVersionRow.id)).scalars().all()
-    )
-
-
-def set_metrics(
-    *, session: Session, version: str, key: str, metrics: dict[str, Any]
-) -> ModelVersionRow:
-    """Store one evaluation (``key``: split and data hash) of a version, keeping the others."""
-    row = get_version(session=session, version=version)
-    row.metrics = {**(row.metrics or {}), key: metrics}
-    session.flush()
-    return row
-
-
-def promote(*, session: Session, version: str) -> tuple[str | None, str]:
-    """Make ``version`` the one the workers serve. Returns (previous active, new active).
-    Locks the registry rows so two promotions never leave two active versions."""
-    rows = session.execute(select(ModelVersionRow).with_for_update()).scalars().all()
-    target = next((r for r in rows if r.version == version), None)
-    if target is None:
-        raise LookupError(f"no model version {version!r}")
-    previous = next((r.version for r in rows if r.status == ACTIVE), None)
-    if previous == version:
-        return previous, version
-    session.execute(
-        update(ModelVersionRow).where(ModelVersionRow.status == ACTIVE).values(status=RETIRED)
-    )
-    target.status = ACTIVE
-    target.promoted_at = utcnow()
-    target.last_error = None
-    session.flush()
-    return previous, version
-
-
-def previous_active(*, session: Session) -> str | None:
-    """The version that was active before the current one (for ``rollback``)."""
-    return session.execute(
-        select(ModelVersionRow.version)
-        .where(ModelVersionRow.status == RETIRED, ModelVersionRow.promoted_at.is_not(None))
-        .order_by(ModelVersionRow.promoted_at.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-
-
-def record_load_error(*, session: Session, version: str, error: str) -> None:
-    session.execute(
-        update(ModelVersionRow)
-        .where(ModelVersionRow.version == version)
-        .values(last_error=error[:2000])
-    )
 
 
 def label_count(*, session: Session) -> int:

@@ -1,4 +1,6 @@
-"""Ingest batches beside the event loop, on a solo embed worker.
+"""The batch pipeline: ingest batches run in one thread beside the event loop of a solo
+embed worker. No Celery here: the consumer (``tasks.consumer``) gathers the messages and hands
+each flush in as a ``Job``; acknowledging is its callback's business.
 
 A solo worker runs tasks in the thread that also fetches messages: while a batch encodes,
 nothing is fetched, and the next batch starts from an empty buffer (measured: the fetch gaps
@@ -40,6 +42,15 @@ class Job:
     items: list[Any]
     run: Callable[[list[Any]], Any]
     on_return: Callback
+
+
+def run_items(run: Callable[[list[Any]], Any], items: list[Any]) -> Any:
+    """One batch; None if it raised (its callbacks then put every message back)."""
+    try:
+        return run(items)
+    except BaseException:
+        log.exception("batch of %d raised", len(items))
+        return None
 
 
 class BatchPipeline:
@@ -91,12 +102,7 @@ class BatchPipeline:
 
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
-            items = [it for job in jobs for it in job.items]
-            try:
-                result = jobs[0].run(items)
-            except BaseException:  # the callbacks put every message back
-                log.exception("batch of %d raised", len(items))
-                result = None
+            result = run_items(jobs[0].run, [it for job in jobs for it in job.items])
             with self._cond:
                 self._done.append(([job.on_return for job in jobs], result))
             if self._call_soon is not None:
@@ -142,18 +148,3 @@ class BatchPipeline:
             if thread.is_alive():
                 log.warning("batch still running after %.0fs: left for redelivery", timeout_s)
         self.drain()
-
-
-def get_pipeline(app: Any) -> BatchPipeline:
-    """This process's pipeline (one per worker process, shared by the ingest tasks)."""
-    pipeline: BatchPipeline | None = getattr(app, "_jobfit_pipeline", None)
-    if pipeline is None or pipeline.closed:
-        pipeline = BatchPipeline(int(app.settings.batch.max_tasks))
-        app._jobfit_pipeline = pipeline
-    return pipeline
-
-
-def close_pipeline(app: Any) -> None:
-    pipeline: BatchPipeline | None = getattr(app, "_jobfit_pipeline", None)
-    if pipeline is not None:
-        pipeline.close()

@@ -1,5 +1,6 @@
-"""``jobfit demo``: the whole pipeline on the bundled sample, on real services when they are
-reachable, else on an embedded default (SQLite file + in-memory broker, worker in-process)."""
+"""``python -m tools demo`` (``make demo``): the whole pipeline on the bundled sample, on real
+services when they are reachable, else on an embedded default (SQLite file + in-memory broker,
+worker in-process)."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def run_demo(
     )
     default_model = settings.model.path is None and settings.model.hub_id is None
     if default_model and not (settings.model.resolved_path() / "modules.json").is_file():
-        from jobfit.shared.cli import ModelChoice, provision
+        from jobfit.workers.cli import ModelChoice, provision
 
         console.print("provisioning the default model (all-mpnet-base-v2) …")
         provision(settings, ModelChoice.mpnet)

@@ -1,75 +1,76 @@
 """Retrain, evaluate, register, promote: what the ``train`` queue's tasks call.
 
-A trained model is written to a temporary directory in the model store and renamed into
-place only once complete, then registered as a candidate: a killed run leaves at most a
-``.tmp-*`` directory (swept by the next run) and never touches the active version.
+A trained model is saved into the model store (``trainers.save_atomically``) and registered
+as a candidate; it never touches the active version. It is judged next to the active version
+on the same evaluation split, and promoted only if it wins on the evaluator's declared
+primary metric, in the evaluator's declared direction, by the configured margin.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import math
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobfit.shared import registry
 from jobfit.shared import repository as repo
 from jobfit.shared.config import Settings
 from jobfit.shared.db import transaction
+from jobfit.shared.model_store import check_model_dir, version_of
 from jobfit.shared.orm import ModelVersionRow
 from jobfit.shared.schemas import EvaluateRequest, RetrainRequest
 from jobfit.shared.splits import SplitName
-from jobfit.workers import training
-from jobfit.workers.model import ModelSpec, check_model_dir, resolve_device, version_of
-from jobfit.workers.training import Progress, TrainingData
+from jobfit.workers.embedders.base import ModelSpec, resolve_device
+from jobfit.workers.training.data import TrainingData, pair_examples, require_data
+from jobfit.workers.training.encoding import Progress, load_model
+from jobfit.workers.training.evaluation import MatchEvaluator, describe, metrics_key
+from jobfit.workers.training.trainers import (
+    TMP_PREFIX,
+    TrainParams,
+    base_name,
+    save_atomically,
+    sweep_tmp,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
-STALE_TMP_S = 6 * 3600
-MIN_TRAIN, MIN_EVAL = 2, 3
 
-
-class NotEnoughDataError(ValueError):
-    """Too few labelled matches (with stored documents) to train or to judge a model."""
-
-
-def base_name(name: str) -> str:
-    """``all-MiniLM-L6-v2-ft-20261127-081500-ab12cd`` -> ``all-MiniLM-L6-v2``."""
-    return re.sub(r"-ft-\d{8}-\d{6}-[0-9a-f]{6}$", "", name)
-
-
-def sweep_tmp(store: Path, max_age_s: float = STALE_TMP_S) -> list[Path]:
-    """Remove temporary model directories left by killed runs."""
-    removed = []
-    if store.is_dir():
-        for d in store.glob(f"{TMP_PREFIX}*"):
-            if d.is_dir() and time.time() - d.stat().st_mtime > max_age_s:
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(d)
-    return removed
-
-
-def save_atomically(model: Any, store: Path, name: str) -> Path:
-    """Save into ``store/.tmp-<uuid>``, then rename to ``store/<name>``."""
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    try:
-        model.save(str(tmp))
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
-        check_model_dir(tmp)
-        final = store / name
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+def should_promote(
+    candidate: Mapping[str, float],
+    active: Mapping[str, float] | None,
+    margin: float,
+    *,
+    metric: str,
+    greater_is_better: bool,
+) -> tuple[bool, str]:
+    """The rule: the candidate must beat the active version on ``metric`` (an evaluator's
+    declared primary metric), in its declared direction, by ``margin``, on the same
+    evaluation data."""
+    c = candidate.get(metric, float("nan"))
+    if not math.isfinite(c):
+        return False, f"candidate has no {metric}"
+    if active is None:
+        return True, f"no active version was judged on this data (candidate {c:.4f})"
+    a = active.get(metric, float("nan"))
+    if not math.isfinite(a):
+        return True, f"active version has no finite {metric} (candidate {c:.4f})"
+    if greater_is_better and c > a + margin:
+        return True, f"{metric} {c:.4f} > active {a:.4f} + margin {margin}"
+    if not greater_is_better and c < a - margin:
+        return True, f"{metric} {c:.4f} < active {a:.4f} - margin {margin}"
+    better = "higher" if greater_is_better else "lower"
+    return False, (
+        f"{metric} {c:.4f} does not beat active {a:.4f} by margin {margin} ({better} is better)"
+    )
 
 
 def ensure_configured_version(settings: Settings, factory: sessionmaker[Session]) -> str:
@@ -80,36 +81,19 @@ def ensure_configured_version(settings: Settings, factory: sessionmaker[Session]
             return active.version
     spec = ModelSpec.from_settings(settings.model)
     check_model_dir(spec.path)
-    from jobfit.workers.model import SentenceTransformerEmbedder
+    from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 
     dim = SentenceTransformerEmbedder(spec).dim
     with transaction(factory) as session:
-        row = repo.ensure_model_version(
-            session=session,
-            version=version_of(spec.path),
-            name=spec.name,
-            path=str(spec.path),
-            dim=dim,
-        )
+        model = repo.ModelInfo(version_of(spec.path), spec.name, str(spec.path), dim)
+        row = repo.ensure_model_version(session=session, model=model)
         return row.version
 
 
 def _version_info(factory: sessionmaker[Session], version: str) -> tuple[str, str, str]:
     with transaction(factory) as session:
-        row = registry.get_version(session=session, version=version)
+        row = repo.get_version(session=session, version=version)
         return row.version, row.name, row.path
-
-
-def load_data(factory: sessionmaker[Session], split: SplitName) -> TrainingData:
-    with transaction(factory) as session:
-        data = training.load_training_data(session=session, split=split)
-    if len(data.train) < MIN_TRAIN or len(data.eval) < MIN_EVAL:
-        raise NotEnoughDataError(
-            f"split {split!r}: {len(data.train)} training and {len(data.eval)} evaluation "
-            f"labelled matches with stored documents (need {MIN_TRAIN} and {MIN_EVAL}); "
-            f"{data.pending_labels} labels wait for their documents"
-        )
-    return data
 
 
 def evaluate_version(
@@ -124,23 +108,23 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Metrics of ``version`` on the stored evaluation split, computed once per evaluation
     set and stored under the version."""
-    key = training.metrics_key(split, data.eval_hash())
+    key = metrics_key(split, data.eval_hash())
     with transaction(factory) as session:
-        row = registry.get_version(session=session, version=version)
+        row = repo.get_version(session=session, version=version)
         stored = (row.metrics or {}).get(key)
         path = row.path
     if stored is not None:
         return dict(stored)
     if model is None:
         device = resolve_device(settings.train.device)
-        model = training.load_model(Path(path), device, settings.model.max_seq_length)
+        model = load_model(Path(path), device, settings.model.max_seq_length)
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = training.evaluate(model, data.eval, progress=progress)
+    metrics: dict[str, Any] = MatchEvaluator(data.eval)(model, progress=progress)
     metrics["eval_s"] = round(time.perf_counter() - t0, 2)
     metrics["evaluated_at"] = datetime.now(UTC).isoformat()
     with transaction(factory) as session:
-        registry.set_metrics(session=session, version=version, key=key, metrics=metrics)
-    log.info("evaluated %s on %s: %s", version, key, training.describe(metrics))
+        repo.set_metrics(session=session, version=version, key=key, metrics=metrics)
+    log.info("evaluated %s on %s: %s", version, key, describe(metrics))
     return metrics
 
 
@@ -156,22 +140,22 @@ def retrain(
     sweep_tmp(store)
     parent = request.base_version or ensure_configured_version(settings, factory)
     parent_version, parent_name, parent_path = _version_info(factory, parent)
-    data = load_data(factory, request.split)
-    params = training.TrainParams(
+    data = require_data(factory, request.split)
+    params = TrainParams(
         mode=request.mode or settings.train.mode,
         epochs=request.epochs or settings.train.epochs,
         max_steps=request.max_steps,
         max_seq_length=settings.model.max_seq_length,
         **({"head_epochs": request.head_epochs} if request.head_epochs else {}),
     )
-    pairs = training.pair_examples(data.train, data.extra_pairs)
+    pairs = pair_examples(data.train, data.extra_pairs)
     device = resolve_device(settings.train.device)
     progress("loading", 0, 1, parent=parent_version)
-    model = training.load_model(Path(parent_path), device, settings.model.max_seq_length)
+    model = load_model(Path(parent_path), device, settings.model.max_seq_length)
     t0 = time.perf_counter()
     work_dir = store / f"{TMP_PREFIX}work-{uuid.uuid4().hex}"
     try:
-        model = training.train(model, pairs, params, work_dir=work_dir, progress=progress)
+        model = train(model, pairs, params, work_dir=work_dir, progress=progress)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     train_s = time.perf_counter() - t0
@@ -181,12 +165,10 @@ def retrain(
     version = version_of(path)
     dim = int(model.get_embedding_dimension() or 0)
     with transaction(factory) as session:
-        registry.register_model_version(
+        repo.insert_model_version(
             session=session,
-            version=version,
-            name=name,
-            path=str(path),
-            dim=dim,
+            model=repo.ModelInfo(version, name, str(path), dim),
+            status=repo.ModelStatus.CANDIDATE,
             parent_version=parent_version,
             params={
                 **params.as_dict(),
@@ -201,32 +183,35 @@ def retrain(
         )
     log.info("registered candidate %s (%s, %.1fs)", version, params.mode, train_s)
 
-    def judge(v: str, loaded: Any = None) -> dict[str, Any]:
-        return evaluate_version(
-            settings=settings,
-            factory=factory,
-            version=v,
-            data=data,
-            split=request.split,
-            progress=progress,
-            model=loaded,
-        )
-
-    candidate = judge(version, model)
+    judge = partial(
+        evaluate_version,
+        settings=settings,
+        factory=factory,
+        data=data,
+        split=request.split,
+        progress=progress,
+    )
+    candidate = judge(version=version, model=model)
     with transaction(factory) as session:
         active_row = repo.active_model_version(session=session)
         active_version = active_row.version if active_row else None
-    active = judge(active_version) if active_version else None
+    active = judge(version=active_version) if active_version else None
     margin = (
         request.promote_margin
         if request.promote_margin is not None
         else settings.train.promote_margin
     )
-    wins, reason = training.should_promote(candidate, active, margin)
+    wins, reason = should_promote(
+        candidate,
+        active,
+        margin,
+        metric=MatchEvaluator.primary_metric,
+        greater_is_better=MatchEvaluator.greater_is_better,
+    )
     promoted = bool(request.promote and wins)
     if promoted:
         with transaction(factory) as session:
-            registry.promote(session=session, version=version)
+            repo.promote(session=session, version=version)
         log.info("promoted %s: %s", version, reason)
     return {
         "status": "promoted" if promoted else "candidate",
@@ -250,8 +235,9 @@ def evaluate(
     request: EvaluateRequest,
     progress: Progress,
 ) -> dict[str, Any]:
+    """Metrics of a version (default: the active one) on the stored evaluation split."""
     version = request.version or ensure_configured_version(settings, factory)
-    data = load_data(factory, request.split)
+    data = require_data(factory, request.split)
     metrics = evaluate_version(
         settings=settings,
         factory=factory,
@@ -264,7 +250,8 @@ def evaluate(
 
 
 def version_rows(factory: sessionmaker[Session]) -> list[ModelVersionRow]:
+    """Every registry row, detached (for the CLI's table)."""
     with transaction(factory) as session:
-        rows = registry.list_versions(session=session)
+        rows = repo.list_versions(session=session)
         session.expunge_all()
         return rows

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,11 +154,11 @@ def _call(task: str, document: Any) -> Message:
     return Message(_uid(), task, kwargs={"document": document})
 
 
-def raw_messages(n: int) -> Iterator[Message]:
-    """Hand-written messages that no Celery client sends, cycled to ``n``."""
+def raw_kinds() -> list[Callable[[], Message]]:
+    """Makers of hand-written messages that no Celery client sends, one per kind."""
     deep = b'{"id": "deep", "skills": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     pickle_type = "application/x-python-serialize"
-    kinds = [
+    return [
         lambda: _raw(b"\xff\xfe\x00not utf-8 \xc3\x28", INGEST_RESUME),
         lambda: _raw(b"\x80\x04\x95pickle", INGEST_RESUME, pickle_type),
         lambda: _raw(b"{definitely not json", INGEST_JOB),
@@ -171,6 +171,11 @@ def raw_messages(n: int) -> Iterator[Message]:
         lambda: _call(INGEST_JOB, {"id": "j", "title": ""}),
         lambda: _call(INGEST_RESUME, {"id": "x" * 500}),
     ]
+
+
+def raw_messages(n: int) -> Iterator[Message]:
+    """``n`` hand-written messages, cycling through every kind of ``raw_kinds``."""
+    kinds = raw_kinds()
     for i in range(n):
         yield kinds[i % len(kinds)]()
 

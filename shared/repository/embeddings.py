@@ -1,0 +1,79 @@
+"""Field embeddings: one vector per (model version, text hash), shared by every document
+that has the text, stored as raw float32 bytes (``workers.scoring.to_bytes``)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy import text as sql
+from sqlalchemy.orm import Session
+
+from jobfit.shared.db import insert_for
+from jobfit.shared.orm import FieldEmbeddingRow, utcnow
+from jobfit.shared.repository.chunks import chunked
+
+
+def load_embeddings(
+    *, session: Session, model_version_id: int, text_hashes: Iterable[str]
+) -> dict[str, bytes]:
+    """Stored vectors (raw float32 bytes) for those text hashes under one model version."""
+    out: dict[str, bytes] = {}
+    for part in chunked(sorted(set(text_hashes))):
+        rows = session.execute(
+            select(FieldEmbeddingRow.text_hash, FieldEmbeddingRow.vector).where(
+                FieldEmbeddingRow.model_version_id == model_version_id,
+                FieldEmbeddingRow.text_hash.in_(part),
+            )
+        )
+        out.update((h, bytes(v)) for h, v in rows)
+    return out
+
+
+def lock_texts(*, session: Session, model_version_id: int, text_hashes: Iterable[str]) -> None:
+    """Transaction-scoped Postgres advisory locks on (model version, text), taken in one
+    global order (no deadlock between two such callers). A worker that needs texts another
+    worker is embedding waits for that commit, then finds them stored: each text reaches the
+    model once per version. No-op on SQLite (one writer at a time anyway)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(
+        {
+            int.from_bytes(
+                hashlib.sha256(f"{model_version_id}:{h}".encode()).digest()[:8], "big", signed=True
+            )
+            for h in text_hashes
+        }
+    )
+    # One statement: the locks are taken in the array's (sorted) order.
+    for part in chunked(keys):
+        session.execute(
+            sql("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
+            {"keys": list(part)},
+        )
+
+
+def insert_embeddings(
+    *, session: Session, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
+) -> None:
+    """Insert (text_hash, text, dim, vector) rows; a row another worker wrote first is kept."""
+    if not rows:
+        return
+    now = utcnow()
+    session.execute(
+        insert_for(session, FieldEmbeddingRow.__table__).on_conflict_do_nothing(
+            index_elements=["model_version_id", "text_hash"]
+        ),
+        [
+            {
+                "model_version_id": model_version_id,
+                "text_hash": h,
+                "text": text,
+                "dim": dim,
+                "vector": vec,
+                "created_at": now,
+            }
+            for h, text, dim, vec in sorted(rows)
+        ],
+    )

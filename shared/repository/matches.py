@@ -1,0 +1,192 @@
+"""Match scores: one row per (resume, job, model version) with its pair scores, written
+idempotently under a scoring key (the weights), and read back as rankings."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, tuple_
+from sqlalchemy.orm import Session, aliased
+
+from jobfit.shared.db import insert_for
+from jobfit.shared.orm import DocumentRow, MatchRow, ModelVersionRow, PairScoreRow, utcnow
+from jobfit.shared.repository.chunks import chunked
+
+
+@dataclass(frozen=True)
+class MatchWrite:
+    resume_id: int
+    job_id: int
+    score: float | None
+    pair_scores: dict[str, float]
+    resume_hash: str
+    job_hash: str
+
+
+def scoring_key(weights: dict[str, float]) -> str:
+    """Identifies the scoring rule; rows scored under other weights are stale."""
+    canon = ",".join(f"{k}={weights[k]:.6g}" for k in sorted(weights))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def fresh_match_keys(
+    *,
+    session: Session,
+    model_version_id: int,
+    pairs: Sequence[tuple[DocumentRow, DocumentRow]],
+    key: str,
+) -> set[tuple[int, int]]:
+    """The (resume, job) pairs already scored on the current content, model and weights."""
+    wanted = {(r.id, j.id): (r.content_hash, j.content_hash) for r, j in pairs}
+    fresh: set[tuple[int, int]] = set()
+    for part in chunked(list(wanted)):
+        rows = session.execute(
+            select(
+                MatchRow.resume_id, MatchRow.job_id, MatchRow.resume_hash, MatchRow.job_hash
+            ).where(
+                MatchRow.model_version_id == model_version_id,
+                MatchRow.scoring_key == key,
+                tuple_(MatchRow.resume_id, MatchRow.job_id).in_(part),
+            )
+        )
+        fresh.update((r, j) for r, j, rh, jh in rows if wanted.get((r, j)) == (rh, jh))
+    return fresh
+
+
+def upsert_matches(
+    *, session: Session, model_version_id: int, key: str, writes: Sequence[MatchWrite]
+) -> int:
+    """Write match rows and their pair scores; a redelivered write leaves the same rows."""
+    ordered = sorted(writes, key=lambda w: (w.resume_id, w.job_id))  # one lock order: no deadlock
+    for part in chunked(ordered):
+        _upsert_match_rows(session, model_version_id, key, part)
+    return len(ordered)
+
+
+def _upsert_match_rows(
+    session: Session, model_version_id: int, key: str, ordered: Sequence[MatchWrite]
+) -> None:
+    # One statement, many parameter sets: SQLAlchemy's "insertmanyvalues" batches them with a
+    # statement compiled once (a multi-VALUES literal recompiles per call: 10x slower here).
+    now = utcnow()
+    ins = insert_for(session, MatchRow.__table__)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["resume_id", "job_id", "model_version_id"],
+        set_={
+            c: ins.excluded[c]
+            for c in ("score", "pairs_used", "resume_hash", "job_hash", "scoring_key", "scored_at")
+        },
+    ).returning(MatchRow.id, sort_by_parameter_order=True)
+    params = [
+        {
+            "resume_id": w.resume_id,
+            "job_id": w.job_id,
+            "model_version_id": model_version_id,
+            "score": w.score,
+            "pairs_used": list(w.pair_scores),
+            "resume_hash": w.resume_hash,
+            "job_hash": w.job_hash,
+            "scoring_key": key,
+            "scored_at": now,
+        }
+        for w in ordered
+    ]
+    match_ids = list(session.execute(stmt, params).scalars())
+    # Pair types a new version of a document no longer has must not linger.
+    session.execute(delete(PairScoreRow).where(PairScoreRow.match_id.in_(match_ids)))
+    pair_rows = [
+        {"match_id": mid, "pair_type": p, "score": s}
+        for mid, w in zip(match_ids, ordered, strict=True)
+        for p, s in w.pair_scores.items()
+    ]
+    if pair_rows:
+        pins = insert_for(session, PairScoreRow.__table__)
+        session.execute(
+            pins.on_conflict_do_update(
+                index_elements=["match_id", "pair_type"], set_={"score": pins.excluded.score}
+            ),
+            pair_rows,
+        )
+
+
+@dataclass(frozen=True)
+class RankedMatch:
+    resume_id: str
+    job_id: str
+    title: str
+    score: float | None
+    pair_scores: dict[str, float]
+    model_version: str
+
+
+def ranked(
+    *,
+    session: Session,
+    resume_id: str | None = None,
+    job_id: str | None = None,
+    model_version: str | None = None,
+    top: int = 10,
+) -> list[RankedMatch]:
+    """Matches of one resume (best jobs) or one job (best resumes), best first.
+
+    Without ``model_version``: the version that scored this document most recently (what the
+    workers serve now), so a model switch never mixes two versions' scores in one ranking.
+    """
+    resume, job = aliased(DocumentRow), aliased(DocumentRow)
+
+    def of_document(stmt: Any) -> Any:
+        stmt = (
+            stmt.select_from(MatchRow)
+            .join(resume, MatchRow.resume_id == resume.id)
+            .join(job, MatchRow.job_id == job.id)
+            .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+        )
+        if resume_id is not None:
+            stmt = stmt.where(resume.external_id == resume_id)
+        if job_id is not None:
+            stmt = stmt.where(job.external_id == job_id)
+        return stmt
+
+    if model_version is None:
+        model_version = session.execute(
+            of_document(select(ModelVersionRow.version))
+            .order_by(MatchRow.scored_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    stmt = of_document(
+        select(MatchRow, resume.external_id, job.external_id, job.payload, ModelVersionRow.version)
+    )
+    stmt = (
+        stmt.where(ModelVersionRow.version == model_version)
+        .order_by(MatchRow.score.desc().nulls_last(), job.external_id, resume.external_id)
+        .limit(top)
+    )
+    rows = session.execute(stmt).all()
+    pairs = _pair_scores(session, [m.id for m, *_ in rows])
+    return [
+        RankedMatch(
+            resume_id=rid,
+            job_id=jid,
+            title=str(payload.get("title", "")),
+            score=m.score,
+            pair_scores=pairs.get(m.id, {}),
+            model_version=version,
+        )
+        for m, rid, jid, payload, version in rows
+    ]
+
+
+def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    if not match_ids:
+        return out
+    for mid, p, s in session.execute(
+        select(PairScoreRow.match_id, PairScoreRow.pair_type, PairScoreRow.score).where(
+            PairScoreRow.match_id.in_(match_ids)
+        )
+    ):
+        out.setdefault(mid, {})[p] = s
+    return out

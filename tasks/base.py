@@ -1,0 +1,126 @@
+"""The one task base. Every jobfit task validates its message with the one validator
+(``shared.schemas.validate_message``), counts its deliveries and retries transient errors the
+same way (``tasks.delivery``), and records what it rejects or fails on in
+``failed_messages``. Invalid input is answered ``rejected`` and acknowledged, never retried.
+
+Single-message tasks (scoring, training) run through Celery's own request and trace; the
+ingest tasks add a batching strategy on top (``tasks.ingest``, ``tasks.consumer``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+from pydantic import BaseModel
+
+from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import EMBED_QUEUE
+from jobfit.shared.schemas import InvalidMessageError
+from jobfit.tasks.delivery import (
+    TRANSIENT,
+    delivery_key,
+    failure,
+    record_failures,
+    set_delivery_state,
+    triage,
+    with_retries,
+)
+
+log = logging.getLogger(__name__)
+
+
+class JobfitTask(Task):
+    """Counts each delivery (a single task is a triage of one), dead-letters a message that
+    keeps losing its worker, retries transient infrastructure errors in process and then puts
+    the message back on the queue; records final failures."""
+
+    # What a rejection answers: ``result_type(status="rejected", reason=...)`` when set (the
+    # task's own result type), else a plain ``{"status": "rejected", "reason": ...}``.
+    result_type: type[BaseModel] | None = None
+
+    def rejected(self, reason: str) -> dict[str, Any]:
+        if self.result_type is not None:
+            return self.result_type(status="rejected", reason=reason).model_dump()
+        return {"status": "rejected", "reason": reason}
+
+    def bind_message(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        """A message's arguments by name, as the task function takes them (defaults filled
+        in); InvalidMessageError if they do not fit its signature."""
+        try:
+            bound = inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidMessageError(f"TypeError: {exc}") from exc
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        if req.called_directly or req.id is None:
+            return super().__call__(*args, **kwargs)
+        key = delivery_key(req.id, req.retries)
+        try:
+            sorted_ = triage(self.app, [(key, key, self.name)])
+        except TRANSIENT as exc:  # the database is still down: back to the queue
+            raise Reject(exc, requeue=True) from exc
+        if sorted_.done:  # redelivered after it finished (e.g. its ack was lost)
+            log.info("%s[%s] delivered again after it finished: not run", self.name, req.id)
+            return {"status": "duplicate", "reason": "already done; this delivery is ignored"}
+        if sorted_.dead:
+            [(_, reason)] = sorted_.dead
+            record_failures(self.app, [self.failure_of(reason, args, kwargs, self.request.id)])
+            set_delivery_state(self.app, [key], "dead")
+            return self.rejected(reason)
+        if sorted_.suspects:  # it runs alone anyway; a later delivery knows it was tried so
+            set_delivery_state(self.app, [key], "alone")
+        run = super().__call__
+        try:
+            result = with_retries(lambda: self._answer(run, args, kwargs), self.name)
+        except TRANSIENT as exc:
+            # Not marked done: it comes back as a suspect (and is bounded like one).
+            log.warning(
+                "%s[%s]: %r outlasted the retries: back to the queue", self.name, req.id, exc
+            )
+            raise Reject(exc, requeue=True) from exc
+        except Reject:
+            raise
+        except Exception:  # failed for good (recorded by on_failure): not a lost worker
+            set_delivery_state(self.app, [key], "done")
+            raise
+        set_delivery_state(self.app, [key], "done")
+        return result
+
+    def _answer(self, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Run the task; invalid input is recorded and answered, or, if it cannot be recorded
+        (database down), put back on the queue rather than lost."""
+        try:
+            self.bind_message(args, kwargs)
+            return run(*args, **kwargs)
+        except InvalidMessageError as exc:
+            reason = str(exc)
+            if not record_failures(
+                self.app, [self.failure_of(reason, args, kwargs, self.request.id)]
+            ):
+                raise Reject(reason, requeue=True) from exc
+            return self.rejected(reason)
+
+    def failure_of(self, reason: str, args: Any, kwargs: Any, task_id: str | None) -> repo.Failure:
+        """A rejected or failed message of this task, as ``failed_messages`` stores it."""
+        return failure(reason, {"args": args, "kwargs": kwargs}, self.name, task_id)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        record_failures(self.app, [self.failure_of(reason, args, kwargs, task_id)])
+
+
+def serves_embed(app: Any) -> bool:
+    """Whether this worker consumes the embed queue (and so holds a model and runs ingest
+    batches); a train worker loads models only when a task asks for one."""
+    consume = app.amqp.queues.consume_from
+    return not consume or EMBED_QUEUE in consume

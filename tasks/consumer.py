@@ -1,0 +1,278 @@
+"""The worker's message consumer (``worker_consumer``), and the batching strategy of the
+ingest tasks.
+
+The consumer records in ``failed_messages`` a message the worker cannot even turn into a task
+(undecodable body, unknown task name, not a Celery message), as well as logging and
+acknowledging it as Celery does; and on a warm shutdown it lets the batch in progress finish.
+
+The batching strategy is what Celery calls for each message of a batch task
+(``Task.Strategy``), on the worker's event loop: it decodes the message (task protocol 2:
+headers ``id``/``task``/``retries``, body ``[args, kwargs, embed]``) into the task's request
+context, buffers it, and hands the buffer to the batch pipeline (``workers.batching``) when
+it holds ``batch.max_tasks`` messages or every ``batch.max_wait_s``. When a batch returns, its
+messages are acknowledged, or put back on the queue, through the promises Celery gave with
+each message, on the event loop: after their rows are committed. The ETA, expiry, rate limit
+and revocation of a message are not looked at (producers send ingest messages plainly).
+
+Batches need the solo pool: the pipeline thread runs beside the event loop of the process
+that holds the model. A worker that consumes the embed queue with another pool is refused at
+its start rather than run the batches some other way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from celery import signals
+from celery.app.task import Context
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.exceptions import ImproperlyConfigured, InvalidTaskError
+from celery.utils.saferepr import saferepr
+from celery.worker.consumer import Consumer
+from celery.worker.strategy import hybrid_to_proto2
+from vine import promise
+
+from jobfit.tasks.base import serves_embed
+from jobfit.tasks.delivery import failure, record_failures
+from jobfit.workers.batching import BatchPipeline, Job, run_items
+
+log = logging.getLogger(__name__)
+
+# Errors of a message whose body has the wrong shape (e.g. a JSON string where Celery expects
+# [args, kwargs, embed]): raised while Celery builds the request, where Celery lets them
+# through, and the worker stops with "Unrecoverable error".
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def _headers(message: Any) -> tuple[str | None, str | None]:
+    headers = getattr(message, "headers", None) or {}
+    return headers.get("task"), headers.get("id")
+
+
+def _body(message: Any) -> str:
+    body = getattr(message, "body", b"")
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body).decode("utf-8", "replace")
+    return repr(body)
+
+
+class RecordingConsumer(Consumer):
+    def stop(self) -> None:
+        """Warm shutdown: the ingest batch in progress finishes and is acknowledged while the
+        connection is still open (Celery calls this before closing it); queued ones are left
+        for redelivery."""
+        close_pipeline(self.app)
+        super().stop()
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        handler = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except MALFORMED as exc:
+                reason = f"malformed task message: {type(exc).__name__}: {exc}"
+                if self._recorded(message, reason) and not message.acknowledged:
+                    message.ack()
+                return None
+
+        return on_task_received
+
+    def _recorded(self, message: Any, reason: str) -> bool:
+        """Record the message; if that cannot be done (database down after the retries),
+        put it back on the queue instead of letting Celery acknowledge it."""
+        name, task_id = _headers(message)
+        if record_failures(self.app, [failure(reason, _body(message), name, task_id)]):
+            return True
+        message.reject(requeue=True)
+        return False
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if self._recorded(message, f"undecodable message ({message.content_type}): {exc}"):
+            super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        if self._recorded(message, "not a Celery task message"):
+            super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name, _ = _headers(message)
+        if self._recorded(message, f"unknown task name {name!r}"):
+            super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if self._recorded(message, f"invalid task message: {exc}"):
+            super().on_invalid_task(body, message, exc)
+
+
+# --- the batching strategy ---------------------------------------------------------------
+
+
+def message_request(message: Any, body: Any, hostname: str) -> Context:
+    """A decoded task message as its task's request context (what ``Task.request`` is for a
+    task Celery runs itself): headers, the body's embedded options, args and kwargs."""
+    if isinstance(body, dict):  # protocol 1, or a hybrid: Celery's own conversion
+        body, headers, _, _ = hybrid_to_proto2(message, body)
+    else:
+        headers = message.headers
+    try:
+        args, kwargs, embed = body
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskError(f"the body is not [args, kwargs, embed]: {exc}") from exc
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise InvalidTaskError("task arguments must be a list and keyword arguments an object")
+    if not headers.get("id"):
+        raise InvalidTaskError("the message has no task id")
+    props = message.properties or {}
+    return Context(
+        {
+            **headers,
+            **(embed if isinstance(embed, dict) else {}),
+            "args": list(args),
+            "kwargs": kwargs,
+            "delivery_info": message.delivery_info,
+            "hostname": hostname,
+            "reply_to": props.get("reply_to"),
+            "correlation_id": props.get("correlation_id") or headers.get("id"),
+            "called_directly": False,
+        }
+    )
+
+
+@dataclass
+class Received:
+    """One message of a batch: its request, and how to acknowledge it or put it back."""
+
+    request: Context
+    ack: Callable[[], None]
+    requeue: Callable[[], None]
+
+
+class Batcher:
+    """One batch task's buffer on one consumer (made again when the consumer restarts)."""
+
+    def __init__(self, task: Any, consumer: Any, pipeline: BatchPipeline | None) -> None:
+        self.task, self.consumer, self.pipeline = task, consumer, pipeline
+        self.max_tasks = int(task.app.settings.batch.max_tasks)
+        self.max_wait_s = float(task.app.settings.batch.max_wait_s)
+        self.buffer: list[Received] = []
+        self.timer: Any = None
+
+    def on_message(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+    ) -> None:
+        """Celery's per-message call (``ack``/``reject``: promises that act on the loop)."""
+        consumer = self.consumer
+        try:
+            if body is None:  # protocol 2: Celery leaves decoding to the strategy
+                body = message.decode()
+        except Exception as exc:  # not JSON, or a content type not accepted (pickle)
+            consumer.on_decode_error(message, exc)
+            return
+        try:
+            request = message_request(message, body, consumer.hostname)
+        except InvalidTaskError as exc:
+            consumer.on_invalid_task(body, message, exc)
+            return
+        errors = consumer.connection_errors
+        self.buffer.append(
+            Received(request, partial(ack, log, errors), partial(reject, log, errors, True))
+        )
+        signals.task_received.send(sender=consumer, request=request)
+        eventer = consumer.event_dispatcher
+        if eventer is not None and eventer.enabled and self.task.send_events:
+            eventer.send(
+                "task-received",
+                uuid=request.id,
+                name=self.task.name,
+                args=getattr(request, "argsrepr", None) or saferepr(request.args),
+                kwargs=getattr(request, "kwargsrepr", None) or saferepr(request.kwargs),
+                retries=request.retries or 0,
+            )
+        if self.timer is None:
+            self.timer = consumer.timer.call_repeatedly(self.max_wait_s, self.flush)
+        if len(self.buffer) >= self.max_tasks:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffer to the pipeline; an idle timer stops until the next message."""
+        if not self.buffer:
+            self.discard()
+            return
+        batch, self.buffer = self.buffer, []
+
+        def on_return(requeue: Collection[str] | None) -> None:
+            # None: the batch raised; every message goes back.
+            for r in batch:
+                (r.requeue if requeue is None or r.request.id in requeue else r.ack)()
+
+        if self.pipeline is None:  # no event loop (in-memory broker): here, in this thread
+            on_return(run_items(self._run, batch))
+            return
+        # Not submitted (the worker is stopping): left unacknowledged, delivered again.
+        self.pipeline.submit(Job(self.task, batch, self._run, on_return))
+
+    def _run(self, batch: list[Received]) -> Collection[str]:
+        return self.task.run_batch([r.request for r in batch])  # type: ignore[no-any-return]
+
+    def discard(self) -> None:
+        """Stop the timer; what is buffered is dropped unacknowledged (the broker delivers it
+        again: on a consumer restart, its channel is gone)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.buffer = []
+
+
+def batch_strategy(task: Any, app: Any, consumer: Any) -> Callable[..., None]:
+    """The ``Strategy`` of a batch task: Celery calls it at each consumer start, for every
+    task, and the handler it returns for each of that task's messages."""
+    previous: Batcher | None = getattr(task, "_jobfit_batcher", None)
+    if previous is not None:
+        previous.discard()
+    if not isinstance(consumer.pool, SoloPool):
+        if serves_embed(app):
+            raise ImproperlyConfigured(
+                f"{task.name} runs in batches on the solo pool, beside the event loop of the"
+                f" process that holds the model; this worker has the"
+                f" {type(consumer.pool).__module__.rsplit('.', 1)[-1]} pool: run embed"
+                " workers with --pool solo (the default), one process per model"
+            )
+        return partial(_not_here, task)
+    # Without an event loop (Celery's in-memory broker, the embedded demo) a batch runs in
+    # the thread that flushes it; with one, in the pipeline thread beside the loop.
+    pipeline = None
+    if consumer.hub is not None:
+        pipeline = get_pipeline(app)
+        pipeline.attach(consumer.hub.call_soon)
+    batcher = Batcher(task, consumer, pipeline)
+    task._jobfit_batcher = batcher
+    return batcher.on_message
+
+
+def _not_here(
+    task: Any, message: Any, body: Any, ack: Any, reject: Any, *_: Any, **__: Any
+) -> None:
+    """An ingest message routed to a worker that does not serve the embed queue: back to the
+    queue for an embed worker."""
+    log.error("%s is for embed workers (solo pool): put back", task.name)
+    reject(log, (), True)
+
+
+def get_pipeline(app: Any) -> BatchPipeline:
+    """This process's pipeline (one per worker process, shared by the ingest tasks)."""
+    pipeline: BatchPipeline | None = getattr(app, "_jobfit_pipeline", None)
+    if pipeline is None or pipeline.closed:
+        pipeline = BatchPipeline(int(app.settings.batch.max_tasks))
+        app._jobfit_pipeline = pipeline
+    return pipeline
+
+
+def close_pipeline(app: Any) -> None:
+    pipeline: BatchPipeline | None = getattr(app, "_jobfit_pipeline", None)
+    if pipeline is not None:
+        pipeline.close()

@@ -1,0 +1,110 @@
+"""The ONNX export of a model, and its dynamic int8 quantisation, for the onnx backend.
+
+Why not sentence-transformers' ``backend="onnx"``: it needs ``optimum-onnx``, whose only
+release (0.1.0) requires transformers < 4.58, while this project is locked to transformers
+5.24 (sentence-transformers 6.2). So the export is done here with torch's exporter, of the
+whole sentence-transformers pipeline (transformer, pooling, any trained Dense head,
+normalisation) as one graph, and run with onnxruntime (``embedders.onnx``).
+
+Exports live in ``<model store>/onnx/<version>/`` (``model.onnx``, ``model_qint8.onnx``,
+the gate's ``gate.json``), made once, atomically (a temporary directory renamed into place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from jobfit.shared.model_store import version_of
+from jobfit.workers.embedders.base import ModelSpec
+
+OPSET = 17
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_qint8.onnx"
+
+
+def export_dir(spec: ModelSpec, store: Path) -> Path:
+    return store / "onnx" / version_of(spec.path)
+
+
+def export(spec: ModelSpec, store: Path) -> Path:
+    """The fp32 ONNX graph of the model (exported once): input ids and attention mask (and
+    token type ids where the tokenizer makes them) -> L2-normalised sentence embedding."""
+    out = export_dir(spec, store)
+    if (out / FP32_FILE).is_file():
+        return out
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(spec.path), device="cpu", local_files_only=True)
+    model.max_seq_length = spec.max_seq_length
+    model.eval()
+    sample = model.tokenize(["Skills: Python, SQL", "Job title: Data Engineer"])
+    names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            emb = self.model(dict(zip(names, inputs, strict=True)))["sentence_embedding"]
+            return torch.nn.functional.normalize(emb, p=2, dim=1)
+
+    tmp = out.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(
+                Graph(),
+                tuple(sample[n] for n in names),
+                str(tmp / FP32_FILE),
+                input_names=names,
+                output_names=["sentence_embedding"],
+                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "inputs.json").write_text(json.dumps(names), encoding="utf-8")
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def quantize(spec: ModelSpec, store: Path) -> Path:
+    """The int8 graph next to the fp32 one: onnxruntime's pre-processing (graph optimisation,
+    shape inference), then dynamic int8 quantisation of the weights, per channel. Measured
+    on MiniLM (2 cores, check-set texts): 351 sentences/s with every supported op type
+    quantised vs 293 with MatMul only, same cosine to fp32 (0.9925)."""
+    out = export(spec, store)
+    if (out / INT8_FILE).is_file():
+        return out
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # The quantiser's helpers may leave files in the working directory (shape inference's
+    # "sym_shape_infer_temp.onnx" and its external data): they all run in a scratch dir.
+    with tempfile.TemporaryDirectory(prefix=".quant-", dir=out) as scratch:
+        pre, tmp = Path(scratch) / "pre.onnx", Path(scratch) / "int8.onnx"
+        with contextlib.chdir(scratch):
+            # Symbolic shape inference does not complete on these graphs: skipped.
+            quant_pre_process(str(out / FP32_FILE), str(pre), skip_symbolic_shape=True)
+            quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+        os.replace(tmp, out / INT8_FILE)
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; another process that got there first wins."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / FP32_FILE).is_file():
+            raise

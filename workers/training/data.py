@@ -1,0 +1,165 @@
+"""Training data: labelled matches as field-pair examples, split by the stored assignment,
+plus generic pair files; and the check that there is enough of it to train and to judge."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobfit.shared import repository as repo
+from jobfit.shared.config import PairType
+from jobfit.shared.db import transaction
+from jobfit.shared.fields import field_texts, usable_pairs
+from jobfit.shared.splits import SplitName
+
+MIN_TRAIN, MIN_EVAL = 2, 3
+
+
+class NotEnoughDataError(ValueError):
+    """Too few labelled matches (with stored documents) to train or to judge a model."""
+
+
+@dataclass(frozen=True)
+class MatchExample:
+    """One labelled match as field-pair texts: (pair type, resume text, job text)."""
+
+    resume_id: str
+    job_id: str
+    label: float
+    pairs: tuple[tuple[PairType, str, str], ...]
+
+
+@dataclass
+class TrainingData:
+    train: list[MatchExample]
+    eval: list[MatchExample]
+    extra_pairs: list[tuple[str, str, float]] = field(default_factory=list)
+    pending_labels: int = 0  # labels whose documents are not stored yet
+
+    def data_hash(self) -> str:
+        """Identifies exactly what a model was trained on (and judged on)."""
+        h = hashlib.sha256()
+        for part, matches in (("train", self.train), ("eval", self.eval)):
+            for m in sorted(matches, key=lambda m: (m.resume_id, m.job_id)):
+                h.update(f"{part}\x1f{m.resume_id}\x1f{m.job_id}\x1f{m.label:.6f}\x1e".encode())
+                for p, a, b in m.pairs:
+                    h.update(f"{p}\x1f{a}\x1f{b}\x1e".encode())
+        for a, b, y in sorted(self.extra_pairs):
+            h.update(f"pair\x1f{a}\x1f{b}\x1f{y:.6f}\x1e".encode())
+        return h.hexdigest()
+
+    def eval_hash(self) -> str:
+        """Identifies the evaluation examples: metrics compare only on equal hashes."""
+        return TrainingData(train=[], eval=self.eval).data_hash()
+
+
+def match_examples(
+    labels: Iterable[tuple[str, str, float]],
+    resume_texts: Mapping[str, Mapping[PairType, str]],
+    job_texts: Mapping[str, Mapping[PairType, str]],
+) -> tuple[list[MatchExample], int]:
+    """Labels -> examples; returns (examples, labels whose documents are missing)."""
+    out, pending = [], 0
+    for rid, jid, y in labels:
+        rt, jt = resume_texts.get(rid), job_texts.get(jid)
+        if rt is None or jt is None:
+            pending += 1
+            continue
+        pairs = tuple((p, rt[p], jt[p]) for p in usable_pairs(rt, jt))
+        if pairs:
+            out.append(MatchExample(rid, jid, float(y), pairs))
+    return out, pending
+
+
+def split_examples(
+    matches: Sequence[MatchExample], parts: Mapping[str, str], by: Literal["resume", "job"]
+) -> tuple[list[MatchExample], list[MatchExample]]:
+    """(train, eval) by the stored side of each match's resume (or job)."""
+    train: list[MatchExample] = []
+    evaluation: list[MatchExample] = []
+    for m in matches:
+        key = m.resume_id if by == "resume" else m.job_id
+        (evaluation if parts.get(key) == "eval" else train).append(m)
+    return train, evaluation
+
+
+def load_training_data(*, session: Any, split: Literal["resume", "job"] = "resume") -> TrainingData:
+    """Everything labelled in the database, split by the stored assignment."""
+    labels = repo.list_labels(session=session)
+    resume_texts = {
+        row.external_id: field_texts(repo.parse_document(row))
+        for row in repo.list_documents(session=session, kind="resume")
+    }
+    job_texts = {
+        row.external_id: field_texts(repo.parse_document(row))
+        for row in repo.list_documents(session=session, kind="job")
+    }
+    matches, pending = match_examples(
+        ((lb.resume_id, lb.job_id, lb.score) for lb in labels), resume_texts, job_texts
+    )
+    parts = repo.split_parts(session=session, split=split)
+    train, evaluation = split_examples(matches, parts, split)
+    return TrainingData(
+        train=train,
+        eval=evaluation,
+        extra_pairs=repo.list_pair_labels(session=session),
+        pending_labels=pending,
+    )
+
+
+def require_data(factory: sessionmaker[Session], split: SplitName) -> TrainingData:
+    """``load_training_data`` in its own transaction; NotEnoughDataError unless both sides
+    have enough labelled matches."""
+    with transaction(factory) as session:
+        data = load_training_data(session=session, split=split)
+    if len(data.train) < MIN_TRAIN or len(data.eval) < MIN_EVAL:
+        raise NotEnoughDataError(
+            f"split {split!r}: {len(data.train)} training and {len(data.eval)} evaluation "
+            f"labelled matches with stored documents (need {MIN_TRAIN} and {MIN_EVAL}); "
+            f"{data.pending_labels} labels wait for their documents"
+        )
+    return data
+
+
+def pair_examples(
+    matches: Iterable[MatchExample], extra: Iterable[tuple[str, str, float]] = ()
+) -> list[tuple[str, str, float]]:
+    """Field-pair training examples: each pair carries its match's label; duplicates are
+    merged into their mean label. Sorted, so a seed gives the same run."""
+    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for m in matches:
+        for _, a, b in m.pairs:
+            acc[(a, b)].append(m.label)
+    for a, b, y in extra:
+        acc[(a, b)].append(float(y))
+    return sorted((a, b, float(np.mean(ys))) for (a, b), ys in acc.items())
+
+
+def read_pair_file(path: Path) -> list[tuple[str, str, float]]:
+    """A generic pair file: CSV or JSONL with ``sentence_0, sentence_1, label``."""
+    import pandas as pd
+
+    if path.suffix.lower() in {".jsonl", ".json"}:
+        df = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+    else:
+        df = pd.read_csv(path, dtype={"sentence_0": str, "sentence_1": str}, keep_default_na=False)
+    missing = {"sentence_0", "sentence_1", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    out = []
+    for i, (a, b, y) in enumerate(zip(df.sentence_0, df.sentence_1, df.label, strict=True)):
+        label = float(y)
+        if not (isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip()):
+            raise ValueError(f"{path}: row {i + 1}: empty sentence")
+        if not math.isfinite(label) or not -1.0 <= label <= 1.0:
+            raise ValueError(f"{path}: row {i + 1}: label {y!r} is not in [-1, 1]")
+        out.append((a, b, label))
+    return out
