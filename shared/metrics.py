@@ -35,8 +35,16 @@ def queue_depths(app: Any, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
     """Messages waiting in each queue, through kombu (Redis or RabbitMQ alike)."""
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=3)
-        channel = conn.default_channel
-        return {q: int(channel.queue_declare(queue=q, passive=True).message_count) for q in queues}
+        depths = {}
+        for q in queues:
+            channel = conn.channel()
+            try:  # a queue nobody declared yet (Redis: an empty one) is not found: 0 waiting
+                depths[q] = int(channel.queue_declare(queue=q, passive=True).message_count)
+            except conn.channel_errors:
+                depths[q] = 0
+            finally:
+                channel.close()
+        return depths
 
 
 def counts_by_version(session: Session, table: Any) -> dict[str, int]:

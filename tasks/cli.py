@@ -12,6 +12,7 @@ import typer
 from jobfit.shared.celery_app import create_celery_app
 from jobfit.shared.config import get_settings
 from jobfit.shared.console import err, worker_env
+from jobfit.shared.health import check_database
 from jobfit.shared.model_store import ModelNotFoundError, check_model_dir, resolve_model_path
 from jobfit.tasks.pool import POOL
 
@@ -42,6 +43,10 @@ def worker(
         except ModelNotFoundError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+    database = check_database(settings)
+    if not database.ok:  # e.g. started before `jobfit db upgrade`: say so, do not loop
+        err.print(f"[red]error:[/red] database {database.detail}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     celery = create_celery_app(settings)
     argv = ["worker", f"--queues={queues}"]
     if pool == "solo":
