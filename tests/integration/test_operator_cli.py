@@ -71,7 +71,7 @@ def test_failures_lists_newest_first(settings, recorded):
 def test_metrics_endpoint(settings, recorded, worker):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobfit", "metrics", "--port", str(port)],
+        [sys.executable, "-m", "jobfit", "metrics", "--port", str(port), "--address", "127.0.0.1"],
         env={**os.environ, **settings_env(settings)},
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
