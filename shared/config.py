@@ -160,8 +160,6 @@ class MetricsSettings(BaseModel):
     # `jobfit metrics`: queue depths, the active version, failures, matches, embeddings.
     address: str = "127.0.0.1"
     port: int = 9808
-    # A worker's own /metrics (ingest batch sizes); unset: not served.
-    worker_port: int | None = None
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,8 @@
 """jobfit's own Prometheus metrics, read on each scrape from where the truth is: queue
 depths from the broker, the active model version, failures, scored matches and embedded texts
 from Postgres. ``jobfit metrics`` serves them (an exporter beside the workers: one scrape
-target however many workers run); a worker adds its ingest batch sizes on its own port
-(``JOBFIT_METRICS__WORKER_PORT``, ``tasks.signals``).
+target however many workers run). Batch sizes are not here yet (they are only known inside
+the workers).
 
 | metric | labels | what |
 |---|---|---|
