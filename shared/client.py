@@ -159,7 +159,7 @@ def read_documents(path: str | Path) -> list[dict[str, Any]]:
     docs = []
     for where, doc in numbered_documents(path):
         if isinstance(doc, InvalidMessageError):
-            raise InvalidMessageError(f"{path}:{where}: {doc}")
+            raise InvalidMessageError(f"{path}:{where.split()[-1]}: {doc}")
         docs.append(doc)
     return docs
 

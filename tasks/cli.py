@@ -14,7 +14,6 @@ from jobfit.shared.config import get_settings
 from jobfit.shared.console import err, worker_env
 from jobfit.shared.health import check_database
 from jobfit.shared.model_store import ModelNotFoundError, check_model_dir, resolve_model_path
-from jobfit.tasks.pool import POOL
 
 
 def worker(
@@ -50,6 +49,8 @@ def worker(
     celery = create_celery_app(settings)
     argv = ["worker", f"--queues={queues}"]
     if pool == "solo":
+        from jobfit.tasks.pool import POOL  # here: the producer's CLI must not import numpy
+
         # Celery's CLI takes pool aliases only; its ``worker_pool`` setting takes a class.
         celery.conf.worker_pool = POOL
     else:
