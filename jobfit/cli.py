@@ -27,4 +27,18 @@ if worker_extra_installed():
 
 
 def main() -> None:
-    app()
+    """``jobfit``: an error the user can act on is one line with its cause and fix, exit 1
+    (``--debug``: the traceback)."""
+    try:
+        app()
+    except Exception as exc:
+        from jobfit.shared.cli import STATE
+        from jobfit.shared.config import get_settings
+        from jobfit.shared.console import err
+        from jobfit.shared.errors import explain
+
+        known = None if STATE["debug"] else explain(exc, get_settings())
+        if known is None:
+            raise
+        err.print(f"[red]error:[/red] {known[0]} — {known[1]}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None

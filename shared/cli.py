@@ -9,7 +9,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -27,6 +27,17 @@ class Kind(StrEnum):
     job = "job"
 
 
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Score how well resumes fit jobs, on Celery workers."""
+    STATE["debug"] = debug
+
+
+STATE: dict[str, Any] = {"debug": False}
+
+
 @app.command()
 def submit(
     kind: Annotated[Kind, typer.Argument(help="resume or job")],
@@ -34,8 +45,12 @@ def submit(
     score: Annotated[bool, typer.Option(help="Score against the other side.")] = True,
     wait: Annotated[bool, typer.Option(help="Wait until the workers are done.")] = False,
 ) -> None:
-    """Validate documents from FILE and enqueue them (every one is checked before any is sent)."""
-    from jobfit.shared.client import JobfitClient, read_documents
+    """Validate documents from FILE and enqueue them (every one is checked before any is
+    sent). With --wait: counts per outcome, exit 1 if a worker rejected any."""
+    from collections import Counter
+
+    from jobfit.shared.client import JobfitClient, numbered_documents
+    from jobfit.shared.health import check_broker
     from jobfit.shared.schemas import (
         InvalidMessageError,
         JobDocument,
@@ -43,18 +58,31 @@ def submit(
         validate_message,
     )
 
-    client = JobfitClient(get_settings())
-    try:
-        raw = read_documents(file)
-        docs: list[ResumeDocument] | list[JobDocument]
-        if kind is Kind.resume:
-            docs = [validate_message(ResumeDocument, d) for d in raw]
-        else:
-            docs = [validate_message(JobDocument, d) for d in raw]
-    except InvalidMessageError as exc:
-        err.print(f"[red]invalid {kind.value}:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    model: type[ResumeDocument] | type[JobDocument] = (
+        ResumeDocument if kind is Kind.resume else JobDocument
+    )
+    docs: list[Any] = []
+    invalid = []
+    for where, raw in numbered_documents(file):
+        try:
+            if isinstance(raw, InvalidMessageError):
+                raise raw
+            docs.append(validate_message(model, raw))
+        except InvalidMessageError as exc:
+            doc_id = raw.get("id") if isinstance(raw, dict) else None
+            invalid.append(f"{file}:{where} (id {doc_id!r}): {exc}")
+    if invalid:
+        for line in invalid:
+            err.print(f"[red]invalid {kind.value}:[/red] {line}", highlight=False)
+        err.print(f"{len(invalid)} invalid of {len(invalid) + len(docs)}: nothing sent")
+        raise typer.Exit(2)
+    settings = get_settings()
+    broker = check_broker(settings)
+    if not broker.ok:
+        fail(f"broker {broker.detail}", "check JOBFIT_BROKER__URL and that the broker runs")
+    client = JobfitClient(settings)
     send: Any = client.submit_resume if kind is Kind.resume else client.submit_job
+    outcomes: Counter[str] = Counter()
     with progress_bar() as bar:
         task = bar.add_task(f"sending {kind.value}s", total=len(docs))
         results = []
@@ -62,11 +90,23 @@ def submit(
             results.append(send(doc, score=score))
             bar.advance(task)
         if wait:
-            done = bar.add_task("scored", total=len(results))
+            done = bar.add_task("done", total=len(results))
             for r in results:
-                r.get(timeout=3600, propagate=False)
+                out = r.get(timeout=3600, propagate=False)
+                outcomes[out.get("status", "?") if isinstance(out, dict) else "failed"] += 1
                 bar.advance(done)
     err.print(f"sent {len(docs)} {kind.value}(s)")
+    if wait:
+        err.print(", ".join(f"{n} {status}" for status, n in sorted(outcomes.items())))
+        if outcomes["rejected"] or outcomes["failed"]:
+            err.print("see why: `jobfit failures`")
+            raise typer.Exit(1)
+
+
+def fail(cause: str, fix: str, code: int = 1) -> NoReturn:
+    """One line with the cause and the fix, then exit ``code``."""
+    err.print(f"[red]error:[/red] {cause} — {fix}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _print_ranked(resume_id: str | None, job_id: str | None, top: int, version: str | None) -> None:
@@ -178,6 +218,74 @@ def health(
         console.print(f"{mark} {c.name:<9} {c.detail}", highlight=False)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+def failures(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    task: Annotated[str | None, typer.Option(help="Only this task name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Messages the workers refused or gave up on (failed_messages), newest first: time,
+    task, reason and the start of the payload."""
+    from jobfit.shared import repository as repo
+    from jobfit.shared.db import connect
+
+    with connect(get_settings())() as session:
+        rows = repo.list_failed_messages(session=session, limit=limit, task_name=task)
+    if as_json:
+        for r in rows:
+            item = {
+                "time": r.created_at.isoformat(),
+                "task": r.task_name,
+                "task_id": r.task_id,
+                "reason": r.reason,
+                "payload": r.payload[:PAYLOAD_EXCERPT],
+            }
+            sys.stdout.write(json.dumps(item) + "\n")
+        return
+    if not rows:
+        err.print("no failed messages")
+        return
+    table = Table(title=f"failed messages (newest {len(rows)})")
+    for col in ("time", "task", "reason", "payload"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.task_name or "—",
+            r.reason[:200],
+            r.payload[:PAYLOAD_EXCERPT],
+        )
+    console.print(table)
+
+
+PAYLOAD_EXCERPT = 120
+
+
+@app.command()
+def metrics(
+    port: Annotated[int | None, typer.Option(help="Default: JOBFIT_METRICS__PORT (9808).")] = None,
+    address: Annotated[str | None, typer.Option(help="Default: JOBFIT_METRICS__ADDRESS.")] = None,
+) -> None:
+    """Serve jobfit's Prometheus metrics at /metrics: queue depths, the active model version,
+    failed messages by reason, matches scored, texts embedded (read at each scrape)."""
+    import threading
+
+    from prometheus_client import REGISTRY, start_http_server
+
+    from jobfit.shared.celery_app import create_celery_app
+    from jobfit.shared.db import connect
+    from jobfit.shared.metrics import JobfitCollector
+
+    settings = get_settings()
+    app_ = create_celery_app(settings, with_tasks=False)
+    REGISTRY.register(JobfitCollector(app_, connect(settings)))
+    port = port or settings.metrics.port
+    address = address or settings.metrics.address
+    start_http_server(port, addr=address)
+    err.print(f"serving jobfit metrics on http://{address}:{port}/metrics")
+    threading.Event().wait()
 
 
 from jobfit.shared.cli_train import register  # noqa: E402  (its commands use the helpers above)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from jobfit.shared.celery_app import EMBED_QUEUE, TRAIN_QUEUE
 from jobfit.shared.config import get_settings
 from jobfit.shared.console import console, err, progress_bar
 
@@ -22,8 +23,44 @@ models_app = typer.Typer(
 SplitOpt = Annotated[str, typer.Option(help="Evaluation split: resume or job (held out).")]
 
 
-def wait_with_progress(result: Any, what: str, timeout_s: float = 24 * 3600) -> dict[str, Any]:
-    """Follow a task's PROGRESS state as a progress bar until it ends; return its result."""
+def require_consumer(queue: str) -> None:
+    """Exit with the fix if no running worker consumes ``queue`` (a request would wait there
+    for one, silently)."""
+    from jobfit.shared.celery_app import create_celery_app
+    from jobfit.shared.cli import fail
+
+    app = create_celery_app(get_settings(), with_tasks=False)
+    replies = app.control.inspect(timeout=2.0).active_queues() or {}
+    if not any(q.get("name") == queue for qs in replies.values() for q in qs or []):
+        fail(
+            f"no running worker consumes the {queue} queue (the request stays queued)",
+            f"start one: `jobfit worker --queues {queue}`",
+        )
+
+
+def require_labels() -> None:
+    """Exit with the fix if no labels are stored: retraining and evaluation need them."""
+    from jobfit.shared import repository as repo
+    from jobfit.shared.cli import fail
+    from jobfit.shared.db import connect
+
+    with connect(get_settings())() as session:
+        n = repo.label_count(session=session) + repo.pair_label_count(session=session)
+    if n == 0:
+        fail(
+            "no labels stored: nothing to train or evaluate on",
+            "send labels (client.submit_label), `jobfit data import-pairs FILE`, or"
+            " `python -m tools data import-resume-dataset CSV`",
+        )
+
+
+def wait_with_progress(
+    result: Any, what: str, queue: str | None = None, timeout_s: float = 24 * 3600
+) -> dict[str, Any]:
+    """Follow a task's PROGRESS state as a progress bar until it ends; return its result
+    (exit 1 if it failed or was rejected)."""
+    if queue is not None and result.state == "PENDING":
+        require_consumer(queue)
     t0 = time.monotonic()
     with progress_bar() as bar:
         task = bar.add_task(f"{what}: queued", total=None)
@@ -49,6 +86,10 @@ def wait_with_progress(result: Any, what: str, timeout_s: float = 24 * 3600) -> 
     out = result.get(propagate=False)
     if result.failed():
         err.print(f"[red]{what} failed:[/red] {out!r}")
+        raise typer.Exit(1)
+    if isinstance(out, dict) and out.get("status") == "rejected":
+        _print_result(out)
+        err.print(f"[red]{what} rejected:[/red] {out.get('reason')}", highlight=False)
         raise typer.Exit(1)
     return out if isinstance(out, dict) else {"result": out}
 
@@ -84,6 +125,7 @@ def retrain(
         "promote": promote,
         "promote_margin": margin,
     }
+    require_labels()
     try:
         result = JobfitClient(get_settings()).retrain(**request)
     except InvalidMessageError as exc:
@@ -91,7 +133,7 @@ def retrain(
         raise typer.Exit(2) from exc
     err.print(f"retrain queued: task {result.id}")
     if wait:
-        _print_result(wait_with_progress(result, "retrain"))
+        _print_result(wait_with_progress(result, "retrain", TRAIN_QUEUE))
 
 
 def evaluate(
@@ -102,10 +144,11 @@ def evaluate(
     """Evaluate a model version on the stored evaluation split (train queue)."""
     from jobfit.shared.client import JobfitClient
 
+    require_labels()
     result = JobfitClient(get_settings()).evaluate(version, split)
     err.print(f"evaluation queued: task {result.id}")
     if wait:
-        _print_result(wait_with_progress(result, "evaluate"))
+        _print_result(wait_with_progress(result, "evaluate", TRAIN_QUEUE))
 
 
 def rescore(
@@ -116,7 +159,7 @@ def rescore(
 
     result = JobfitClient(get_settings()).rescore()
     if wait:
-        _print_result(wait_with_progress(result, "rescore"))
+        _print_result(wait_with_progress(result, "rescore", EMBED_QUEUE))
 
 
 def models_table(rows: list[Any], split: str = "resume") -> Table:

@@ -156,21 +156,33 @@ def await_or_resend(
 
 def read_documents(path: str | Path) -> list[dict[str, Any]]:
     """Documents from a JSON Lines file, a JSON array or a single JSON object."""
+    docs = []
+    for where, doc in numbered_documents(path):
+        if isinstance(doc, InvalidMessageError):
+            raise InvalidMessageError(f"{path}:{where.split()[-1]}: {doc}")
+        docs.append(doc)
+    return docs
+
+
+def numbered_documents(path: str | Path) -> list[tuple[str, Any]]:
+    """Each document of a file with where it is (``line N`` of JSON Lines, ``item N`` of an
+    array); a line that is not JSON comes as its ``InvalidMessageError``, so that a caller
+    can report every bad line at once."""
     text = Path(path).read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):
         data = json.loads(text)
         if not isinstance(data, list):
             raise InvalidMessageError(f"{path}: expected a JSON array")
-        return data
+        return [(f"item {n}", d) for n, d in enumerate(data, start=1)]
     if stripped.startswith("{") and "\n{" not in stripped:
-        return [json.loads(text)]
-    out = []
+        return [("line 1", json.loads(text))]
+    out: list[tuple[str, Any]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            out.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise InvalidMessageError(f"{path}:{n}: invalid JSON: {exc.msg}") from exc
+            out.append((f"line {n}", InvalidMessageError(f"invalid JSON: {exc.msg}")))
     return out

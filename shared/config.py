@@ -156,6 +156,12 @@ class FlowerSettings(BaseModel):
     db: Path = Field(default_factory=lambda: _default_home() / "flower.db")
 
 
+class MetricsSettings(BaseModel):
+    # `jobfit metrics`: queue depths, the active version, failures, matches, embeddings.
+    address: str = "127.0.0.1"
+    port: int = 9808
+
+
 class Settings(BaseSettings):
     """Everything configurable in jobfit, passed down as an argument."""
 
@@ -174,6 +180,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="after")
     def refuse_placeholder_secrets(self) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jobfit.shared.config import Settings
 
@@ -81,7 +82,20 @@ def check_workers(settings: Settings, hostname: str | None, minimum: int) -> Che
         return Check("workers", False, f"{hostname} did not answer a ping")
     if len(names) < minimum:
         return Check("workers", False, f"{len(names)} worker(s) answered, need {minimum}")
-    return Check("workers", True, ", ".join(names) or "none required")
+    return Check(
+        "workers", True, ", ".join(names) + _busy(app, names) if names else "none required"
+    )
+
+
+def _busy(app: Any, names: list[str]) -> str:
+    """What the workers that answered are running: a busy worker still answers (its tasks run
+    beside the event loop, ``tasks.pool``); one that does not answer is dead or hung."""
+    try:
+        active = app.control.inspect(destination=names, timeout=2.0).active() or {}
+    except Exception:
+        return ""
+    running = sorted(t.get("name", "?") for tasks in active.values() for t in tasks or [])
+    return f" (busy: {', '.join(running)})" if running else " (idle)"
 
 
 def run_checks(

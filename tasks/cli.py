@@ -12,6 +12,7 @@ import typer
 from jobfit.shared.celery_app import create_celery_app
 from jobfit.shared.config import get_settings
 from jobfit.shared.console import err, worker_env
+from jobfit.shared.health import check_database
 from jobfit.shared.model_store import ModelNotFoundError, check_model_dir, resolve_model_path
 
 
@@ -20,9 +21,9 @@ def worker(
     pool: Annotated[
         str,
         typer.Option(
-            help="solo (default; required with the embed queue: ingest batches run in a"
-            " thread beside the event loop of the process that holds the model) or prefork"
-            " (train-only workers)."
+            help="solo (default; required with the embed queue): one process, its tasks and"
+            " ingest batches run in a thread beside the event loop, which keeps sending"
+            " heartbeats and events and answering pings; or prefork (train-only workers)."
         ),
     ] = "solo",
     concurrency: Annotated[
@@ -41,11 +42,20 @@ def worker(
         except ModelNotFoundError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+    database = check_database(settings)
+    if not database.ok:  # e.g. started before `jobfit db upgrade`: say so, do not loop
+        err.print(f"[red]error:[/red] database {database.detail}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     celery = create_celery_app(settings)
-    argv = [
-        "worker",
-        f"--queues={queues}",
-        f"--pool={pool}",
+    argv = ["worker", f"--queues={queues}"]
+    if pool == "solo":
+        from jobfit.tasks.pool import POOL  # here: the producer's CLI must not import numpy
+
+        # Celery's CLI takes pool aliases only; its ``worker_pool`` setting takes a class.
+        celery.conf.worker_pool = POOL
+    else:
+        argv.append(f"--pool={pool}")
+    argv += [
         f"--concurrency={concurrency}",
         f"--loglevel={loglevel}",
     ]
@@ -80,6 +90,11 @@ def flower(
         os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line: `ps` shows that
     settings.flower.db.parent.mkdir(parents=True, exist_ok=True)
     celery = create_celery_app(settings, with_tasks=False)
+    # Flower reads queue lengths itself (Broker page, /api/queues/length), choosing its client
+    # by the broker URL's scheme, which a transport class in that URL hides ("'redis' broker
+    # is not supported"). It only consumes events (no acknowledgements), which is all
+    # kombu's plain Redis transport needs; jobfit's (shared.redis_transport) is for workers.
+    celery.conf.broker_transport = None
     celery.start(
         [
             "flower",

@@ -141,7 +141,7 @@ class IngestBatch(JobfitTask):
             len(items),
             self.name,
             len(valid),
-            sum(it.error is not None for it in items),
+            sum(it.error is not None and it.id not in requeue for it in items),
             len(requeue),
             runtime,
         )

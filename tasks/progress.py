@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from celery import Task
 
 PROGRESS = "PROGRESS"
+
+log = logging.getLogger(__name__)
 
 
 class StateReporter:
@@ -25,5 +28,16 @@ class StateReporter:
         self._last = now
         meta = {"stage": stage, "done": int(done), "total": int(total)}
         meta.update({k: v for k, v in info.items() if isinstance(v, str | int | float | None)})
-        if self.task.request.id:  # called directly (tests, CLI) there is no state to set
-            self.task.update_state(state=PROGRESS, meta=meta)
+        if not self.task.request.id:  # called directly (tests, CLI) there is no state to set
+            return
+        self.task.update_state(state=PROGRESS, meta=meta)
+        # Flower builds its task view from events, not from the result backend: a
+        # ``task-progress`` event makes its state PROGRESS and the fields its Result, shown
+        # on the task's page while it runs (``task-succeeded`` then replaces them).
+        summary = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in meta.items()
+        )
+        try:
+            self.task.send_event("task-progress", result=summary, **meta)
+        except Exception:  # events are for watching: never fail a task over them
+            log.warning("could not send a progress event", exc_info=True)

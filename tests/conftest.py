@@ -6,9 +6,16 @@ machine (a developer's and CI's) never see each other's rows or messages."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +24,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
-from tools.procs import ROOT, RUN_ID, WorkerProcess
+from tools.procs import ROOT, RUN_ID, WorkerProcess, settings_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -177,3 +184,63 @@ def client(celery_app):
     from jobfit.shared.client import JobfitClient
 
     return JobfitClient(app=celery_app)
+
+
+# --- Flower, as operators run it (`jobfit flower`, a real process) ---------------------------
+
+AUTH = ("ops", "s3cret-test")
+
+
+def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
+    """(status, body) of a GET, with HTTP basic auth when given."""
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def run_flower(settings: Settings, tmp_path: Path, auth: tuple[str, str]) -> Iterator[str]:
+    """``jobfit flower`` on these settings' broker, with basic auth; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "JOBFIT_FLOWER__BASIC_AUTH": ":".join(auth),
+        "JOBFIT_FLOWER__PORT": str(port),
+        "JOBFIT_FLOWER__DB": str(tmp_path / "flower.db"),
+    }
+    log = (tmp_path / "flower.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobfit", "flower", "--address", "127.0.0.1"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            get(f"{base}/healthcheck", timeout=1.0)
+            break
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "flower.log").read_text()
+            assert time.monotonic() < deadline, "flower did not start"
+            time.sleep(0.3)
+    try:
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -1,6 +1,12 @@
-"""The batch pipeline: ingest batches run in one thread beside the event loop of a solo
-embed worker. No Celery here: the consumer (``tasks.consumer``) gathers the messages and hands
-each flush in as a ``Job``; acknowledging is its callback's business.
+"""The work thread: ingest batches, and every other task of the worker, run in one thread
+beside the event loop of a solo worker. No Celery here: the consumer (``tasks.consumer``)
+gathers ingest messages and hands each flush in as a ``Job``, the pool (``tasks.pool``) hands
+in every other task as a job of one; acknowledging is their callbacks' business.
+
+The event loop stays free while a job runs, however long: it sends heartbeats and task events
+(``task-started``, ``PROGRESS`` states go to the result backend from the job itself) and
+answers pings, so Flower shows a retraining worker online and ``jobfit health`` tells a busy
+worker from a hung one.
 
 A solo worker runs tasks in the thread that also fetches messages: while a batch encodes,
 nothing is fetched, and the next batch starts from an empty buffer (measured: the fetch gaps
@@ -69,6 +75,19 @@ class BatchPipeline:
         """The event loop's thread-safe ``call_soon`` (set again when the consumer restarts)."""
         self._call_soon = call_soon
 
+    def on_loop(self, fn: Callable[..., Any] | None) -> Callable[..., None] | None:
+        """``fn`` as a callable that runs it on the event loop (with the arguments given)."""
+        if fn is None:
+            return None
+
+        def later(*args: Any) -> None:
+            if self._call_soon is None:
+                fn(*args)
+            else:
+                self._call_soon(lambda: fn(*args))
+
+        return later
+
     def submit(self, job: Job) -> bool:
         """Queue a job; False once closed (its messages stay unacknowledged)."""
         with self._cond:
@@ -76,7 +95,7 @@ class BatchPipeline:
                 return False
             self._queue.append(job)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="ingest-batches")
+                self._thread = threading.Thread(target=self._loop, name="jobfit-work")
                 self._thread.daemon = True  # a killed worker's batch is redelivered
                 self._thread.start()
             self._cond.notify()

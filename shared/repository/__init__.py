@@ -17,7 +17,14 @@ from jobfit.shared.repository.documents import (
     upsert_documents,
 )
 from jobfit.shared.repository.embeddings import insert_embeddings, load_embeddings, lock_texts
-from jobfit.shared.repository.failures import MAX_FAILED_PAYLOAD, Failure, record_failed_messages
+from jobfit.shared.repository.failures import (
+    MAX_FAILED_PAYLOAD,
+    Failure,
+    failure_counts,
+    list_failed_messages,
+    reason_kind,
+    record_failed_messages,
+)
 from jobfit.shared.repository.labels import (
     LabelIn,
     assign_splits,
@@ -25,6 +32,7 @@ from jobfit.shared.repository.labels import (
     list_labels,
     list_pair_labels,
     pair_hash,
+    pair_label_count,
     split_parts,
     upsert_labels,
     upsert_pair_labels,
@@ -67,6 +75,7 @@ __all__ = [
     "begin_deliveries",
     "ensure_model_version",
     "ensure_served_version",
+    "failure_counts",
     "fresh_match_keys",
     "get_document",
     "get_version",
@@ -74,16 +83,19 @@ __all__ = [
     "insert_model_version",
     "label_count",
     "list_documents",
+    "list_failed_messages",
     "list_labels",
     "list_pair_labels",
     "list_versions",
     "load_embeddings",
     "lock_texts",
     "pair_hash",
+    "pair_label_count",
     "parse_document",
     "previous_active",
     "promote",
     "ranked",
+    "reason_kind",
     "record_failed_messages",
     "record_load_error",
     "scoring_key",

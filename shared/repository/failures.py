@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobfit.shared.db import insert_for
@@ -56,3 +57,33 @@ def record_failed_messages(*, session: Session, failures: Sequence[Failure]) -> 
             .values(list(chunk))
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
         )
+
+
+def reason_kind(reason: str) -> str:
+    """A failure's reason without its particulars (what precedes the first colon, at most 60
+    characters): the label metrics count failures by."""
+    return reason.split(":", 1)[0].strip()[:60] or "unknown"
+
+
+def list_failed_messages(
+    *, session: Session, limit: int = 20, task_name: str | None = None
+) -> list[FailedMessageRow]:
+    """The latest recorded failures, newest first."""
+    stmt = select(FailedMessageRow).order_by(
+        FailedMessageRow.created_at.desc(), FailedMessageRow.id.desc()
+    )
+    if task_name is not None:
+        stmt = stmt.where(FailedMessageRow.task_name == task_name)
+    return list(session.scalars(stmt.limit(limit)))
+
+
+def failure_counts(*, session: Session) -> dict[str, int]:
+    """Recorded failures by reason kind (``reason_kind``)."""
+    counts: dict[str, int] = {}
+    rows = session.execute(
+        select(FailedMessageRow.reason, func.count()).group_by(FailedMessageRow.reason)
+    )
+    for reason, n in rows:
+        kind = reason_kind(reason)
+        counts[kind] = counts.get(kind, 0) + int(n)
+    return counts

@@ -140,3 +140,7 @@ def split_parts(*, session: Session, split: SplitName) -> dict[str, str]:
 
 def label_count(*, session: Session) -> int:
     return int(session.execute(select(func.count()).select_from(LabelRow)).scalar_one())
+
+
+def pair_label_count(*, session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(PairLabelRow)).scalar_one())

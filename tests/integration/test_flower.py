@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 
 import pytest
 
+from tests.conftest import AUTH, get, run_flower
 from tools.procs import ROOT, settings_env
 
 pytestmark = pytest.mark.integration
-
-AUTH = ("ops", "s3cret-test")
-
-
-def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30) -> tuple[int, str]:
-    """(status, body) of a GET, with HTTP basic auth when given."""
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_flower_refuses_to_start_without_credentials(settings):
@@ -54,36 +30,8 @@ def test_flower_refuses_to_start_without_credentials(settings):
 
 @pytest.fixture()
 def flower(settings, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "JOBFIT_FLOWER__BASIC_AUTH": ":".join(AUTH),
-        "JOBFIT_FLOWER__PORT": str(port),
-        "JOBFIT_FLOWER__DB": str(tmp_path / "flower.db"),
-    }
-    log = (tmp_path / "flower.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobfit", "flower", "--address", "127.0.0.1"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            get(f"{base}/healthcheck", timeout=1.0)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "flower.log").read_text()
-            assert time.monotonic() < deadline, "flower did not start"
-            time.sleep(0.3)
-    yield base
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with run_flower(settings, tmp_path, AUTH) as base:
+        yield base
 
 
 def test_flower_with_basic_auth_shows_the_worker_and_counts_tasks(flower, worker, client, clean_db):
@@ -109,3 +57,16 @@ def test_flower_with_basic_auth_shows_the_worker_and_counts_tasks(flower, worker
         assert time.monotonic() < deadline, (status, metrics[-2000:])
         time.sleep(0.5)
     assert float(counted[0].rsplit(" ", 1)[1]) >= 3
+
+
+def test_flower_broker_page_and_queue_lengths(flower, worker):
+    """Flower reads queue lengths with its own Redis client: the URL it is given must have a
+    scheme it knows (jobfit's workers use a transport class of their own)."""
+    if not worker.settings.broker.url.startswith("redis"):
+        pytest.skip("Flower asks RabbitMQ's management API, not run here")
+    time.sleep(2)  # Flower learns the workers' queues from them
+    status, body = get(f"{flower}/api/queues/length", auth=AUTH)
+    assert status == 200, body
+    assert "embed" in {q["name"] for q in json.loads(body)["active_queues"]}
+    status, body = get(f"{flower}/broker", auth=AUTH)
+    assert status == 200 and "embed" in body

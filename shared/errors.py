@@ -1,0 +1,45 @@
+"""What the ``jobfit`` command prints instead of a traceback: the cause in one line and the
+fix, for the errors a newcomer meets first (a database or broker that cannot be reached, a
+database not migrated yet). ``jobfit --debug ...`` shows the traceback instead."""
+
+from __future__ import annotations
+
+from jobfit.shared.config import Settings
+
+
+def _where(url: str) -> str:
+    """A URL without its credentials."""
+    return url.rsplit("@", 1)[-1]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return " ".join(lines)[:200] if lines else type(exc).__name__
+
+
+def explain(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
+    """(cause, fix) for an error a user can act on; None for anything else (a bug: the
+    traceback is what helps then)."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+    if isinstance(exc, OperationalError):
+        return (
+            f"cannot reach the database {_where(settings.db.url)}: {_first_line(exc.orig or exc)}",
+            "check JOBFIT_DB__URL and that Postgres runs, then `jobfit db upgrade`",
+        )
+    if isinstance(exc, ProgrammingError) and "does not exist" in str(exc):
+        return (
+            f"the database {_where(settings.db.url)} has no jobfit tables:"
+            f" {_first_line(exc.orig or exc)}",
+            "run `jobfit db upgrade`",
+        )
+    if isinstance(exc, ArgumentError):
+        return (f"JOBFIT_DB__URL is not a database URL: {exc}", "e.g. postgresql://user@host/db")
+    if isinstance(exc, BrokerError | RedisConnectionError | ConnectionRefusedError):
+        return (
+            f"cannot reach the broker {_where(settings.broker.url)}: {_first_line(exc)}",
+            "check JOBFIT_BROKER__URL and that Redis (or RabbitMQ) runs",
+        )
+    return None
