@@ -81,6 +81,7 @@ bench-quality: $(STAMP)
 compose-check:
 	docker-compose --env-file .env.example config -q
 	docker-compose --env-file .env.example --profile gpu config -q
+	docker-compose --env-file .env.example --profile monitoring config -q
 
 schema: $(STAMP)
 	$(BIN)/jobfit schema --out jobfit.schema.json

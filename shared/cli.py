@@ -92,8 +92,7 @@ def submit(
         if wait:
             done = bar.add_task("done", total=len(results))
             for r in results:
-                out = r.get(timeout=3600, propagate=False)
-                outcomes[out.get("status", "?") if isinstance(out, dict) else "failed"] += 1
+                outcomes[outcome(r.get(timeout=3600, propagate=False))] += 1
                 bar.advance(done)
     err.print(f"sent {len(docs)} {kind.value}(s)")
     if wait:
@@ -101,6 +100,18 @@ def submit(
         if outcomes["rejected"] or outcomes["failed"]:
             err.print("see why: `jobfit failures`")
             raise typer.Exit(1)
+
+
+def outcome(result: Any) -> str:
+    """What became of one message, from its task's result: its status, ``rejected`` (the
+    worker refused it: ``MessageRejectedError``) or ``failed``."""
+    from jobfit.shared.schemas import MessageRejectedError
+
+    if isinstance(result, MessageRejectedError):
+        return "rejected"
+    if isinstance(result, dict):
+        return str(result.get("status", "?"))
+    return "failed"
 
 
 def fail(cause: str, fix: str, code: int = 1) -> NoReturn:

@@ -83,13 +83,12 @@ def wait_with_progress(
             elif result.state == "STARTED":
                 bar.update(task, description=f"{what}: started")
             time.sleep(0.5)
+    from jobfit.shared.cli import outcome
+
     out = result.get(propagate=False)
     if result.failed():
-        err.print(f"[red]{what} failed:[/red] {out!r}")
-        raise typer.Exit(1)
-    if isinstance(out, dict) and out.get("status") == "rejected":
-        _print_result(out)
-        err.print(f"[red]{what} rejected:[/red] {out.get('reason')}", highlight=False)
+        reason = out if outcome(out) == "rejected" else repr(out)
+        err.print(f"[red]{what} {outcome(out)}:[/red] {reason}", highlight=False)
         raise typer.Exit(1)
     return out if isinstance(out, dict) else {"result": out}
 

@@ -160,6 +160,9 @@ class MetricsSettings(BaseModel):
     # `jobfit metrics`: queue depths, the active version, failures, matches, embeddings.
     address: str = "127.0.0.1"
     port: int = 9808
+    # A worker's own metrics (batch sizes, ingest outcomes: tasks.worker_metrics); 0: off.
+    worker_address: str = "127.0.0.1"
+    worker_port: int = 0
 
 
 class Settings(BaseSettings):

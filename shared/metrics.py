@@ -1,8 +1,8 @@
 """jobfit's own Prometheus metrics, read on each scrape from where the truth is: queue
 depths from the broker, the active model version, failures, scored matches and embedded texts
 from Postgres. ``jobfit metrics`` serves them (an exporter beside the workers: one scrape
-target however many workers run). Batch sizes are not here yet (they are only known inside
-the workers).
+target however many workers run). Batch sizes are only known inside the workers: they serve
+them themselves (``tasks.worker_metrics``).
 
 | metric | labels | what |
 |---|---|---|

@@ -136,7 +136,7 @@ class CandidatesRequest(BaseModel):
 class IngestResult(BaseModel):
     """What an ingest task did; small, so it fits a result backend and Flower."""
 
-    status: Literal["created", "updated", "unchanged", "rejected"]
+    status: Literal["created", "updated", "unchanged"]
     document_id: str | None = None
     embedded: int = 0  # texts sent to the model
     scored: int = 0  # match rows written
@@ -214,6 +214,14 @@ M = TypeVar("M", bound=BaseModel)
 
 class InvalidMessageError(ValueError):
     """A message that is not what its type says; ``str()`` names each bad field."""
+
+
+class MessageRejectedError(Exception):
+    """A worker refused a message: invalid, a request the data cannot satisfy, or
+    dead-lettered after too many deliveries. The task ends in Celery's FAILURE state with this
+    error (Flower shows it as failed), ``str()`` is the reason, the message is recorded in
+    ``failed_messages`` (``jobfit failures``) and acknowledged, never retried. Producers get
+    it from ``AsyncResult.get()`` (or as the value of ``get(propagate=False)``)."""
 
 
 def validate_message(model: type[M], data: M | Mapping[str, Any] | str | bytes) -> M:

@@ -1,7 +1,8 @@
 """The one task base. Every jobfit task validates its message with the one validator
 (``shared.schemas.validate_message``), counts its deliveries and retries transient errors the
 same way (``tasks.delivery``), and records what it rejects or fails on in
-``failed_messages``. Invalid input is answered ``rejected`` and acknowledged, never retried.
+``failed_messages``. Invalid input ends in a FAILURE (``MessageRejectedError``) and is
+acknowledged, never retried.
 
 Single-message tasks (scoring, training) run through Celery's own request and trace; the
 ingest tasks add a batching strategy on top (``tasks.ingest``, ``tasks.consumer``).
@@ -16,11 +17,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from pydantic import BaseModel
 
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EMBED_QUEUE
-from jobfit.shared.schemas import InvalidMessageError
+from jobfit.shared.schemas import InvalidMessageError, MessageRejectedError
 from jobfit.tasks.delivery import (
     TRANSIENT,
     delivery_key,
@@ -39,14 +39,8 @@ class JobfitTask(Task):
     keeps losing its worker, retries transient infrastructure errors in process and then puts
     the message back on the queue; records final failures."""
 
-    # What a rejection answers: ``result_type(status="rejected", reason=...)`` when set (the
-    # task's own result type), else a plain ``{"status": "rejected", "reason": ...}``.
-    result_type: type[BaseModel] | None = None
-
-    def rejected(self, reason: str) -> dict[str, Any]:
-        if self.result_type is not None:
-            return self.result_type(status="rejected", reason=reason).model_dump()
-        return {"status": "rejected", "reason": reason}
+    # A refused message is an expected failure: Celery logs it without a traceback.
+    throws = (MessageRejectedError,)
 
     def bind_message(self, args: Any, kwargs: Any) -> dict[str, Any]:
         """A message's arguments by name, as the task function takes them (defaults filled
@@ -74,7 +68,7 @@ class JobfitTask(Task):
             [(_, reason)] = sorted_.dead
             record_failures(self.app, [self.failure_of(reason, args, kwargs, self.request.id)])
             set_delivery_state(self.app, [key], "dead")
-            return self.rejected(reason)
+            raise MessageRejectedError(reason)
         if sorted_.suspects:  # it runs alone anyway; a later delivery knows it was tried so
             set_delivery_state(self.app, [key], "alone")
         run = super().__call__
@@ -95,8 +89,9 @@ class JobfitTask(Task):
         return result
 
     def _answer(self, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """Run the task; invalid input is recorded and answered, or, if it cannot be recorded
-        (database down), put back on the queue rather than lost."""
+        """Run the task; invalid input is recorded and refused (MessageRejectedError: the
+        task's FAILURE), or, if it cannot be recorded (database down), put back on the queue
+        rather than lost."""
         try:
             self.bind_message(args, kwargs)
             return run(*args, **kwargs)
@@ -106,7 +101,7 @@ class JobfitTask(Task):
                 self.app, [self.failure_of(reason, args, kwargs, self.request.id)]
             ):
                 raise Reject(reason, requeue=True) from exc
-            return self.rejected(reason)
+            raise MessageRejectedError(reason) from exc
 
     def failure_of(self, reason: str, args: Any, kwargs: Any, task_id: str | None) -> repo.Failure:
         """A rejected or failed message of this task, as ``failed_messages`` stores it."""
@@ -115,6 +110,8 @@ class JobfitTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        if isinstance(exc, MessageRejectedError):
+            return  # recorded when it was refused
         reason = f"{type(exc).__name__}: {exc}"
         record_failures(self.app, [self.failure_of(reason, args, kwargs, task_id)])
 

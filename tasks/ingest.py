@@ -26,12 +26,13 @@ from celery.app.task import Context
 from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME
 from jobfit.shared.schemas import (
     Document,
-    IngestResult,
     InvalidMessageError,
     JobDocument,
+    MessageRejectedError,
     ResumeDocument,
     validate_message,
 )
+from jobfit.tasks import worker_metrics
 from jobfit.tasks.base import JobfitTask
 from jobfit.tasks.delivery import (
     TRANSIENT,
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Item:
-    """One message of a batch and what became of it: a ``result`` (its answer, ``rejected``
-    included), an ``error`` (it failed), or ``duplicate`` (it had finished before)."""
+    """One message of a batch and what became of it: a ``result`` (its answer), an ``error``
+    (it failed, or was refused: ``MessageRejectedError``), or ``duplicate`` (it had finished
+    before)."""
 
     request: Context
     doc: Document | None = None
@@ -74,11 +76,10 @@ class IngestBatch(JobfitTask):
 
     abstract = True
     Strategy = "jobfit.tasks.consumer:batch_strategy"
-    result_type = IngestResult
     document_model: type[ResumeDocument] | type[JobDocument]
 
     def parse(self, request: Context) -> Item:
-        """The message's document and score flag; its ``rejected`` answer if invalid."""
+        """The message's document and score flag; refused (its error) if invalid."""
         item = Item(request)
         try:
             arguments = self.bind_message(request.args, request.kwargs)
@@ -90,7 +91,7 @@ class IngestBatch(JobfitTask):
             item.doc = validate_message(self.document_model, arguments["document"])
             item.score = score
         except InvalidMessageError as exc:
-            item.result = self.rejected(str(exc))
+            item.error = MessageRejectedError(str(exc))
         return item
 
     def run_batch(self, requests: Sequence[Context]) -> set[str]:
@@ -100,7 +101,7 @@ class IngestBatch(JobfitTask):
         t0 = time.monotonic()
         items = [self.parse(r) for r in requests]
         self._events(items, "task-started")
-        valid = [it for it in items if it.result is None]
+        valid = [it for it in items if it.error is None]
         try:
             sorted_ = triage(self.app, [(it, it.key, self.name) for it in valid])
         except TRANSIENT as exc:
@@ -108,7 +109,7 @@ class IngestBatch(JobfitTask):
             for it in valid:
                 it.error = exc
         for it, reason in sorted_.dead:
-            it.result = self.rejected(reason)
+            it.error = MessageRejectedError(reason)
         for it in sorted_.done:
             log.info("%s[%s] delivered again after it finished: not run", self.name, it.id)
             it.duplicate = True
@@ -122,7 +123,7 @@ class IngestBatch(JobfitTask):
         failures = [
             self.failure_of(self._reason(it), it.request.args, it.request.kwargs, it.id)
             for it in items
-            if it.id not in requeue and (it.error is not None or self._rejected(it))
+            if it.id not in requeue and it.error is not None
         ]
         if not record_failures(self.app, failures):
             requeue |= {str(f.task_id) for f in failures}
@@ -135,13 +136,20 @@ class IngestBatch(JobfitTask):
             else:
                 self.backend.mark_as_done(it.id, it.result, request=it.request)
         runtime = time.monotonic() - t0
-        self._events(items, "task-done", runtime=runtime)
+        # Each message's share of its batch (the batch's time is not any one message's).
+        self._events(items, "task-done", runtime=runtime / max(len(items), 1))
+        self._count(items, requeue)
         log.info(
-            "batch of %d %s: %d valid, %d failed, %d requeued, %.3fs",
+            "batch of %d %s: %d refused, %d failed, %d requeued, %.3fs",
             len(items),
             self.name,
-            len(valid),
-            sum(it.error is not None and it.id not in requeue for it in items),
+            sum(isinstance(it.error, MessageRejectedError) for it in items),
+            sum(
+                it.error is not None
+                and not isinstance(it.error, MessageRejectedError)
+                and it.id not in requeue
+                for it in items
+            ),
             len(requeue),
             runtime,
         )
@@ -178,14 +186,25 @@ class IngestBatch(JobfitTask):
             it.result = result.model_dump()
 
     @staticmethod
-    def _rejected(item: Item) -> bool:
-        return item.result is not None and item.result.get("status") == "rejected"
+    def _count(items: Sequence[Item], requeue: set[str]) -> None:
+        """This batch in the worker's metrics (``tasks.worker_metrics``)."""
+        worker_metrics.BATCH_MESSAGES.observe(len(items))
+        for it in items:
+            if it.id in requeue:
+                outcome = "requeued"
+            elif it.duplicate:
+                outcome = "duplicate"
+            elif isinstance(it.error, MessageRejectedError):
+                outcome = "refused"
+            else:
+                outcome = "failed" if it.error is not None else "done"
+            worker_metrics.INGEST_MESSAGES.labels(outcome).inc()
 
     @staticmethod
     def _reason(item: Item) -> str:
-        if item.error is not None:
-            return f"{type(item.error).__name__}: {item.error}"
-        return str((item.result or {}).get("reason"))
+        if isinstance(item.error, MessageRejectedError):
+            return str(item.error)
+        return f"{type(item.error).__name__}: {item.error}"
 
     def _events(self, items: Sequence[Item], kind: str, runtime: float = 0.0) -> None:
         """Per-message task events, so Flower shows each message's state."""

@@ -25,7 +25,7 @@ from jobfit.workers import service
 from jobfit.workers.runtime import get_runtime
 
 
-@shared_task(bind=True, base=JobfitTask, name=SCORE_RESUME, result_type=ScoreResult)
+@shared_task(bind=True, base=JobfitTask, name=SCORE_RESUME)
 def score_resume(self: JobfitTask, resume_id: Any, job_ids: Any = None) -> dict[str, Any]:
     """Score one stored resume against the given jobs (all stored jobs by default)."""
     req = validate_message(MatchRequest, {"resume_id": resume_id, "job_ids": job_ids})
@@ -38,7 +38,7 @@ def score_resume(self: JobfitTask, resume_id: Any, job_ids: Any = None) -> dict[
     return _score_result(out, ctx.version, f"no resume {req.resume_id!r}")
 
 
-@shared_task(bind=True, base=JobfitTask, name=SCORE_JOB, result_type=ScoreResult)
+@shared_task(bind=True, base=JobfitTask, name=SCORE_JOB)
 def score_job(self: JobfitTask, job_id: Any) -> dict[str, Any]:
     """Score every stored resume against one stored job."""
     req = validate_message(CandidatesRequest, {"job_id": job_id})
@@ -49,7 +49,7 @@ def score_job(self: JobfitTask, job_id: Any) -> dict[str, Any]:
     return _score_result(out, ctx.version, f"no job {req.job_id!r}")
 
 
-@shared_task(bind=True, base=JobfitTask, name=RESCORE, result_type=ScoreResult)
+@shared_task(bind=True, base=JobfitTask, name=RESCORE)
 def rescore(self: JobfitTask, request: Any = None) -> dict[str, Any]:
     """Score every stored (resume, job) with the version this worker serves (after a
     promotion: the new one), in batches of resumes, one transaction each, with progress.

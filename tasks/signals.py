@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import signals
 
+from jobfit.tasks import worker_metrics
 from jobfit.tasks.base import serves_embed
 from jobfit.workers.runtime import get_runtime
 
@@ -17,7 +18,10 @@ def _load_model_when_ready(sender: Any = None, **_: Any) -> None:
     """An embed worker runs its tasks in this process (the solo pool, which the ingest
     batches require): load and warm the model before work. A train worker loads models
     when a task asks for one."""
-    if sender is not None and serves_embed(sender.app):
+    if sender is None:
+        return
+    worker_metrics.serve(sender.app.settings)
+    if serves_embed(sender.app):
         get_runtime(sender.app).model()
 
 

@@ -13,7 +13,13 @@ from pydantic import BaseModel
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EVALUATE, RESCORE, RETRAIN, SUBMIT_LABEL
 from jobfit.shared.db import transaction
-from jobfit.shared.schemas import EvaluateRequest, LabelMessage, RetrainRequest, validate_message
+from jobfit.shared.schemas import (
+    EvaluateRequest,
+    InvalidMessageError,
+    LabelMessage,
+    RetrainRequest,
+    validate_message,
+)
 from jobfit.tasks.base import JobfitTask
 from jobfit.tasks.progress import StateReporter
 from jobfit.workers.runtime import get_runtime
@@ -49,15 +55,14 @@ def retrain(self: Task, request: Any = None) -> dict[str, Any]:
 @shared_task(bind=True, base=JobfitTask, name=EVALUATE)
 def evaluate(self: Task, request: Any = None) -> dict[str, Any]:
     """Metrics of a version (default: the active one) on the stored evaluation split."""
-    out = _run(self, EvaluateRequest, request, promotion.evaluate)
-    return out if out.get("status") == "rejected" else {"status": "ok", **out}
+    return {"status": "ok", **_run(self, EvaluateRequest, request, promotion.evaluate)}
 
 
 def _run(
     task: Task, model: type[M], request: Any, call: Callable[..., dict[str, Any]]
 ) -> dict[str, Any]:
     """Validate the request, call the service with progress as task state; a request the
-    data cannot satisfy (too few labels, unknown version) is answered, not retried."""
+    data cannot satisfy (too few labels, unknown version) is refused like an invalid one."""
     req = validate_message(model, request or {})
     rt = get_runtime(task.app)
     try:
@@ -68,4 +73,4 @@ def _run(
             progress=StateReporter(task),
         )
     except (NotEnoughDataError, LookupError) as exc:
-        return {"status": "rejected", "reason": str(exc)}
+        raise InvalidMessageError(str(exc)) from exc

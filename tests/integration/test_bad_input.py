@@ -3,6 +3,7 @@ worker keeps serving."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_JOB, INGEST_RESUME
 from jobfit.shared.orm import DocumentRow, FailedMessageRow
-from jobfit.shared.schemas import MAX_FIELD_BYTES, InvalidMessageError
+from jobfit.shared.schemas import MAX_FIELD_BYTES, InvalidMessageError, MessageRejectedError
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 60
@@ -45,13 +46,16 @@ BAD_RESUMES = [
 def test_invalid_documents_are_recorded_and_worker_survives(
     worker, client, celery_app, clean_db, session_factory
 ):
-    for payload, _ in BAD_RESUMES:
+    for payload, expected in BAD_RESUMES:
         res = celery_app.send_task(INGEST_RESUME, kwargs={"document": payload})
-        out = res.get(timeout=TIMEOUT)
-        assert out["status"] == "rejected"
-    # Wrong call signature: rejected with the binding error, and recorded too.
-    out = celery_app.send_task(INGEST_JOB, kwargs={"doc": {}, "bogus": 1}).get(timeout=TIMEOUT)
-    assert out["status"] == "rejected" and "TypeError" in out["reason"], out
+        # A refused message is a FAILURE (Flower shows it as failed), with its reason.
+        with pytest.raises(MessageRejectedError, match=re.escape(expected)):
+            res.get(timeout=TIMEOUT)
+        assert res.state == "FAILURE"
+    # Wrong call signature: refused with the binding error, and recorded too.
+    res = celery_app.send_task(INGEST_JOB, kwargs={"doc": {}, "bogus": 1})
+    out = res.get(timeout=TIMEOUT, propagate=False)
+    assert isinstance(out, MessageRejectedError) and "TypeError" in str(out), out
 
     rows = failed(session_factory)
     reasons = [r.reason for r in rows]

@@ -70,3 +70,20 @@ def test_flower_broker_page_and_queue_lengths(flower, worker):
     assert "embed" in {q["name"] for q in json.loads(body)["active_queues"]}
     status, body = get(f"{flower}/broker", auth=AUTH)
     assert status == 200 and "embed" in body
+
+
+def test_flower_shows_a_refused_message_as_failed(flower, worker, celery_app, clean_db):
+    """A message the worker refuses is a FAILURE in Flower (its Failed filter finds it), with
+    the reason, not a green SUCCESS."""
+    time.sleep(2)  # Flower subscribes to worker events
+    res = celery_app.send_task("jobfit.ingest_resume", kwargs={"document": {"skills": ["x"]}})
+    res.get(timeout=120, propagate=False)
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = get(f"{flower}/api/task/info/{res.id}", auth=AUTH)
+        info = json.loads(body) if status == 200 else {}
+        if info.get("state") == "FAILURE":
+            break
+        assert time.monotonic() < deadline, (status, body[:2000])
+        time.sleep(0.5)
+    assert "MessageRejectedError" in info["exception"] and "id: Field required" in info["exception"]

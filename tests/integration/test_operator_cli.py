@@ -15,9 +15,12 @@ import pytest
 from sqlalchemy import text
 
 from jobfit.shared import repository as repo
+from jobfit.shared.celery_app import INGEST_JOB
+from jobfit.shared.client import JobfitClient
 from jobfit.shared.db import transaction
-from tests.conftest import free_port, get
-from tools.procs import ROOT, settings_env
+from jobfit.shared.schemas import MessageRejectedError
+from tests.conftest import free_port, get, isolated
+from tools.procs import ROOT, WorkerProcess, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +98,45 @@ def test_metrics_endpoint(settings, recorded, worker):
     assert 'jobfit_failed_messages_total{reason="skills"} 1.0' in body
     assert "jobfit_active_model_info{version=" in body
     assert 'jobfit_up{source="database"} 1.0' in body
+
+
+def test_an_embed_worker_serves_its_batch_sizes(settings, clean_db, tmp_path):
+    """Batch sizes are only known inside a worker: it serves them itself when given a port."""
+    own, app = isolated(settings, "worker-metrics")
+    port = free_port()
+    w = WorkerProcess(
+        own,
+        app,
+        "metrics",
+        tmp_path / "w.log",
+        env={"JOBFIT_METRICS__WORKER_PORT": str(port)},
+    )
+    w.start()
+    try:
+        client = JobfitClient(app=app)
+        sent = [client.submit_job({"id": f"wm-{i}", "title": f"Job {i}"}) for i in range(3)]
+        for r in sent:
+            r.get(timeout=120)
+        with pytest.raises(MessageRejectedError):
+            client.app.send_task(INGEST_JOB, kwargs={"document": {"id": "no title"}}).get(120)
+        deadline = time.monotonic() + 30  # a batch is counted just after its results
+        while True:
+            status, body = get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            samples = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in body.splitlines()
+                if line.startswith("jobfit_ingest")
+            }
+            if samples.get("jobfit_ingest_batch_messages_sum") == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    finally:
+        w.stop()
+    assert status == 200
+    assert samples["jobfit_ingest_batch_messages_count"] >= 2, body  # one batch or more
+    assert samples["jobfit_ingest_batch_messages_sum"] == 4, body
+    assert samples['jobfit_ingest_messages_total{outcome="done"}'] == 3, body
+    assert samples['jobfit_ingest_messages_total{outcome="refused"}'] == 1, body
 
 
 def test_wrong_database_url_is_one_line(settings):

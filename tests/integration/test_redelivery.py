@@ -13,6 +13,7 @@ from sqlalchemy import select
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import INGEST_RESUME, SCORE_RESUME
 from jobfit.shared.orm import DeliveryRow, DocumentRow, FailedMessageRow
+from jobfit.shared.schemas import MessageRejectedError
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 60
@@ -41,9 +42,11 @@ def test_a_message_that_keeps_losing_its_worker_is_dead_lettered(
         if name == INGEST_RESUME
         else {"resume_id": "r-poison"}
     )
-    out = celery_app.send_task(name, kwargs=kwargs, task_id=task_id).get(timeout=TIMEOUT)
-    assert out["status"] == "rejected" and "dead-lettered" in out["reason"], out
-    assert f"delivered {settings.broker.max_deliveries + 1} times" in out["reason"]
+    res = celery_app.send_task(name, kwargs=kwargs, task_id=task_id)
+    out = res.get(timeout=TIMEOUT, propagate=False)
+    assert res.state == "FAILURE" and isinstance(out, MessageRejectedError), out
+    assert "dead-lettered" in str(out), out
+    assert f"delivered {settings.broker.max_deliveries + 1} times" in str(out)
     d = delivery(session_factory, task_id)
     assert (d.count, d.state) == (settings.broker.max_deliveries + 1, "dead")
     with session_factory() as s:

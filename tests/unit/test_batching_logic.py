@@ -15,6 +15,7 @@ from celery.exceptions import ImproperlyConfigured, InvalidTaskError
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import INGEST_RESUME, create_celery_app
 from jobfit.shared.config import Settings
+from jobfit.shared.schemas import MessageRejectedError
 from jobfit.tasks.consumer import Batcher, batch_strategy, message_request
 from jobfit.tasks.delivery import sort_deliveries
 from jobfit.workers.embedders.packing import pack_by_tokens
@@ -111,8 +112,8 @@ def test_valid_messages(ingest_resume, req, score):
 )
 def test_invalid_messages_are_rejected_with_a_reason(ingest_resume, req, reason):
     item = ingest_resume.parse(req)
-    assert item.doc is None and item.result is not None
-    assert item.result["status"] == "rejected" and reason in item.result["reason"], item.result
+    assert item.doc is None and item.result is None
+    assert isinstance(item.error, MessageRejectedError) and reason in str(item.error), item
 
 
 class Message:
