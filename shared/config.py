@@ -133,7 +133,7 @@ def equal_weights() -> dict[PairType, float]:
     return dict.fromkeys(PairType, 1.0)
 
 
-def complete_weights(v: Mapping[str, float]) -> dict[PairType, float]:
+def complete_weights(v: Mapping[str, float] | Mapping[PairType, float]) -> dict[PairType, float]:
     """Weights for every pair type (a missing one weighs 0); refuses negative ones."""
     if any(w < 0 for w in v.values()):
         raise ValueError("pair weights must be >= 0")
@@ -163,12 +163,16 @@ class ScoringSettings(BaseModel):
 
 class TrainSettings(BaseModel):
     # head: encoder frozen, a head trained on its cached embeddings (minutes on a CPU).
-    # full: sentence-transformers' trainer, CosineSimilarityLoss, all weights (use a GPU).
+    # full: sentence-transformers' trainer on all weights (use a GPU). Both train the served
+    # rule: a match's weighted mean pair cosine against its label (workers.training).
     mode: Literal["head", "full", "full+head"] = "head"
     epochs: int = Field(default=1, ge=1)
     # A candidate becomes active only if its match-level Spearman on the stored evaluation
     # split beats the active version's by more than this.
     promote_margin: float = 0.005
+    # ... and is refused if it is worse than the active version by more than this on any
+    # split it is judged on (held-out resumes, held-out jobs).
+    regress_margin: float = 0.01
     device: str = "auto"
     # Refresh stored matches with the new version after a promotion.
     rescore_after_promotion: bool = True

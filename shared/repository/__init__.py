@@ -58,12 +58,12 @@ from jobfit.shared.repository.registry import (
 
 __all__ = [
     "MAX_FAILED_PAYLOAD",
+    "PAIR_WEIGHTS",
+    "PROMOTION",
     "Delivery",
     "DocStatus",
     "Failure",
     "LabelIn",
-    "PAIR_WEIGHTS",
-    "PROMOTION",
     "MatchWrite",
     "ModelInfo",
     "ModelStatus",
