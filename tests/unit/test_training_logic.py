@@ -249,3 +249,30 @@ def test_sweep_removes_only_old_temporary_dirs(tmp_path: Path):
     os.utime(old, (1, 1))
     assert sweep_tmp(tmp_path) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-new", "model"]
+
+
+def _tiny_matches() -> list[MatchExample]:
+    resumes = {"r1": "Skills: Python, SQL", "r2": "Skills: Cooking, Baking"}
+    jobs = {"j1": "Skills required: Python", "j2": "Skills required: Pastry"}
+    titles = {"r1": "Positions: Data Analyst", "r2": "Positions: Chef"}
+    job_titles = {"j1": "Job title: Data Engineer", "j2": "Job title: Pastry Chef"}
+    fit = {("r1", "j1"): 0.9, ("r2", "j2"): 0.8, ("r1", "j2"): 0.1, ("r2", "j1"): 0.05}
+    return [
+        m(r, j, y, [(S, resumes[r], jobs[j]), (P, titles[r], job_titles[j])])
+        for (r, j), y in fit.items()
+    ]
+
+
+@pytest.mark.parametrize("mode", ["head", "full"])
+def test_both_modes_train_the_match_score_and_return_its_weights(minilm_path, tmp_path, mode):
+    """A few steps of each mode on real MiniLM: the model comes back usable, with a weight
+    per pair type (what the registry stores with the version)."""
+    from jobfit.workers.training.encoding import load_model
+    from jobfit.workers.training.trainers import TrainParams, train
+
+    params = TrainParams(mode=mode, max_steps=2, matches_per_step=2, head_epochs=5)
+    result = train(load_model(minilm_path, "cpu"), _tiny_matches(), params, work_dir=tmp_path)
+    assert set(result.pair_weights) == {p.value for p in PairType}
+    assert np.mean(list(result.pair_weights.values())) == pytest.approx(1.0, abs=1e-3)
+    vecs = result.model.encode(["Skills: Python"], normalize_embeddings=True)
+    assert vecs.shape == (1, 384) and np.isfinite(vecs).all()

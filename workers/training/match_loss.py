@@ -84,6 +84,8 @@ class MatchCollator:
     pair type, match in batch, match label). The pair structure rides in the label because
     the trainer hands the loss only (features, labels)."""
 
+    valid_label_columns = ("label",)  # read by the trainer's batch sampler
+
     def __init__(
         self, tokenize: Callable[[list[str]], dict[str, Any]], matches: Sequence[MatchExample]
     ):
