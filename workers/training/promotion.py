@@ -48,6 +48,12 @@ from jobfit.workers.training.trainers import (
 log = logging.getLogger(__name__)
 
 
+def _figure(metrics: Mapping[str, Any] | None, metric: str) -> float:
+    """A stored metric as a float; NaN where it is missing or stored as null."""
+    value = None if metrics is None else metrics.get(metric)
+    return float(value) if value is not None else float("nan")
+
+
 def should_promote(
     candidate: Mapping[str, float],
     active: Mapping[str, float] | None,
@@ -59,12 +65,12 @@ def should_promote(
     """The gain rule: the candidate must beat the active version on ``metric`` (an
     evaluator's declared primary metric), in its declared direction, by ``margin``, on the
     same evaluation data."""
-    c = candidate.get(metric, float("nan"))
+    c = _figure(candidate, metric)
     if not math.isfinite(c):
         return False, f"candidate has no {metric}"
     if active is None:
         return True, f"no active version was judged on this data (candidate {c:.4f})"
-    a = active.get(metric, float("nan"))
+    a = _figure(active, metric)
     if not math.isfinite(a):
         return True, f"active version has no finite {metric} (candidate {c:.4f})"
     if greater_is_better and c > a + margin:
@@ -87,8 +93,8 @@ def regresses(
 ) -> tuple[bool, str]:
     """The guard rule: is the candidate worse than the active version on ``metric`` by more
     than ``margin``? (No active figure: it cannot be worse.)"""
-    c = candidate.get(metric, float("nan"))
-    a = float("nan") if active is None else active.get(metric, float("nan"))
+    c = _figure(candidate, metric)
+    a = _figure(active, metric)
     if not math.isfinite(a):
         return False, "no active figure to compare"
     if not math.isfinite(c):
@@ -212,7 +218,11 @@ def evaluate_version(
         model = load_model(Path(path), device, settings.model.max_seq_length)
     t0 = time.perf_counter()
     evaluator = MatchEvaluator(data.held_out[split], weights=weights)
-    metrics: dict[str, Any] = evaluator(model, progress=progress)
+    # A metric that cannot be computed (NDCG with one held-out job per resume) is stored as
+    # null: JSON has no NaN.
+    metrics: dict[str, Any] = {
+        k: v if math.isfinite(v) else None for k, v in evaluator(model, progress=progress).items()
+    }
     metrics["eval_s"] = round(time.perf_counter() - t0, 2)
     metrics["evaluated_at"] = datetime.now(UTC).isoformat()
     with transaction(factory) as session:
