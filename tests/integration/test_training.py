@@ -209,22 +209,8 @@ def test_retrain_promotes_and_the_running_worker_switches(
     jt = field_texts(JobDocument.model_validate(job))
     r, j = aliased(DocumentRow), aliased(DocumentRow)
     with tfactory() as s:
-        stored = dict(
-            s.execute(
-                select(PairScoreRow.pair_type, PairScoreRow.score)
-                .join(MatchRow, PairScoreRow.match_id == MatchRow.id)
-                .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
-                .join(r, MatchRow.resume_id == r.id)
-                .join(j, MatchRow.job_id == j.id)
-                .where(
-                    ModelVersionRow.version == new,
-                    r.external_id == spare["id"],
-                    j.external_id == job["id"],
-                )
-            ).all()
-        )
-        served = s.execute(
-            select(MatchRow.score)
+        served, match_id = s.execute(
+            select(MatchRow.score, MatchRow.id)
             .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
             .join(r, MatchRow.resume_id == r.id)
             .join(j, MatchRow.job_id == j.id)
@@ -233,7 +219,14 @@ def test_retrain_promotes_and_the_running_worker_switches(
                 r.external_id == spare["id"],
                 j.external_id == job["id"],
             )
-        ).scalar_one()
+        ).one()
+        stored = dict(
+            s.execute(
+                select(PairScoreRow.pair_type, PairScoreRow.score).where(
+                    PairScoreRow.match_id == match_id
+                )
+            ).all()
+        )
     pairs = usable_pairs(rt, jt)
     assert set(stored) == {p.value for p in pairs}
     direct = {}

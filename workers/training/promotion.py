@@ -84,17 +84,10 @@ def should_promote(
 
 
 def regresses(
-    candidate: Mapping[str, float],
-    active: Mapping[str, float] | None,
-    margin: float,
-    *,
-    metric: str,
-    greater_is_better: bool,
+    c: float, a: float, margin: float, metric: str, greater_is_better: bool
 ) -> tuple[bool, str]:
-    """The guard rule: is the candidate worse than the active version on ``metric`` by more
-    than ``margin``? (No active figure: it cannot be worse.)"""
-    c = _figure(candidate, metric)
-    a = _figure(active, metric)
+    """The guard rule: is the candidate's ``c`` worse than the active version's ``a`` on
+    ``metric`` by more than ``margin``? (No active figure: it cannot be worse.)"""
     if not math.isfinite(a):
         return False, "no active figure to compare"
     if not math.isfinite(c):
@@ -151,13 +144,8 @@ def judge_candidate(
     reasons = [f"{check_name(primary)}: {why}"]
     refused = [] if wins else [check_name(primary)]
     for split, metrics in candidate.items():
-        worse, why = regresses(
-            metrics,
-            active.get(split),
-            regress_margin,
-            metric=metric,
-            greater_is_better=greater_is_better,
-        )
+        c, a = _figure(metrics, metric), _figure(active.get(split), metric)
+        worse, why = regresses(c, a, regress_margin, metric, greater_is_better)
         if worse:
             reasons.append(f"{check_name(split)}: {why}")
             if check_name(split) not in refused:
