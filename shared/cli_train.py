@@ -161,9 +161,26 @@ def rescore(
         _print_result(wait_with_progress(result, "rescore", EMBED_QUEUE))
 
 
+def _weights_cell(weights: dict[str, float] | None) -> str:
+    """A version's stored pair weights (equal when it has none); JOBFIT_SCORING__WEIGHTS,
+    where set, overrides them in the workers."""
+    if not weights:
+        return "equal"
+    return " ".join(f"{k}={v:.2f}" for k, v in weights.items())
+
+
+def _promotion_cell(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return "-"
+    if decision.get("promoted"):
+        return "promoted"
+    return "refused by " + ", ".join(decision.get("refused_by") or ["-"])
+
+
 def models_table(rows: list[Any], split: str = "resume") -> Table:
     table = Table(title="model versions")
-    for col in ("version", "status", "parent", "mode", "match ρ", "pair ρ", "NDCG@10", "error"):
+    cols = ("version", "status", "parent", "mode", "match ρ", "pair ρ", "NDCG@10", "pair weights")
+    for col in (*cols, "promotion", "error"):
         table.add_column(col)
     for r in rows:
         metrics = [m for k, m in sorted((r.metrics or {}).items()) if k.startswith(f"{split}:")]
@@ -183,6 +200,8 @@ def models_table(rows: list[Any], split: str = "resume") -> Table:
             fmt("match_spearman"),
             fmt("pair_spearman"),
             fmt("ndcg_at_10"),
+            _weights_cell((r.params or {}).get("pair_weights")),
+            _promotion_cell((r.params or {}).get("promotion")),
             (r.last_error or "")[:60],
         )
     return table

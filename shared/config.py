@@ -5,6 +5,7 @@ Nested groups use ``__``: ``JOBFIT_DB__URL``, ``JOBFIT_BROKER__URL``, ``JOBFIT_M
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -17,12 +18,18 @@ DEFAULT_MODEL_NAME = "all-mpnet-base-v2"
 
 
 class PairType(StrEnum):
-    """The four (resume field, job field) pairs the model was trained on."""
+    """The (resume field, job field) pairs a match is scored on (``shared.fields``): the
+    seed's four, then four from fields those ignore. Values fit ``pair_scores.pair_type``
+    (20 characters)."""
 
     SKILLS = "skills"
     POSITIONS = "positions"
     DEGREES = "degrees"
     EXPERIENCE = "experience"
+    OBJECTIVE = "objective"  # career objective <-> responsibilities
+    MAJORS = "majors"  # majors <-> education requirement
+    DUTIES = "duties"  # skills <-> responsibilities
+    CERTIFICATIONS = "certifications"  # certifications <-> skills required
 
 
 def _default_home() -> Path:
@@ -121,26 +128,51 @@ class BatchSettings(BaseModel):
     max_wait_s: float = Field(default=0.05, gt=0)
 
 
+def equal_weights() -> dict[PairType, float]:
+    """Every pair type weighs the same: the rule of a version trained without weights."""
+    return dict.fromkeys(PairType, 1.0)
+
+
+def complete_weights(v: Mapping[str, float] | Mapping[PairType, float]) -> dict[PairType, float]:
+    """Weights for every pair type (a missing one weighs 0); refuses negative ones."""
+    if any(w < 0 for w in v.values()):
+        raise ValueError("pair weights must be >= 0")
+    return {p: float(v.get(p, 0.0)) for p in PairType}
+
+
 class ScoringSettings(BaseModel):
     # Weight of each pair type in the match score (a weighted mean of the pair cosines used).
-    weights: dict[PairType, float] = Field(default_factory=lambda: dict.fromkeys(PairType, 1.0))
+    # None: the served model version's own weights (learned in training and stored with the
+    # version in the registry; equal weights for a version that has none). Set, they
+    # override every version's (JOBFIT_SCORING__WEIGHTS='{"skills": 2, "positions": 1}').
+    weights: dict[PairType, float] | None = None
 
     @field_validator("weights")
     @classmethod
-    def complete_weights(cls, v: dict[PairType, float]) -> dict[PairType, float]:
-        if any(w < 0 for w in v.values()):
-            raise ValueError("pair weights must be >= 0")
-        return {p: float(v.get(p, 0.0)) for p in PairType}
+    def check_weights(cls, v: dict[PairType, float] | None) -> dict[PairType, float] | None:
+        return None if v is None else complete_weights(v)
+
+    def served_weights(self, version_weights: Mapping[str, float] | None) -> dict[PairType, float]:
+        """The weights a worker scores with: the override, else the version's, else equal."""
+        if self.weights is not None:
+            return dict(self.weights)
+        if version_weights:
+            return complete_weights(version_weights)
+        return equal_weights()
 
 
 class TrainSettings(BaseModel):
     # head: encoder frozen, a head trained on its cached embeddings (minutes on a CPU).
-    # full: sentence-transformers' trainer, CosineSimilarityLoss, all weights (use a GPU).
+    # full: sentence-transformers' trainer on all weights (use a GPU). Both train the served
+    # rule: a match's weighted mean pair cosine against its label (workers.training).
     mode: Literal["head", "full", "full+head"] = "head"
     epochs: int = Field(default=1, ge=1)
     # A candidate becomes active only if its match-level Spearman on the stored evaluation
     # split beats the active version's by more than this.
     promote_margin: float = 0.005
+    # ... and is refused if it is worse than the active version by more than this on any
+    # split it is judged on (held-out resumes, held-out jobs).
+    regress_margin: float = 0.01
     device: str = "auto"
     # Refresh stored matches with the new version after a promotion.
     rescore_after_promotion: bool = True

@@ -174,6 +174,7 @@ class RetrainRequest(BaseModel):
     base_version: str | None = Field(default=None, max_length=200)
     promote: bool = True
     promote_margin: float | None = Field(default=None, ge=-1.0, le=1.0)
+    regress_margin: float | None = Field(default=None, ge=0.0, le=2.0)
 
 
 class EvaluateRequest(BaseModel):

@@ -117,16 +117,26 @@ def bench_quality(
     epochs: Annotated[int, typer.Option(help="Full fine-tune epochs.")] = 1,
     max_steps: Annotated[int, typer.Option()] = -1,
     splits: Annotated[str, typer.Option(help="resume,job")] = "resume,job",
+    pairs: Annotated[
+        str | None, typer.Option(help="Comma-separated pair types (default: all).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A TrainParams field, NAME=VALUE (repeatable), e.g. head_val_fraction=0."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     time_budget_s: Annotated[float | None, typer.Option()] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Untuned vs fine-tuned ranking quality on held-out resumes and jobs (JSON out)."""
     worker_env()
+    from jobfit.shared.config import PairType
     from jobfit.shared.model_store import model_name
     from jobfit.workers.embedders.base import resolve_device
     from jobfit.workers.training.trainers import TrainParams
-    from tools.quality import QualityRun, run_quality
+    from tools.quality import QualityRun, run_quality, train_params
 
     def resolve(name: str) -> Path:
         if name == "minilm":
@@ -141,7 +151,10 @@ def bench_quality(
     runs = []
     for name in (n.strip() for n in models.split(",")):
         path = resolve(name)
-        params = TrainParams(mode=mode, epochs=epochs, max_steps=max_steps)  # type: ignore[arg-type]
+        params = train_params(
+            TrainParams(mode=mode, epochs=epochs, max_steps=max_steps),  # type: ignore[arg-type]
+            param or [],
+        )
         runs.append(QualityRun(names.get(name, model_name(path)), path, params.mode, params))
     last = [0.0]
 
@@ -154,6 +167,7 @@ def bench_quality(
         csv,
         runs,
         splits=[s.strip() for s in splits.split(",")],  # type: ignore[misc]
+        pairs=None if pairs is None else [PairType(p.strip()) for p in pairs.split(",")],
         device=resolve_device(device),
         time_budget_s=time_budget_s,
         progress=progress,

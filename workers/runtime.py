@@ -107,12 +107,11 @@ class WorkerRuntime:
             version_id = repo.ensure_served_version(
                 session=session, model=served, backend=spec.backend
             ).id
-        log.info("serving model version %s", embedder.version)
-        return ModelContext(
-            embedder=embedder,
-            model_version_id=version_id,
-            weights=dict(self.settings.scoring.weights),
-        )
+            # The pair weights are the weights' row's (learned with them), a variant's too.
+            stored = repo.pair_weights(session=session, version=base_version(embedder.version))
+        weights = self.settings.scoring.served_weights(stored)
+        log.info("serving model version %s, pair weights %s", embedder.version, weights)
+        return ModelContext(embedder=embedder, model_version_id=version_id, weights=weights)
 
     @staticmethod
     def _report_load_error(

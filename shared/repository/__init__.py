@@ -46,6 +46,8 @@ from jobfit.shared.repository.matches import (
     upsert_matches,
 )
 from jobfit.shared.repository.registry import (
+    PAIR_WEIGHTS,
+    PROMOTION,
     ModelInfo,
     ModelStatus,
     active_model_version,
@@ -54,14 +56,18 @@ from jobfit.shared.repository.registry import (
     get_version,
     insert_model_version,
     list_versions,
+    pair_weights,
     previous_active,
     promote,
     record_load_error,
+    record_promotion,
     set_metrics,
 )
 
 __all__ = [
     "MAX_FAILED_PAYLOAD",
+    "PAIR_WEIGHTS",
+    "PROMOTION",
     "Delivery",
     "DocStatus",
     "Failure",
@@ -91,6 +97,7 @@ __all__ = [
     "lock_texts",
     "pair_hash",
     "pair_label_count",
+    "pair_weights",
     "parse_document",
     "previous_active",
     "promote",
@@ -98,6 +105,7 @@ __all__ = [
     "reason_kind",
     "record_failed_messages",
     "record_load_error",
+    "record_promotion",
     "scoring_key",
     "set_delivery_state",
     "set_metrics",

@@ -170,3 +170,22 @@ def record_load_error(*, session: Session, version: str, error: str) -> None:
         .where(ModelVersionRow.version == version)
         .values(last_error=error[:2000])
     )
+
+
+PAIR_WEIGHTS = "pair_weights"  # params key: the version's learned pair-type weights
+PROMOTION = "promotion"  # params key: the promotion decision (promoted, reason, refused_by)
+
+
+def pair_weights(*, session: Session, version: str) -> dict[str, float] | None:
+    """The pair-type weights stored with a version (None: it has none; equal weights)."""
+    row = get_version(session=session, version=version)
+    stored = (row.params or {}).get(PAIR_WEIGHTS)
+    return {str(k): float(v) for k, v in stored.items()} if stored else None
+
+
+def record_promotion(*, session: Session, version: str, decision: dict[str, Any]) -> None:
+    """Note on the version's row whether it was promoted and, if not, which check refused
+    it (``params["promotion"]``)."""
+    row = get_version(session=session, version=version)
+    row.params = {**(row.params or {}), PROMOTION: decision}
+    session.flush()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from jobfit.shared import repository as repo
 from jobfit.shared.client import JobfitClient, read_documents
-from jobfit.shared.config import Settings
+from jobfit.shared.config import PairType, Settings
 from jobfit.shared.fields import field_texts
 from jobfit.shared.orm import DocumentRow, MatchRow, ModelVersionRow
 from jobfit.shared.schemas import ResumeDocument
@@ -148,7 +148,7 @@ def test_retrain_promotes_and_the_running_worker_switches(
     base = labelled["base"]
     embed_pid = workers["embed"].proc.pid
     states: list[str] = []
-    result = tclient.retrain(mode="head", head_epochs=40, promote_margin=-1.0)
+    result = tclient.retrain(mode="head", head_epochs=40, promote_margin=-1.0, regress_margin=2.0)
     deadline = time.monotonic() + TIMEOUT
     while not result.ready() and time.monotonic() < deadline:
         states.append(result.state)
@@ -158,16 +158,28 @@ def test_retrain_promotes_and_the_running_worker_switches(
     assert out["status"] == "promoted", out
     new = out["version"]
     assert new != base and out["parent_version"] == base
-    n_train = sum(1 for r, _, _ in labelled["labels"] if split_part("resume", r) == "train")
-    assert out["train_matches"] == n_train  # the labels sent with submit_label, train side
+    # The labels sent with submit_label whose resume and job are both on the training side.
+    n_train = sum(
+        1
+        for r, j, _ in labelled["labels"]
+        if split_part("resume", r) == "train" and split_part("job", j) == "train"
+    )
+    assert out["train_matches"] == n_train
+    held_jobs = [j for j in labelled["jobs"] if split_part("job", j["id"]) == "eval"]
+    assert held_jobs  # the sample's first jobs include a held-out one
 
     with tfactory() as s:
         row = repo.get_version(session=s, version=new)
         assert row.status == repo.ModelStatus.ACTIVE and row.parent_version == base
         assert Path(row.path).is_dir() and row.params["data_hash"]
-        (key,) = row.metrics
-        assert key.startswith("resume:") and row.metrics[key]["eval_matches"] == 3 * 6
-        assert repo.get_version(session=s, version=base).metrics[key]  # judged too
+        assert row.params["promotion"]["promoted"] is True
+        weights = row.params["pair_weights"]
+        assert set(weights) == {p.value for p in PairType}
+        keys = {k.split(":")[0]: k for k in row.metrics}
+        assert set(keys) == {"resume", "job"}  # judged on held-out resumes and held-out jobs
+        assert row.metrics[keys["resume"]]["eval_matches"] == 3 * 6
+        assert row.metrics[keys["job"]]["eval_matches"] == len(held_jobs) * len(labelled["resumes"])
+        assert repo.get_version(session=s, version=base).metrics[keys["job"]]  # judged too
     assert not list(tsettings.model.store.glob(".tmp-*"))
 
     # The same worker process, not restarted, now scores with the new version.
@@ -197,25 +209,34 @@ def test_retrain_promotes_and_the_running_worker_switches(
     jt = field_texts(JobDocument.model_validate(job))
     r, j = aliased(DocumentRow), aliased(DocumentRow)
     with tfactory() as s:
+        served, match_id = s.execute(
+            select(MatchRow.score, MatchRow.id)
+            .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+            .join(r, MatchRow.resume_id == r.id)
+            .join(j, MatchRow.job_id == j.id)
+            .where(
+                ModelVersionRow.version == new,
+                r.external_id == spare["id"],
+                j.external_id == job["id"],
+            )
+        ).one()
         stored = dict(
             s.execute(
-                select(PairScoreRow.pair_type, PairScoreRow.score)
-                .join(MatchRow, PairScoreRow.match_id == MatchRow.id)
-                .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
-                .join(r, MatchRow.resume_id == r.id)
-                .join(j, MatchRow.job_id == j.id)
-                .where(
-                    ModelVersionRow.version == new,
-                    r.external_id == spare["id"],
-                    j.external_id == job["id"],
+                select(PairScoreRow.pair_type, PairScoreRow.score).where(
+                    PairScoreRow.match_id == match_id
                 )
             ).all()
         )
     pairs = usable_pairs(rt, jt)
     assert set(stored) == {p.value for p in pairs}
+    direct = {}
     for p in pairs:
         a, b = model.encode([rt[p], jt[p]], normalize_embeddings=True)
-        assert stored[p.value] == pytest.approx(float(a @ b), abs=1e-4)
+        direct[p.value] = float(a @ b)
+        assert stored[p.value] == pytest.approx(direct[p.value], abs=1e-4)
+    # The served match score is the weighted mean with the version's stored (learned) weights.
+    expected = sum(weights[p] * c for p, c in direct.items()) / sum(weights[p] for p in direct)
+    assert served == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_candidate_that_does_not_beat_the_active_is_not_promoted(labelled, tclient, tfactory):
@@ -224,9 +245,38 @@ def test_a_candidate_that_does_not_beat_the_active_is_not_promoted(labelled, tcl
     assert out["status"] == "candidate" and "does not beat" in out["reason"]
     assert active_version(tfactory) == before
     with tfactory() as s:
-        assert (
-            repo.get_version(session=s, version=out["version"]).status == repo.ModelStatus.CANDIDATE
-        )
+        row = repo.get_version(session=s, version=out["version"])
+        assert row.status == repo.ModelStatus.CANDIDATE
+        assert "held-out resumes" in row.params["promotion"]["refused_by"]
+
+
+def test_a_candidate_better_on_resumes_but_worse_on_jobs_stays_a_candidate(
+    labelled, tsettings, tfactory, monkeypatch
+):
+    """The real retrain path, in process, against the real registry; the evaluations are
+    fixed so that the candidate wins on held-out resumes and loses on held-out jobs."""
+    from jobfit.shared.schemas import RetrainRequest
+    from jobfit.workers.training import promotion
+
+    before = active_version(tfactory)
+    figures = {"resume": (0.9, 0.5), "job": (0.2, 0.5)}  # (candidate, active)
+
+    def fixed(*, version, split, model=None, **_):
+        return {"match_spearman": figures[split][0 if version != before else 1]}
+
+    monkeypatch.setattr(promotion, "evaluate_version", fixed)
+    request = RetrainRequest(mode="head", head_epochs=3)
+    out = promotion.retrain(
+        settings=tsettings, factory=tfactory, request=request, progress=lambda *a, **k: None
+    )
+    assert out["status"] == "candidate" and out["refused_by"] == ["held-out jobs"]
+    assert active_version(tfactory) == before
+    with tfactory() as s:
+        row = repo.get_version(session=s, version=out["version"])
+        assert row.status == repo.ModelStatus.CANDIDATE
+        decision = row.params["promotion"]
+    assert decision["promoted"] is False and decision["refused_by"] == ["held-out jobs"]
+    assert "held-out jobs: match_spearman 0.2000 is worse than active 0.5000" in decision["reason"]
 
 
 def test_killed_retrain_leaves_the_active_model_untouched(

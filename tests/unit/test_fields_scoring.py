@@ -28,6 +28,8 @@ def test_resume_texts_follow_the_training_templates():
             "Start dates: Jan 2019, Mar 2021 End dates: Feb 2021, Till Date "
             "Positions: Data Analyst, BI Developer"
         ),
+        # skills <-> responsibilities: the same resume text, its own pair type
+        PairType.DUTIES: "Skills: Python, SQL server",
     }
 
 
@@ -44,7 +46,45 @@ def test_job_texts_follow_the_training_templates():
         PairType.POSITIONS: "Job title: Data Engineer",
         PairType.DEGREES: "Education requirement: B.Sc in CSE",
         PairType.EXPERIENCE: "Experience requirement: At least 3 years",
+        PairType.MAJORS: "Education requirement: B.Sc in CSE",
+        PairType.CERTIFICATIONS: "Skills required: Python, Spark",
     }
+
+
+def test_the_pair_types_beyond_the_seed_use_the_fields_the_four_ignore():
+    resume = ResumeDocument(
+        id="r2",
+        career_objective="  Build data\nplatforms ",
+        skills=["Python"],
+        majors=["Computer Science", "Statistics"],
+        certifications=["AWS Certified"],
+    )
+    job = JobDocument(
+        id="j2",
+        title="Data Engineer",
+        education_requirement="B.Sc in CSE",
+        skills_required=["Python", "AWS"],
+        responsibilities=["Build pipelines", "Own the warehouse"],
+    )
+    rt, jt = field_texts(resume), field_texts(job)
+    pairs = {p: (rt[p], jt[p]) for p in usable_pairs(rt, jt)}
+    assert pairs[PairType.OBJECTIVE] == (
+        "Career objective: Build data platforms",
+        "Responsibilities: Build pipelines, Own the warehouse",
+    )
+    assert pairs[PairType.MAJORS] == (
+        "Majors: Computer Science, Statistics",
+        "Education requirement: B.Sc in CSE",
+    )
+    assert pairs[PairType.DUTIES] == (
+        "Skills: Python",
+        "Responsibilities: Build pipelines, Own the warehouse",
+    )
+    assert pairs[PairType.CERTIFICATIONS] == (
+        "Certifications: AWS Certified",
+        "Skills required: Python, AWS",
+    )
+    assert all(len(p.value) <= 20 for p in PairType)  # pair_scores.pair_type is 20 chars
 
 
 def test_empty_fields_are_skipped_not_embedded_as_empty_strings():

@@ -62,12 +62,12 @@ def test_json_schema_export_covers_every_message():
 
 def test_settings_normalise_dsn_and_complete_weights(monkeypatch):
     assert DatabaseSettings(url="postgres://u@h/db").url == "postgresql+psycopg://u@h/db"
-    assert ScoringSettings(weights={PairType.SKILLS: 2.0}).weights == {
-        PairType.SKILLS: 2.0,
-        PairType.POSITIONS: 0.0,
-        PairType.DEGREES: 0.0,
-        PairType.EXPERIENCE: 0.0,
-    }
+    override = ScoringSettings(weights={PairType.SKILLS: 2.0})
+    assert override.weights == {p: (2.0 if p == PairType.SKILLS else 0.0) for p in PairType}
+    # The override wins over a version's stored weights; without one, the version's own.
+    assert override.served_weights({"positions": 3.0}) == override.weights
+    assert ScoringSettings().served_weights({"positions": 3.0})[PairType.POSITIONS] == 3.0
+    assert ScoringSettings().served_weights(None) == dict.fromkeys(PairType, 1.0)
     monkeypatch.setenv("JOBFIT_DB__URL", "postgresql://x@y/z")
     monkeypatch.setenv("JOBFIT_MODEL__BATCH_SIZE", "8")
     s = Settings()

@@ -16,10 +16,16 @@ from jobfit.workers.training.data import (
     match_examples,
     pair_examples,
     read_pair_file,
+    split_both,
     split_examples,
 )
-from jobfit.workers.training.evaluation import MatchEvaluator, metrics_from_vectors, metrics_key
-from jobfit.workers.training.promotion import should_promote
+from jobfit.workers.training.evaluation import (
+    MatchEvaluator,
+    metrics_from_vectors,
+    metrics_key,
+    score_examples,
+)
+from jobfit.workers.training.promotion import judge_candidate, should_promote
 from jobfit.workers.training.trainers import base_name, save_atomically, sweep_tmp
 
 S, P = PairType.SKILLS, PairType.POSITIONS
@@ -141,13 +147,62 @@ def test_promotion_follows_a_lower_is_better_declaration(cand, active, promote):
 
 
 def test_data_hash_changes_with_labels_and_eval_hash_ignores_training_side():
-    a = TrainingData(
-        train=[m("r1", "j1", 0.5, [(S, "a", "b")])], eval=[m("r2", "j1", 0.2, [(S, "c", "b")])]
-    )
-    b = TrainingData(train=[m("r1", "j1", 0.6, [(S, "a", "b")])], eval=a.eval)
+    held = {"resume": [m("r2", "j1", 0.2, [(S, "c", "b")])], "job": []}
+    a = TrainingData(train=[m("r1", "j1", 0.5, [(S, "a", "b")])], held_out=held)
+    b = TrainingData(train=[m("r1", "j1", 0.6, [(S, "a", "b")])], held_out=held)
     assert a.data_hash() != b.data_hash()
-    assert a.eval_hash() == b.eval_hash()
-    assert metrics_key("resume", a.eval_hash()).startswith("resume:")
+    assert a.eval_hash("resume") == b.eval_hash("resume") != a.eval_hash("job")
+    assert metrics_key("resume", a.eval_hash("resume")).startswith("resume:")
+
+
+def test_training_keeps_only_matches_whose_resume_and_job_were_both_unseen_in_evaluation():
+    matches = [m(f"r{i}", f"j{k}", 0.5, [(S, "a", "b")]) for i in range(3) for k in range(3)]
+    parts = {"resume": {"r0": "eval"}, "job": {"j0": "eval"}}
+    train, held = split_both(matches, parts)
+    assert {(x.resume_id, x.job_id) for x in train} == {
+        (f"r{i}", f"j{k}") for i in (1, 2) for k in (1, 2)
+    }
+    assert {x.job_id for x in held["resume"]} == {"j0", "j1", "j2"}  # every job of r0
+    assert {x.resume_id for x in held["job"]} == {"r0", "r1", "r2"}  # every resume of j0
+
+
+def test_match_scores_are_weighted_means_of_pair_cosines():
+    vec = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0]), "c": np.array([1.0, 0.0])}
+    match = m("r1", "j1", 0.5, [(S, "a", "c"), (P, "a", "b")])  # cosines 1 and 0
+    _, _, equal, _ = score_examples(vec, [match])
+    _, _, weighted, _ = score_examples(vec, [match], {S: 3.0, P: 1.0})
+    assert equal[0] == pytest.approx(0.5) and weighted[0] == pytest.approx(0.75)
+    # The training objective computes the same score from the same weights.
+    torch = pytest.importorskip("torch")
+    from jobfit.workers.training.match_loss import MatchTensors
+
+    index = {t: i for i, t in enumerate(vec)}
+    z = torch.tensor(np.stack(list(vec.values())), dtype=torch.float32)
+    log_w = torch.log(torch.tensor([3.0 if p == S else 1.0 for p in PairType]))
+    scores = MatchTensors.build([match], index).scores(z, log_w)
+    assert float(scores[0]) == pytest.approx(0.75)
+
+
+def test_a_candidate_better_on_resumes_but_worse_on_jobs_is_refused_by_the_job_check():
+    rule = {
+        "primary": "resume",
+        "margin": 0.005,
+        "regress_margin": 0.01,
+        "metric": MatchEvaluator.primary_metric,
+        "greater_is_better": MatchEvaluator.greater_is_better,
+    }
+    metric = MatchEvaluator.primary_metric
+    active = {"resume": {metric: 0.60}, "job": {metric: 0.50}}
+    worse_on_jobs = judge_candidate(
+        {"resume": {metric: 0.75}, "job": {metric: 0.45}}, active, **rule
+    )
+    assert not worse_on_jobs.promoted and worse_on_jobs.refused_by == ("held-out jobs",)
+    assert "held-out jobs" in worse_on_jobs.reason
+    within = judge_candidate({"resume": {metric: 0.75}, "job": {metric: 0.495}}, active, **rule)
+    assert within.promoted and within.refused_by == ()
+    no_gain = judge_candidate({"resume": {metric: 0.60}, "job": {metric: 0.40}}, active, **rule)
+    assert no_gain.refused_by == ("held-out resumes", "held-out jobs")
+    assert judge_candidate({"resume": {metric: 0.3}, "job": {metric: 0.1}}, None, **rule).promoted
 
 
 def test_read_pair_file_csv_jsonl_and_errors(tmp_path: Path):
@@ -194,3 +249,30 @@ def test_sweep_removes_only_old_temporary_dirs(tmp_path: Path):
     os.utime(old, (1, 1))
     assert sweep_tmp(tmp_path) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-new", "model"]
+
+
+def _tiny_matches() -> list[MatchExample]:
+    resumes = {"r1": "Skills: Python, SQL", "r2": "Skills: Cooking, Baking"}
+    jobs = {"j1": "Skills required: Python", "j2": "Skills required: Pastry"}
+    titles = {"r1": "Positions: Data Analyst", "r2": "Positions: Chef"}
+    job_titles = {"j1": "Job title: Data Engineer", "j2": "Job title: Pastry Chef"}
+    fit = {("r1", "j1"): 0.9, ("r2", "j2"): 0.8, ("r1", "j2"): 0.1, ("r2", "j1"): 0.05}
+    return [
+        m(r, j, y, [(S, resumes[r], jobs[j]), (P, titles[r], job_titles[j])])
+        for (r, j), y in fit.items()
+    ]
+
+
+@pytest.mark.parametrize("mode", ["head", "full"])
+def test_both_modes_train_the_match_score_and_return_its_weights(minilm_path, tmp_path, mode):
+    """A few steps of each mode on real MiniLM: the model comes back usable, with a weight
+    per pair type (what the registry stores with the version)."""
+    from jobfit.workers.training.encoding import load_model
+    from jobfit.workers.training.trainers import TrainParams, train
+
+    params = TrainParams(mode=mode, max_steps=2, matches_per_step=2, head_epochs=5)
+    result = train(load_model(minilm_path, "cpu"), _tiny_matches(), params, work_dir=tmp_path)
+    assert set(result.pair_weights) == {p.value for p in PairType}
+    assert np.mean(list(result.pair_weights.values())) == pytest.approx(1.0, abs=1e-3)
+    vecs = result.model.encode(["Skills: Python"], normalize_embeddings=True)
+    assert vecs.shape == (1, 384) and np.isfinite(vecs).all()

@@ -1,5 +1,7 @@
-"""Training data: labelled matches as field-pair examples, split by the stored assignment,
-plus generic pair files; and the check that there is enough of it to train and to judge."""
+"""Training data: labelled matches (each with the field pairs it uses), split by the stored
+assignments of resumes and of jobs, plus generic pair files; and the check that there is
+enough of it to train and to judge. Training is match-level (``match_loss``);
+``pair_examples`` is the per-pair view (a pair takes its match's label)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType
 from jobfit.shared.db import transaction
 from jobfit.shared.fields import field_texts, usable_pairs
-from jobfit.shared.splits import SplitName
+from jobfit.shared.splits import SPLITS, SplitName
 
 MIN_TRAIN, MIN_EVAL = 2, 3
 
@@ -39,15 +41,20 @@ class MatchExample:
 
 @dataclass
 class TrainingData:
+    """Labelled matches: ``train`` (resume and job both on the training side of their
+    splits) and ``held_out`` by split: matches of held-out resumes, matches of held-out jobs
+    (a match of a held-out resume and a held-out job is in both)."""
+
     train: list[MatchExample]
-    eval: list[MatchExample]
+    held_out: dict[SplitName, list[MatchExample]]
     extra_pairs: list[tuple[str, str, float]] = field(default_factory=list)
     pending_labels: int = 0  # labels whose documents are not stored yet
 
     def data_hash(self) -> str:
         """Identifies exactly what a model was trained on (and judged on)."""
         h = hashlib.sha256()
-        for part, matches in (("train", self.train), ("eval", self.eval)):
+        parts = [("train", self.train), *((f"eval-{k}", v) for k, v in self.held_out.items())]
+        for part, matches in parts:
             for m in sorted(matches, key=lambda m: (m.resume_id, m.job_id)):
                 h.update(f"{part}\x1f{m.resume_id}\x1f{m.job_id}\x1f{m.label:.6f}\x1e".encode())
                 for p, a, b in m.pairs:
@@ -56,9 +63,9 @@ class TrainingData:
             h.update(f"pair\x1f{a}\x1f{b}\x1f{y:.6f}\x1e".encode())
         return h.hexdigest()
 
-    def eval_hash(self) -> str:
-        """Identifies the evaluation examples: metrics compare only on equal hashes."""
-        return TrainingData(train=[], eval=self.eval).data_hash()
+    def eval_hash(self, split: SplitName) -> str:
+        """Identifies one split's evaluation examples: metrics compare only on equal hashes."""
+        return TrainingData(train=[], held_out={split: self.held_out.get(split, [])}).data_hash()
 
 
 def match_examples(
@@ -91,8 +98,21 @@ def split_examples(
     return train, evaluation
 
 
-def load_training_data(*, session: Any, split: Literal["resume", "job"] = "resume") -> TrainingData:
-    """Everything labelled in the database, split by the stored assignment."""
+def split_both(
+    matches: Sequence[MatchExample], parts: Mapping[SplitName, Mapping[str, str]]
+) -> tuple[list[MatchExample], dict[SplitName, list[MatchExample]]]:
+    """(train, held out by split): training keeps only matches whose resume and job are both
+    on the training side, so a model is judged on resumes and on jobs it never saw."""
+    held: dict[SplitName, list[MatchExample]] = {}
+    train_ids = {id(m) for m in matches}
+    for by, by_parts in parts.items():
+        _, held[by] = split_examples(matches, by_parts, by)
+        train_ids -= {id(m) for m in held[by]}
+    return [m for m in matches if id(m) in train_ids], held
+
+
+def load_training_data(*, session: Any) -> TrainingData:
+    """Everything labelled in the database, split by the stored assignments (both)."""
     labels = repo.list_labels(session=session)
     resume_texts = {
         row.external_id: field_texts(repo.parse_document(row))
@@ -105,24 +125,26 @@ def load_training_data(*, session: Any, split: Literal["resume", "job"] = "resum
     matches, pending = match_examples(
         ((lb.resume_id, lb.job_id, lb.score) for lb in labels), resume_texts, job_texts
     )
-    parts = repo.split_parts(session=session, split=split)
-    train, evaluation = split_examples(matches, parts, split)
+    parts = {split: repo.split_parts(session=session, split=split) for split in SPLITS}
+    train, held_out = split_both(matches, parts)
     return TrainingData(
         train=train,
-        eval=evaluation,
+        held_out=held_out,
         extra_pairs=repo.list_pair_labels(session=session),
         pending_labels=pending,
     )
 
 
 def require_data(factory: sessionmaker[Session], split: SplitName) -> TrainingData:
-    """``load_training_data`` in its own transaction; NotEnoughDataError unless both sides
-    have enough labelled matches."""
+    """``load_training_data`` in its own transaction; NotEnoughDataError unless there are
+    enough training matches and held-out matches of ``split`` (the other split may have
+    fewer: its check is then skipped)."""
     with transaction(factory) as session:
-        data = load_training_data(session=session, split=split)
-    if len(data.train) < MIN_TRAIN or len(data.eval) < MIN_EVAL:
+        data = load_training_data(session=session)
+    n_eval = len(data.held_out.get(split, []))
+    if len(data.train) < MIN_TRAIN or n_eval < MIN_EVAL:
         raise NotEnoughDataError(
-            f"split {split!r}: {len(data.train)} training and {len(data.eval)} evaluation "
+            f"split {split!r}: {len(data.train)} training and {n_eval} evaluation "
             f"labelled matches with stored documents (need {MIN_TRAIN} and {MIN_EVAL}); "
             f"{data.pending_labels} labels wait for their documents"
         )

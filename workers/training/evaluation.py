@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from jobfit.shared.config import PairType, equal_weights
 from jobfit.workers.training.data import MatchExample
 from jobfit.workers.training.encoding import Progress, encode_unique, no_progress
 
@@ -32,25 +33,34 @@ def ndcg_at(labels_by_query: Sequence[tuple[np.ndarray, np.ndarray]], k: int = 1
 
 
 def score_examples(
-    vectors: Mapping[str, np.ndarray], matches: Sequence[MatchExample]
+    vectors: Mapping[str, np.ndarray],
+    matches: Sequence[MatchExample],
+    weights: Mapping[PairType, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pair cosines, pair labels, match scores, match labels) from normalised vectors."""
+    """(pair cosines, pair labels, match scores, match labels) from normalised vectors; a
+    match score is the weighted mean of its pair cosines (``workers.scoring.score_match``,
+    equal weights by default). Every labelled pair is scored."""
+    w = weights or equal_weights()
     pair_cos, pair_y, match_s, match_y = [], [], [], []
     for m in matches:
         cos = [float(vectors[a] @ vectors[b]) for _, a, b in m.pairs]
+        pw = [w.get(p, 0.0) for p, _, _ in m.pairs]
         pair_cos.extend(cos)
         pair_y.extend([m.label] * len(cos))
-        match_s.append(float(np.mean(cos)))
+        total = sum(pw)
+        match_s.append(float(np.dot(pw, cos) / total) if total > 0 else 0.0)
         match_y.append(m.label)
     return np.array(pair_cos), np.array(pair_y), np.array(match_s), np.array(match_y)
 
 
 def metrics_from_vectors(
-    vectors: Mapping[str, np.ndarray], matches: Sequence[MatchExample]
+    vectors: Mapping[str, np.ndarray],
+    matches: Sequence[MatchExample],
+    weights: Mapping[PairType, float] | None = None,
 ) -> dict[str, float]:
     from scipy.stats import pearsonr, spearmanr
 
-    pair_cos, pair_y, match_s, match_y = score_examples(vectors, matches)
+    pair_cos, pair_y, match_s, match_y = score_examples(vectors, matches, weights)
     by_resume: dict[str, list[int]] = defaultdict(list)
     for i, m in enumerate(matches):
         by_resume[m.resume_id].append(i)
@@ -73,10 +83,12 @@ class MatchEvaluator:
     distinct text is encoded once instead of once per pair (38k pairs, 1.2k texts).
 
     The primary metric is the match-level Spearman: how well the served match score (the
-    mean of its pair cosines) orders matches as the labels do."""
+    weighted mean of its pair cosines, with the version's served weights) orders matches as
+    the labels do. Promotion reads it on held-out resumes and on held-out jobs."""
 
     matches: Sequence[MatchExample]
     batch_size: int = 16
+    weights: Mapping[PairType, float] | None = None  # the version's served pair weights
 
     primary_metric: ClassVar[str] = "match_spearman"
     greater_is_better: ClassVar[bool] = True
@@ -90,7 +102,7 @@ class MatchEvaluator:
         vectors = encode_unique(
             model, texts, batch_size=self.batch_size, progress=progress, stage="evaluating"
         )
-        return metrics_from_vectors(vectors, self.matches)
+        return metrics_from_vectors(vectors, self.matches, self.weights)
 
 
 def metrics_key(split: str, eval_hash: str) -> str:
