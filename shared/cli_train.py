@@ -103,6 +103,9 @@ def retrain(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Full fine-tune epochs.")] = None,
     max_steps: Annotated[int, typer.Option(help="Cap on fine-tune steps (-1: none).")] = -1,
+    time_budget_s: Annotated[
+        float | None, typer.Option(help="Stop the full fine-tune after this many seconds.")
+    ] = None,
     head_epochs: Annotated[int | None, typer.Option(help="Head training epochs.")] = None,
     split: SplitOpt = "resume",
     base_version: Annotated[str | None, typer.Option(help="Start from this version.")] = None,
@@ -118,6 +121,7 @@ def retrain(
         "mode": mode,
         "epochs": epochs,
         "max_steps": max_steps,
+        "time_budget_s": time_budget_s,
         "head_epochs": head_epochs,
         "split": split,
         "base_version": base_version,

@@ -169,6 +169,8 @@ class RetrainRequest(BaseModel):
     mode: Literal["head", "full", "full+head"] | None = None  # None: settings.train.mode
     epochs: int | None = Field(default=None, ge=1, le=100)
     max_steps: int = Field(default=-1, ge=-1)
+    # full fine-tune: stop after this many seconds of training (the steps done are kept)
+    time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     head_epochs: int | None = Field(default=None, ge=1, le=100_000)
     split: Literal["resume", "job"] = "resume"
     base_version: str | None = Field(default=None, max_length=200)

@@ -245,6 +245,7 @@ def retrain(
         mode=request.mode or settings.train.mode,
         epochs=request.epochs or settings.train.epochs,
         max_steps=request.max_steps,
+        time_budget_s=request.time_budget_s,
         max_seq_length=settings.model.max_seq_length,
         head_epochs=request.head_epochs or TrainParams.head_epochs,
     )

@@ -40,6 +40,9 @@ class TrainParams:
     matches_per_step: int = 64  # full fine-tune: matches (with all their texts) per step
     warmup_ratio: float = 0.1
     max_steps: int = -1  # cap on full fine-tune steps (-1: the epochs decide)
+    # Full fine-tune: stop after this many seconds of training, keeping the steps done (an
+    # operator's bound on a CPU or a shared GPU); None: the steps decide.
+    time_budget_s: float | None = None
     seed: int = 42
     max_seq_length: int = 384
     head_epochs: int = 400  # the most full-batch steps of the head (early stopping may end sooner)
@@ -330,6 +333,8 @@ def train_full(
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             elapsed = time.perf_counter() - self.t0
+            if params.time_budget_s is not None and elapsed >= params.time_budget_s:
+                control.should_training_stop = True
             total = max(state.max_steps, 1)
             progress(
                 "fine-tuning",
