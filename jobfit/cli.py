@@ -33,11 +33,10 @@ def main() -> None:
         app()
     except Exception as exc:
         from jobfit.shared.cli import STATE
-        from jobfit.shared.config import get_settings
         from jobfit.shared.console import err
         from jobfit.shared.errors import explain
 
-        known = None if STATE["debug"] else explain(exc, get_settings())
+        known = None if STATE["debug"] else explain(exc)
         if known is None:
             raise
         err.print(f"[red]error:[/red] {known[0]} — {known[1]}", highlight=False, soft_wrap=True)

@@ -17,12 +17,23 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(lines)[:200] if lines else type(exc).__name__
 
 
-def explain(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
+def explain(exc: BaseException) -> tuple[str, str] | None:
     """(cause, fix) for an error a user can act on; None for anything else (a bug: the
     traceback is what helps then)."""
     from kombu.exceptions import OperationalError as BrokerError
+    from pydantic import ValidationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+    from jobfit.shared.config import get_settings
+    from jobfit.shared.schemas import describe_validation_error
+
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+        return (
+            f"invalid settings: {describe_validation_error(exc)}",
+            "check the JOBFIT_* environment variables and .env",
+        )
+    settings = get_settings()
 
     if isinstance(exc, OperationalError):
         return (

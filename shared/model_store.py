@@ -43,8 +43,12 @@ def resolve_model_path(s: ModelSettings) -> Path:
     default model in the store."""
     if s.path is not None or not s.hub_id:
         return s.resolved_path()
-    from huggingface_hub import snapshot_download
-
+    try:  # a worker's dependency: a producer install checks hub models without it
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            f"hub model {s.hub_id!r}: huggingface_hub is not installed (the worker extra)"
+        ) from exc
     try:
         return Path(snapshot_download(s.hub_id, local_files_only=hub_offline()))
     except Exception as exc:  # the hub client raises several types for "not available"

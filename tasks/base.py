@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EMBED_QUEUE
@@ -66,7 +66,7 @@ class JobfitTask(Task):
             return {"status": "duplicate", "reason": "already done; this delivery is ignored"}
         if sorted_.dead:
             [(_, reason)] = sorted_.dead
-            record_failures(self.app, [self.failure_of(reason, args, kwargs, self.request.id)])
+            self._record_or_requeue(reason, args, kwargs)
             set_delivery_state(self.app, [key], "dead")
             raise MessageRejectedError(reason)
         if sorted_.suspects:  # it runs alone anyway; a later delivery knows it was tried so
@@ -80,9 +80,11 @@ class JobfitTask(Task):
                 "%s[%s]: %r outlasted the retries: back to the queue", self.name, req.id, exc
             )
             raise Reject(exc, requeue=True) from exc
-        except Reject:
+        except (Reject, Retry):
             raise
-        except Exception:  # failed for good (recorded by on_failure): not a lost worker
+        except Exception as exc:  # failed for good: recorded (or back to the queue)
+            if not isinstance(exc, MessageRejectedError):  # recorded when it was refused
+                self._record_or_requeue(f"{type(exc).__name__}: {exc}", args, kwargs)
             set_delivery_state(self.app, [key], "done")
             raise
         set_delivery_state(self.app, [key], "done")
@@ -96,24 +98,19 @@ class JobfitTask(Task):
             self.bind_message(args, kwargs)
             return run(*args, **kwargs)
         except InvalidMessageError as exc:
-            reason = str(exc)
-            if not record_failures(
-                self.app, [self.failure_of(reason, args, kwargs, self.request.id)]
-            ):
-                raise Reject(reason, requeue=True) from exc
-            raise MessageRejectedError(reason) from exc
+            self._record_or_requeue(str(exc), args, kwargs)
+            raise MessageRejectedError(str(exc)) from exc
+
+    def _record_or_requeue(self, reason: str, args: Any, kwargs: Any) -> None:
+        """Record this message in ``failed_messages``; if that cannot be done (the database
+        is still down after the retries), put it back on the queue instead of letting it be
+        acknowledged unrecorded."""
+        if not record_failures(self.app, [self.failure_of(reason, args, kwargs, self.request.id)]):
+            raise Reject(reason, requeue=True)
 
     def failure_of(self, reason: str, args: Any, kwargs: Any, task_id: str | None) -> repo.Failure:
         """A rejected or failed message of this task, as ``failed_messages`` stores it."""
         return failure(reason, {"args": args, "kwargs": kwargs}, self.name, task_id)
-
-    def on_failure(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        if isinstance(exc, MessageRejectedError):
-            return  # recorded when it was refused
-        reason = f"{type(exc).__name__}: {exc}"
-        record_failures(self.app, [self.failure_of(reason, args, kwargs, task_id)])
 
 
 def serves_embed(app: Any) -> bool:

@@ -128,13 +128,7 @@ class IngestBatch(JobfitTask):
         if not record_failures(self.app, failures):
             requeue |= {str(f.task_id) for f in failures}
         set_delivery_state(self.app, [it.key for it, _ in sorted_.dead], "dead")
-        for it in items:
-            if it.id in requeue or it.duplicate or it.request.ignore_result:
-                continue  # a duplicate's first answer stands
-            if it.error is not None:
-                self.backend.mark_as_failure(it.id, it.error, request=it.request)
-            else:
-                self.backend.mark_as_done(it.id, it.result, request=it.request)
+        self._answer_all(items, requeue)
         runtime = time.monotonic() - t0
         # Each message's share of its batch (the batch's time is not any one message's).
         self._events(items, "task-done", runtime=runtime / max(len(items), 1))
@@ -184,6 +178,21 @@ class IngestBatch(JobfitTask):
             return
         for it, result in zip(items, results, strict=True):
             it.result = result.model_dump()
+
+    def _answer_all(self, items: Sequence[Item], requeue: set[str]) -> None:
+        """Each message's result in the result backend. The rows are committed by now: a
+        result that cannot be written (the backend is down after its own retries) is logged,
+        not a reason to run the batch again (its redelivery would be a duplicate)."""
+        for it in items:
+            if it.id in requeue or it.duplicate or it.request.ignore_result:
+                continue  # a duplicate's first answer stands
+            try:
+                if it.error is not None:
+                    self.backend.mark_as_failure(it.id, it.error, request=it.request)
+                else:
+                    self.backend.mark_as_done(it.id, it.result, request=it.request)
+            except Exception:
+                log.exception("%s[%s]: its result could not be stored", self.name, it.id)
 
     @staticmethod
     def _count(items: Sequence[Item], requeue: set[str]) -> None:

@@ -49,6 +49,11 @@ def score_job(self: JobfitTask, job_id: Any) -> dict[str, Any]:
     return _score_result(out, ctx.version, f"no job {req.job_id!r}")
 
 
+# How often a rescore for a version a worker does not serve yet comes back (one model reload
+# interval apart) before it fails.
+RESCORE_RETRIES = 12
+
+
 @shared_task(bind=True, base=JobfitTask, name=RESCORE)
 def rescore(self: JobfitTask, request: Any = None) -> dict[str, Any]:
     """Score every stored (resume, job) with the version this worker serves (after a
@@ -58,12 +63,13 @@ def rescore(self: JobfitTask, request: Any = None) -> dict[str, Any]:
     rt = get_runtime(self.app)
     ctx = rt.model(refresh=True)
     if req.version is not None and req.version != base_version(ctx.version):
-        # This worker could not switch (yet): leave the rescore to one that serves it.
-        return ScoreResult(
-            status="rejected",
-            model_version=ctx.version,
-            reason=f"this worker serves {ctx.version}, not {req.version}",
-        ).model_dump()
+        # This worker could not switch (yet): the rescore comes back after the next reload
+        # (to this worker or one that serves the version), for about a minute, then fails.
+        raise self.retry(
+            exc=LookupError(f"this worker serves {ctx.version}, not {req.version}"),
+            countdown=self.app.settings.model.reload_interval_s,
+            max_retries=RESCORE_RETRIES,
+        )
     report = StateReporter(self)
     with transaction(rt.session_factory) as session:
         resume_ids = [r.external_id for r in repo.list_documents(session=session, kind="resume")]

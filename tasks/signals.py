@@ -20,9 +20,9 @@ def _load_model_when_ready(sender: Any = None, **_: Any) -> None:
     when a task asks for one."""
     if sender is None:
         return
-    worker_metrics.serve(sender.app.settings)
     if serves_embed(sender.app):
         get_runtime(sender.app).model()
+    worker_metrics.serve(sender.app.settings)
 
 
 @signals.worker_shutdown.connect

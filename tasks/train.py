@@ -4,6 +4,7 @@ it as a progress bar)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,9 @@ from jobfit.workers.training.data import NotEnoughDataError
 M = TypeVar("M", bound=BaseModel)
 
 
+log = logging.getLogger(__name__)
+
+
 @shared_task(bind=True, base=JobfitTask, name=SUBMIT_LABEL)
 def submit_label(self: Task, label: Any) -> dict[str, Any]:
     """Store a match label; it joins the next training set (idempotent: latest wins)."""
@@ -48,7 +52,11 @@ def retrain(self: Task, request: Any = None) -> dict[str, Any]:
     then ask the embed workers to rescore the stored matches."""
     out = _run(self, RetrainRequest, request, promotion.retrain)
     if out["status"] == "promoted" and self.app.settings.train.rescore_after_promotion:
-        self.app.send_task(RESCORE, kwargs={"request": {"version": out["version"]}})
+        try:
+            self.app.send_task(RESCORE, kwargs={"request": {"version": out["version"]}})
+        except Exception:  # the promotion is committed: its answer stands (`jobfit rescore`)
+            log.exception("could not ask for the rescore of %s", out["version"])
+            out["rescore"] = "not requested: run `jobfit rescore`"
     return out
 
 

@@ -34,7 +34,12 @@ INGEST_MESSAGES = Counter(
 
 def serve(settings: Settings) -> None:
     """Serve this worker's metrics over HTTP if a port is configured (a daemon thread)."""
-    port = settings.metrics.worker_port
-    if port:
-        start_http_server(port, addr=settings.metrics.worker_address)
-        log.info("worker metrics on %s:%d/metrics", settings.metrics.worker_address, port)
+    port, address = settings.metrics.worker_port, settings.metrics.worker_address
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=address)
+    except OSError as exc:  # e.g. the port is taken: the worker works on without them
+        log.error("worker metrics not served on %s:%d: %s", address, port, exc)
+        return
+    log.info("worker metrics on %s:%d/metrics", address, port)

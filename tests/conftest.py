@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
-from tools.procs import ROOT, RUN_ID, WorkerProcess, settings_env
+from tools.procs import ROOT, RUN_ID, WorkerProcess, free_port, settings_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -201,12 +200,6 @@ def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 30) -> t
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -44,7 +44,7 @@ from jobfit.shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, 
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
 from tools import hostile
 from tools.bench import Stage, fresh_stage
-from tools.procs import RUN_ID, WorkerProcess
+from tools.procs import RUN_ID, WorkerProcess, free_port
 
 Docs = list[dict[str, Any]]
 WAIT_S = 300.0
@@ -90,14 +90,6 @@ QUICK = Sizes(
 
 
 # --- private services --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:

@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class BatchPipeline:
         self.max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
-        self._done: deque[tuple[list[Callback], Any]] = deque()
+        # Calls for the event loop, in the order they were made (see ``_after``).
+        self._done: deque[Callable[[], None]] = deque()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._call_soon: Callable[[Callable[[], None]], Any] | None = None
@@ -84,9 +86,19 @@ class BatchPipeline:
             if self._call_soon is None:
                 fn(*args)
             else:
-                self._call_soon(lambda: fn(*args))
+                self._after(partial(fn, *args))
 
         return later
+
+    def _after(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the event loop after every call queued before it. kombu's hub keeps
+        its ``call_soon`` callbacks in a set, in no order: the calls wait in one FIFO here and
+        each ``call_soon`` drains it, so a task's start is reported before its end, and
+        batches are acknowledged in the order they ran."""
+        with self._cond:
+            self._done.append(call)
+        if self._call_soon is not None:
+            self._call_soon(self.drain)
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False once closed (its messages stay unacknowledged)."""
@@ -122,23 +134,20 @@ class BatchPipeline:
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
             result = run_items(jobs[0].run, [it for job in jobs for it in job.items])
-            with self._cond:
-                self._done.append(([job.on_return for job in jobs], result))
-            if self._call_soon is not None:
-                self._call_soon(self.drain)
+            for job in jobs:
+                self._after(partial(job.on_return, result))
 
     def drain(self) -> None:
-        """Run the callbacks of finished batches (on the event loop's thread)."""
+        """Run the queued calls, oldest first (on the event loop's thread)."""
         while True:
             with self._cond:
                 if not self._done:
                     return
-                callbacks, result = self._done.popleft()
-            for callback in callbacks:
-                try:
-                    callback(result)
-                except Exception:
-                    log.exception("batch callback failed")
+                call = self._done.popleft()
+            try:
+                call()
+            except Exception:
+                log.exception("callback failed")
 
     @property
     def closed(self) -> bool:

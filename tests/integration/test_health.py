@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tools.procs import ROOT, settings_env
+from tools.procs import ROOT, free_port, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +24,6 @@ def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_health_passes_with_everything_up(settings, worker):

@@ -92,16 +92,17 @@ def watch(flower, tsettings, task_id: str, hostname: str, shots: dict[str, str] 
         if state in {"STARTED", "PROGRESS"}:
             seen["states"].add(state)
             seen["online"].append(api(flower, "/api/workers?status=true").get(hostname))
+            assert info.get("worker") == hostname
+            if seen["health"] is None:  # the worker's healthcheck, mid-run
+                seen["health"] = healthy(tsettings, hostname)
             if state == "PROGRESS":
                 result = str(info.get("result"))
                 seen["fields"] |= {
                     k for k in PROGRESS_FIELDS | {"loss", "eta_s"} if f"{k}=" in result
                 }
-                assert info.get("worker") == hostname
-                if seen["health"] is None:
-                    seen["health"] = healthy(tsettings, hostname)
-                    for page, name in (shots or {}).items():
-                        screenshot(flower, page.format(task_id=task_id), name)
+                for page, name in (shots or {}).items():
+                    screenshot(flower, page.format(task_id=task_id), name)
+                shots = None
         time.sleep(0.5)
     pytest.fail(f"task {task_id} not done in {TIMEOUT}s")
 
@@ -154,8 +155,8 @@ def test_flower_and_health_follow_a_long_retrain_and_its_rescore(
     t1 = time.monotonic()
     seen = watch(flower, tsettings, rescore_id, embed)
     assert seen["final"]["state"] == "SUCCESS", seen["final"]
-    if seen["states"]:  # a rescore shorter than a poll is only seen done
-        assert all(seen["online"]), seen["online"]
-    if seen["health"] is not None:
-        assert seen["health"].returncode == 0, seen["health"].stdout
+    # It embeds every text again with the new version: seconds, seen while it runs.
+    assert seen["states"], "the rescore was never seen running"
+    assert seen["online"] and all(seen["online"]), seen["online"]
+    assert seen["health"].returncode == 0, seen["health"].stdout + seen["health"].stderr
     print(f"rescore {time.monotonic() - t1:.0f}s, seen {sorted(seen['states'])}")

@@ -126,3 +126,19 @@ def test_a_single_flush_larger_than_the_limit_still_runs_whole(max_batch: int):
     loop.run_once()
     assert ran == [[1, 2, 3, 4]]  # flushes are cut to max_tasks before they get here
     pipeline.close()
+
+
+def test_loop_calls_run_in_the_order_they_were_made_whatever_order_the_loop_takes():
+    """kombu's hub keeps call_soon callbacks in a set: a task's accept callback and its done
+    callback may be taken in either order; the pipeline still runs them in order."""
+    scheduled: list[Callable[[], None]] = []
+    p = BatchPipeline(max_batch=4)
+    p.attach(scheduled.append)
+    ran: list[str] = []
+    accepted, done = p.on_loop(ran.append), p.on_loop(ran.append)
+    assert accepted is not None and done is not None
+    accepted("accepted")
+    done("done")
+    for call in reversed(scheduled):  # the loop takes the second one first
+        call()
+    assert ran == ["accepted", "done"]

@@ -29,3 +29,12 @@ def test_celery_config_is_safe_by_default():
     assert conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.broker_transport_options["visibility_timeout"] >= 3600
     assert conf.result_expires <= 24 * 3600
+
+
+def test_each_task_result_is_one_outcome():
+    from jobfit.shared.cli import outcome
+    from jobfit.shared.schemas import MessageRejectedError
+
+    assert outcome(MessageRejectedError("id: Field required")) == "rejected"
+    assert outcome(RuntimeError("boom")) == "failed"
+    assert outcome({"status": "created", "scored": 2}) == "created"

@@ -8,24 +8,26 @@
 ``promotion``   retrain / evaluate against the registry; promotion reads the declared metric
 
 Training data
-    A match label (resume, job, score) becomes field-pair examples with one documented rule:
-    each field pair the match uses (``shared.fields.usable_pairs``) carries the match's label,
-    the same texts the workers embed. A (sentence_0, sentence_1) that occurs in several
-    matches gets the mean of their labels: that is what the squared loss converges to
-    anyway, and it makes an epoch several times shorter (the real data has 38,176 field
-    pairs of 1,236 texts). Generic pair files add their examples to the training side.
-    The split is by resume (or by job), stored in Postgres (``shared.repository.labels``).
+    Labelled matches (resume, job, score) with the field pairs each one uses
+    (``shared.fields.usable_pairs``: the same texts the workers embed); generic pair files
+    add one-pair examples. A retrain trains on matches whose resume and job are both on the
+    training side of the stored splits (``shared.repository.labels``), so held-out resumes
+    and held-out jobs are both unseen.
 
-Two ways to train, both ending in a sentence-transformers directory the workers load as is:
-    ``full``  sentence-transformers' trainer, CosineSimilarityLoss, all weights (GPU).
-    ``head``  the encoder frozen, a two-layer head (Dense tanh -> Dense) trained on the
-              encoder's embeddings of the unique texts with the same objective (MSE of
-              cosine vs label): minutes on a CPU. The head is saved as sentence-transformers
-              ``Dense`` modules, so serving needs nothing new.
+The objective is the served score (``match_loss``): a match's score, the weighted mean of its
+pair cosines (``workers.scoring.weighted_mean``), against its label, squared error; the
+pair-type weights are learned with it and stored with the version. Two ways to train, both
+ending in a sentence-transformers directory the workers load as is:
+    ``full``  sentence-transformers' trainer on all weights, the match-level loss over all of
+              a batch of matches' texts at once (GPU; a time budget bounds it on a CPU).
+    ``head``  the encoder frozen, a two-layer head (Dense tanh -> Dense) trained on cached
+              embeddings of the unique texts, early-stopped on a validation slice of unseen
+              resumes and jobs, with weight decay: minutes on a CPU. Saved as
+              sentence-transformers ``Dense`` modules, so serving needs nothing new.
     ``full+head`` the first, then the second on top.
 
-Evaluation (any model, the stored evaluation split): field-pair Pearson/Spearman of cosine vs
-label, match-level Spearman/Pearson of the match score (mean of its pair cosines) vs the match
-label, NDCG@10 of jobs ranked per resume. The primary metric (match-level Spearman, greater
-is better) decides promotion.
+Evaluation (any model, a stored evaluation split): match-level Spearman/Pearson of the match
+score vs its label, field-pair Pearson/Spearman, NDCG@10 of jobs ranked per resume. The
+evaluator declares its primary metric (match-level Spearman) and direction (greater is
+better); promotion reads them, on held-out resumes and on held-out jobs.
 """

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from jobfit.shared.config import PairType, equal_weights
+from jobfit.workers.scoring import weighted_mean
 from jobfit.workers.training.data import MatchExample
 from jobfit.workers.training.encoding import Progress, encode_unique, no_progress
 
@@ -41,14 +42,16 @@ def score_examples(
     match score is the weighted mean of its pair cosines (``workers.scoring.score_match``,
     equal weights by default). Every labelled pair is scored."""
     w = weights or equal_weights()
-    pair_cos, pair_y, match_s, match_y = [], [], [], []
+    pair_cos: list[float] = []
+    pair_y: list[float] = []
+    match_s: list[float] = []
+    match_y: list[float] = []
     for m in matches:
-        cos = [float(vectors[a] @ vectors[b]) for _, a, b in m.pairs]
-        pw = [w.get(p, 0.0) for p, _, _ in m.pairs]
-        pair_cos.extend(cos)
+        cos = {p: float(vectors[a] @ vectors[b]) for p, a, b in m.pairs}
+        pair_cos.extend(cos.values())
         pair_y.extend([m.label] * len(cos))
-        total = sum(pw)
-        match_s.append(float(np.dot(pw, cos) / total) if total > 0 else 0.0)
+        score = weighted_mean(cos, w)
+        match_s.append(0.0 if score is None else score)  # served as "no score": ranks last
         match_y.append(m.label)
     return np.array(pair_cos), np.array(pair_y), np.array(match_s), np.array(match_y)
 

@@ -29,7 +29,6 @@ from jobfit.shared import repository as repo
 from jobfit.shared.config import Settings
 from jobfit.shared.db import transaction
 from jobfit.shared.model_store import check_model_dir, version_of
-from jobfit.shared.orm import ModelVersionRow
 from jobfit.shared.schemas import EvaluateRequest, RetrainRequest
 from jobfit.shared.splits import SPLITS, SplitName
 from jobfit.workers.embedders.base import ModelSpec, resolve_device
@@ -362,11 +361,3 @@ def evaluate(
         progress=progress,
     )
     return {"version": version, "split": request.split, "metrics": metrics}
-
-
-def version_rows(factory: sessionmaker[Session]) -> list[ModelVersionRow]:
-    """Every registry row, detached (for the CLI's table)."""
-    with transaction(factory) as session:
-        rows = repo.list_versions(session=session)
-        session.expunge_all()
-        return rows
