@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 class SentenceTransformerEmbedder(BaseEmbedder):
     """A sentence-transformers model loaded once, used for inference only."""
 
+    backend = "torch"
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         check_model_dir(spec.path)
