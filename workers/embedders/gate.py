@@ -145,11 +145,14 @@ def compare(spec: ModelSpec, store: Path, check: CheckSet | None = None) -> dict
     return out
 
 
-def gate(spec: ModelSpec, store: Path) -> dict[str, Any]:
+def gate(
+    spec: ModelSpec, store: Path, quantization: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The gate's verdict for this model on this CPU (computed once, kept in ``gate.json``;
-    again when the int8 graph there was made for a CPU with other features)."""
+    again when the int8 graph there was made for a CPU with other features). ``quantization``:
+    other settings than this CPU's (``export.quantization_settings``), to compare them."""
     with export_lock(spec, store):
-        directory = quantize(spec, store)  # made again if made for other CPU features
+        directory = quantize(spec, store, quantization)  # made again if made otherwise
         path = directory / GATE_FILE
         if path.is_file():
             verdict = dict(json.loads(path.read_text("utf-8")))
