@@ -47,13 +47,12 @@ def model_provision(
 
 @model_app.command("export-onnx")
 def model_export_onnx(
-    reduce_range: Annotated[
-        bool | None,
+    int8_range: Annotated[
+        str,
         typer.Option(
-            "--reduce-range/--full-range",
-            help="int8 weights in 7 bits / 8 bits; default: chosen by this CPU's features",
+            help="int8 weights: 'reduced' (7 bits), 'full' (8 bits) or 'auto' (by CPU features)"
         ),
-    ] = None,
+    ] = "auto",
 ) -> None:
     """Export the configured model to ONNX (fp32 and int8, in the model store) and judge both
     against torch fp32 on the check set, as JSON: the fp32 check (``fp32_check``: served by
@@ -67,8 +66,8 @@ def model_export_onnx(
     settings = get_settings()
     spec = ModelSpec.from_settings(settings.model)
     quantization = quantization_settings(cpu_features())
-    if reduce_range is not None:
-        quantization["reduce_range"] = reduce_range
+    if int8_range != "auto":
+        quantization["reduce_range"] = int8_range == "reduced"
     verdict = {
         "fp32_check": check_fp32(spec, settings.model.store),
         **gate(spec, settings.model.store, quantization),

@@ -110,7 +110,7 @@ def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, mon
     here = quantization_settings(cpu_features())
     judged: list[int] = []
 
-    def compare(*_: object) -> dict[str, object]:
+    def compare(*_: object, **__: object) -> dict[str, object]:
         judged.append(1)
         return {"gate": {"int8_passes": False}}
 

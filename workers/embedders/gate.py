@@ -115,11 +115,16 @@ def judge(embedder: Embedder, check: CheckSet) -> tuple[dict[str, float], np.nda
     }, vectors
 
 
-def compare(spec: ModelSpec, store: Path, check: CheckSet | None = None) -> dict[str, Any]:
+def compare(
+    spec: ModelSpec,
+    store: Path,
+    check: CheckSet | None = None,
+    quantization: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """torch fp32, ONNX fp32 and ONNX int8 on the check set: sentences/s, Spearman, drop vs
     torch fp32, cosine of each vector to the torch one; and whether int8 passes the gate."""
     check = check or sample_check_set()
-    directory = quantize(spec, store)
+    directory = quantize(spec, store, quantization)
     torch_metrics, ref = judge(SentenceTransformerEmbedder(spec), check)
     out: dict[str, Any] = {"torch": torch_metrics}
     for name, int8 in (("onnx", False), ("onnx-int8", True)):
@@ -164,7 +169,7 @@ def gate(
                 verdict.get("quantization"),
                 quantized_with(directory),
             )
-        result = compare(spec, store)
+        result = compare(spec, store, quantization=quantization)
         result["quantization"] = quantized_with(directory)
         _write_json(path, result)
         return result
