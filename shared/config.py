@@ -94,10 +94,12 @@ class ModelSettings(BaseModel):
     # The most texts in one forward pass (and the batch of the plain ``encode`` baseline).
     # None: 16 on CPU, 128 on CUDA.
     batch_size: int | None = None
-    # torch (fp32 on CPU, fp16 on CUDA), onnx (fp32, onnxruntime) or onnx-int8 (dynamic int8
-    # quantisation; served only if its check-set Spearman is within the gate of fp32, see
-    # ``jobfit model export-onnx``). An ONNX export lives next to the model, in ``onnx/``.
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # auto: ONNX fp32 on a CPU where its export is exact (mean cosine to torch >= 0.9999 on
+    # the check set, checked when exported at a worker's first load), else torch; torch (fp16)
+    # on CUDA. torch (fp32 on CPU, fp16 on CUDA), onnx (fp32, onnxruntime) or onnx-int8
+    # (dynamic int8 quantisation for this CPU's features; served only if it passes its gate,
+    # see ``jobfit model export-onnx``). Exports live in the model store, in ``onnx/``.
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     # CPU threads for the model (torch / onnxruntime); None: the library default (all cores).
     # Several worker processes on one machine: give each cores / processes.
     threads: int | None = Field(default=None, ge=1)

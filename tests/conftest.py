@@ -113,7 +113,9 @@ def make_settings(db_url: str, key_prefix: str, model_path: Path, store: Path) -
         env="test",
         db=DatabaseSettings(url=db_url),
         broker=BrokerSettings(url=broker_url(), result_backend=REDIS_URL, key_prefix=key_prefix),
-        model=ModelSettings(path=model_path, store=store),
+        # torch, not the CPU default (auto: ONNX fp32 where exact): the suite compares with
+        # torch's vectors and versions; tests/integration/test_backends.py covers auto.
+        model=ModelSettings(path=model_path, store=store, backend="torch"),
     )
 
 

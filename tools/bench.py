@@ -272,13 +272,25 @@ def bench_model(
                 out["worker_peak_rss_mib"] = peak_rss_mb(stage.pids)
         out[label] = {**_rate(len(texts), seconds), **versus(raw, seconds)}
 
-    e2e("e2e_ingest", score=False)
-    e2e("e2e_ingest_score", score=True)
+    e2e("e2e_ingest", score=False, JOBFIT_MODEL__BACKEND="torch")
+    # The default backend (auto: ONNX fp32 on a CPU where exact), next to torch's, same run.
+    e2e("e2e_ingest_default_backend", score=False, JOBFIT_MODEL__BACKEND="auto")
+    out["default_backend_vs_torch"] = round(
+        out["e2e_ingest_default_backend"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"],
+        3,
+    )
+    e2e("e2e_ingest_score", score=True, JOBFIT_MODEL__BACKEND="torch")
     out["e2e_ingest_score"]["time_vs_packed_encode"] = round(
         out["e2e_ingest_score"]["s"] / raw["packed_encode"]["s"], 3
     )
     threads = max(1, (os.cpu_count() or 2) // 2)
-    e2e("e2e_ingest_2_workers", score=False, count=2, JOBFIT_MODEL__THREADS=str(threads))
+    e2e(
+        "e2e_ingest_2_workers",
+        score=False,
+        count=2,
+        JOBFIT_MODEL__THREADS=str(threads),
+        JOBFIT_MODEL__BACKEND="torch",
+    )
     out["two_workers_vs_one"] = round(
         out["e2e_ingest_2_workers"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"], 3
     )

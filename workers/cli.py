@@ -46,17 +46,33 @@ def model_provision(
 
 
 @model_app.command("export-onnx")
-def model_export_onnx() -> None:
+def model_export_onnx(
+    int8_range: Annotated[
+        str,
+        typer.Option(
+            help="int8 weights: 'reduced' (7 bits), 'full' (8 bits) or 'auto' (by CPU features)"
+        ),
+    ] = "auto",
+) -> None:
     """Export the configured model to ONNX (fp32 and int8, in the model store) and judge both
-    against torch fp32 on the check set: the int8 gate's verdict, as JSON. Workers with
-    JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed."""
+    against torch fp32 on the check set, as JSON: the fp32 check (``fp32_check``: served by
+    the default backend ``auto`` on a CPU only if exact) and the int8 gate's verdict (workers
+    with JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed)."""
     worker_env()
     from jobfit.workers.embedders.base import ModelSpec
-    from jobfit.workers.embedders.gate import gate
+    from jobfit.workers.embedders.export import cpu_features, quantization_settings
+    from jobfit.workers.embedders.gate import check_fp32, gate
 
     settings = get_settings()
     spec = ModelSpec.from_settings(settings.model)
-    sys.stdout.write(json.dumps(gate(spec, settings.model.store), indent=2) + "\n")
+    quantization = quantization_settings(cpu_features())
+    if int8_range != "auto":
+        quantization["reduce_range"] = int8_range == "reduced"
+    verdict = {
+        "fp32_check": check_fp32(spec, settings.model.store),
+        **gate(spec, settings.model.store, quantization),
+    }
+    sys.stdout.write(json.dumps(verdict, indent=2) + "\n")
 
 
 def provision(

@@ -105,7 +105,7 @@ class WorkerRuntime:
         with transaction(factory) as session:
             served = repo.ModelInfo(embedder.version, spec.name, str(spec.path), embedder.dim)
             version_id = repo.ensure_served_version(
-                session=session, model=served, backend=spec.backend
+                session=session, model=served, backend=embedder.backend
             ).id
             # The pair weights are the weights' row's (learned with them), a variant's too.
             stored = repo.pair_weights(session=session, version=base_version(embedder.version))

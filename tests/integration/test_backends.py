@@ -1,5 +1,6 @@
-"""ONNX backends: fp32 equals torch, int8 stays close, int8 serves only past its gate, and a
-worker serving it names the backend in every row's model version."""
+"""ONNX backends: fp32 equals torch and is the CPU default only where its export is exact,
+int8 stays close, serves only past its gate and is judged again on a CPU with other features,
+and a worker serving either names the backend in every row's model version."""
 
 from __future__ import annotations
 
@@ -14,9 +15,22 @@ from jobfit.shared.client import JobfitClient
 from jobfit.shared.model_store import base_version, version_of
 from jobfit.shared.orm import ModelVersionRow
 from jobfit.shared.repository import ModelStatus
+from jobfit.workers.embedders import gate as gate_module
 from jobfit.workers.embedders.base import ModelSpec
-from jobfit.workers.embedders.export import quantize
-from jobfit.workers.embedders.gate import GATE_FILE, gate, sample_check_set
+from jobfit.workers.embedders.export import (
+    QUANT_FILE,
+    cpu_features,
+    quantization_settings,
+    quantize,
+    quantized_with,
+)
+from jobfit.workers.embedders.gate import (
+    FP32_CHECK_FILE,
+    GATE_FILE,
+    check_fp32,
+    gate,
+    sample_check_set,
+)
 from jobfit.workers.embedders.onnx import OnnxEmbedder
 from jobfit.workers.embedders.select import make_embedder
 from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
@@ -56,7 +70,8 @@ def test_fp32_equals_torch_and_int8_stays_close(spec, onnx_store):
 
 def test_int8_serves_only_if_it_passed_the_gate(spec, onnx_store):
     verdict = gate(spec, onnx_store)
-    assert set(verdict) == {"torch", "onnx", "onnx-int8", "gate"}
+    assert set(verdict) == {"torch", "onnx", "onnx-int8", "gate", "quantization"}
+    assert verdict["quantization"]["cpu_features"] == cpu_features()
     assert verdict["onnx"]["spearman_drop"] == pytest.approx(0.0, abs=1e-3)
     int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
     path = quantize(spec, onnx_store) / GATE_FILE
@@ -66,22 +81,83 @@ def test_int8_serves_only_if_it_passed_the_gate(spec, onnx_store):
         assert type(make_embedder(int8_spec, onnx_store)) is expected
 
 
+def test_cpu_default_is_onnx_fp32_where_exact_torch_otherwise(spec, onnx_store, tmp_path):
+    auto = ModelSpec(**{**spec.__dict__, "backend": "auto"})
+    verdict = check_fp32(auto, onnx_store)
+    assert verdict["exact"] and verdict["cosine_to_torch_mean"] >= 0.9999, verdict
+    assert type(make_embedder(auto, onnx_store)) is OnnxEmbedder
+    path = quantize(spec, onnx_store) / FP32_CHECK_FILE
+    path.write_text(json.dumps({**verdict, "exact": False}), encoding="utf-8")  # forced inexact
+    try:
+        assert type(make_embedder(auto, onnx_store)) is SentenceTransformerEmbedder
+    finally:
+        path.write_text(json.dumps(verdict), encoding="utf-8")
+
+
+def test_cpu_default_is_torch_where_the_export_fails(spec, tmp_path, monkeypatch):
+    def broken(*_: object) -> Path:
+        raise RuntimeError("this model cannot be exported")
+
+    monkeypatch.setattr(gate_module, "export", broken)
+    auto = ModelSpec(**{**spec.__dict__, "backend": "auto"})
+    assert type(make_embedder(auto, tmp_path)) is SentenceTransformerEmbedder
+    verdict = check_fp32(auto, tmp_path)  # recorded once: not tried again at every load
+    assert not verdict["exact"] and "cannot be exported" in verdict["error"]
+
+
+def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):
+    directory = quantize(spec, onnx_store)
+    here = quantization_settings(cpu_features())
+    judged: list[int] = []
+
+    def compare(*_: object, **__: object) -> dict[str, object]:
+        judged.append(1)
+        return {"gate": {"int8_passes": False}}
+
+    monkeypatch.setattr(gate_module, "compare", compare)
+    foreign = quantization_settings(
+        [f for f in cpu_features() if "vnni" not in f and "amx" not in f]
+    )
+    foreign = foreign if foreign != here else quantization_settings(["avx512_vnni"])
+    # An int8 graph made on another CPU (other settings): made again here, and judged again.
+    (directory / QUANT_FILE).write_text(json.dumps(foreign), encoding="utf-8")
+    (directory / GATE_FILE).write_text(json.dumps({"quantization": foreign}), encoding="utf-8")
+    assert gate(spec, onnx_store)["quantization"] == here == quantized_with(directory)
+    # A verdict that does not say what it was judged with (stale): judged again.
+    (directory / GATE_FILE).write_text(json.dumps({"gate": {}}), encoding="utf-8")
+    assert gate(spec, onnx_store)["quantization"] == here
+    assert len(judged) == 2
+    assert gate(spec, onnx_store)["quantization"] == here and len(judged) == 2  # kept
+
+
+def serve_one(settings, store: Path, backend: str, log_path: Path) -> dict:
+    """Ingest one resume with a worker of its own (its own queues: the session's torch worker
+    must not take these messages) serving ``backend``; the ingest result."""
+    own, app = isolated(settings, backend, backend=backend, store=store)
+    client = JobfitClient(app=app)
+    w = WorkerProcess(own, app, backend, log_path)
+    w.start()
+    try:
+        client.submit_job({"id": "j1", "title": "Data Engineer", "skills_required": ["SQL"]})
+        return dict(
+            client.submit_resume({"id": "r1", "skills": ["SQL", "Python"]}).get(timeout=120)
+        )
+    finally:
+        w.stop()
+
+
+def test_worker_on_auto_serves_onnx_fp32(settings, clean_db, spec, onnx_store, tmp_path):
+    out = serve_one(settings, onnx_store, "auto", tmp_path / "auto.log")
+    assert out["model_version"] == f"{version_of(spec.path)}+onnx"
+
+
 def test_worker_on_int8_names_the_backend(
     settings, clean_db, session_factory, spec, onnx_store, tmp_path
 ):
     verdict = gate(spec, onnx_store)
     verdict["gate"]["int8_passes"] = True  # this test is about serving, not the verdict
     (quantize(spec, onnx_store) / GATE_FILE).write_text(json.dumps(verdict), encoding="utf-8")
-    # Its own queues (key prefix): the session's torch worker must not take these messages.
-    own, app = isolated(settings, "int8", backend="onnx-int8", store=onnx_store)
-    client = JobfitClient(app=app)
-    w = WorkerProcess(own, app, "int8", tmp_path / "int8.log")
-    w.start()
-    try:
-        client.submit_job({"id": "j1", "title": "Data Engineer", "skills_required": ["SQL"]})
-        out = client.submit_resume({"id": "r1", "skills": ["SQL", "Python"]}).get(timeout=120)
-    finally:
-        w.stop()
+    out = serve_one(settings, onnx_store, "onnx-int8", tmp_path / "int8.log")
     assert out["model_version"] == f"{version_of(spec.path)}+onnx-int8"
     with session_factory() as s:
         row = s.execute(

@@ -60,7 +60,8 @@ class ModelSpec:
             pass_overhead=s.pass_overhead_tokens
             if s.pass_overhead_tokens is not None
             else (1024 if cuda else 64),
-            backend=s.backend,
+            # auto: torch (fp16) on a GPU; on a CPU, ONNX fp32 where exact (select.make_embedder).
+            backend="torch" if cuda and s.backend == "auto" else s.backend,
             threads=s.threads,
         )
 
@@ -81,6 +82,7 @@ class BaseEmbedder:
 
     _version: str
     _dim: int
+    backend: str  # what serves: torch, onnx or onnx-int8
 
     def __init__(self) -> None:
         self._encode_lock = threading.Lock()

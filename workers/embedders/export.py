@@ -7,18 +7,29 @@ whole sentence-transformers pipeline (transformer, pooling, any trained Dense he
 normalisation) as one graph, and run with onnxruntime (``embedders.onnx``).
 
 Exports live in ``<model store>/onnx/<version>/`` (``model.onnx``, ``model_qint8.onnx``,
-the gate's ``gate.json``), made once, atomically (a temporary directory renamed into place).
+the fp32 check's ``fp32.json``, the gate's ``gate.json``), made once, atomically (a temporary
+directory renamed into place), and under a file lock (``export_lock``) so that two workers
+loading the same version do not export it twice.
+
+int8 quantisation depends on the CPU: without VNNI (or AMX) the int8 multiply-add
+instructions can saturate on 8-bit weights, so the weights are quantised to 7 bits there
+(onnxruntime's ``reduce_range``). The settings and the CPU features they were chosen for are
+kept with the int8 graph (``quantization.json``); on a CPU with other features it is made
+again (and judged again, see ``gate.gate``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import ModelSpec
@@ -26,10 +37,47 @@ from jobfit.workers.embedders.base import ModelSpec
 OPSET = 17
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_qint8.onnx"
+QUANT_FILE = "quantization.json"
+# The CPU flags that decide how int8 runs (Linux /proc/cpuinfo names).
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def export_dir(spec: ModelSpec, store: Path) -> Path:
     return store / "onnx" / version_of(spec.path)
+
+
+@contextlib.contextmanager
+def export_lock(spec: ModelSpec, store: Path) -> Iterator[None]:
+    """Held while a version's exports are made or checked: one process at a time (an
+    advisory ``flock``, released when the process dies)."""
+    lock = store / "onnx" / f".{version_of(spec.path)}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cpu_features() -> list[str]:
+    """The flags of ``CPU_FLAGS`` this CPU has."""
+    try:
+        text = Path("/proc/cpuinfo").read_text("utf-8")
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return [f for f in CPU_FLAGS if f in flags]
+
+
+def quantization_settings(features: list[str]) -> dict[str, Any]:
+    """Dynamic int8 settings for a CPU with ``features``: 7-bit weights (``reduce_range``)
+    where there is no VNNI / AMX to multiply 8-bit weights without saturating; per channel."""
+    vnni = any(f in features for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return {"per_channel": True, "reduce_range": not vnni, "cpu_features": features}
 
 
 def export(spec: ModelSpec, store: Path) -> Path:
@@ -78,13 +126,15 @@ def export(spec: ModelSpec, store: Path) -> Path:
     return out
 
 
-def quantize(spec: ModelSpec, store: Path) -> Path:
+def quantize(spec: ModelSpec, store: Path, settings: dict[str, Any] | None = None) -> Path:
     """The int8 graph next to the fp32 one: onnxruntime's pre-processing (graph optimisation,
-    shape inference), then dynamic int8 quantisation of the weights, per channel. Measured
-    on MiniLM (2 cores, check-set texts): 351 sentences/s with every supported op type
-    quantised vs 293 with MatMul only, same cosine to fp32 (0.9925)."""
+    shape inference), then dynamic int8 quantisation of the weights with ``settings``
+    (default: ``quantization_settings`` of this CPU). Made again when the graph there was made
+    with other settings. Measured on MiniLM (2 cores, check-set texts): 351 sentences/s with
+    every supported op type quantised vs 293 with MatMul only, same cosine to fp32 (0.9925)."""
     out = export(spec, store)
-    if (out / INT8_FILE).is_file():
+    settings = settings or quantization_settings(cpu_features())
+    if (out / INT8_FILE).is_file() and quantized_with(out) == settings:
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -96,9 +146,24 @@ def quantize(spec: ModelSpec, store: Path) -> Path:
         with contextlib.chdir(scratch):
             # Symbolic shape inference does not complete on these graphs: skipped.
             quant_pre_process(str(out / FP32_FILE), str(pre), skip_symbolic_shape=True)
-            quantize_dynamic(str(pre), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                str(pre),
+                str(tmp),
+                per_channel=settings["per_channel"],
+                reduce_range=settings["reduce_range"],
+                weight_type=QuantType.QInt8,
+            )
         os.replace(tmp, out / INT8_FILE)
+        meta = Path(scratch) / QUANT_FILE
+        meta.write_text(json.dumps(settings), encoding="utf-8")
+        os.replace(meta, out / QUANT_FILE)
     return out
+
+
+def quantized_with(directory: Path) -> dict[str, Any] | None:
+    """The settings the int8 graph in ``directory`` was made with (None: unknown)."""
+    path = directory / QUANT_FILE
+    return dict(json.loads(path.read_text("utf-8"))) if path.is_file() else None
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -30,7 +30,8 @@ class OnnxEmbedder(BaseEmbedder):
         super().__init__()
         self.spec = spec
         self._base = version_of(spec.path)
-        self._version = f"{self._base}+{'onnx-int8' if int8 else 'onnx'}"
+        self.backend = "onnx-int8" if int8 else "onnx"
+        self._version = f"{self._base}+{self.backend}"
         self._names: list[str] = json.loads((directory / "inputs.json").read_text("utf-8"))
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
         options = ort.SessionOptions()

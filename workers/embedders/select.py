@@ -1,5 +1,5 @@
 """``make_embedder``: the one place that turns a spec into a backend (``spec.backend``:
-``torch``, ``onnx`` or ``onnx-int8``)."""
+``auto``, ``torch``, ``onnx`` or ``onnx-int8``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
-from jobfit.workers.embedders.export import export, quantize
-from jobfit.workers.embedders.gate import gate, refusal
+from jobfit.workers.embedders.export import export, export_dir, quantize
+from jobfit.workers.embedders.gate import check_fp32, gate, refusal
 from jobfit.workers.embedders.onnx import OnnxEmbedder
 from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 
@@ -18,7 +18,18 @@ log = logging.getLogger(__name__)
 
 def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     """The embedder for ``spec.backend``. ``onnx-int8`` serves only if it passed the gate;
-    otherwise the worker serves fp32 torch and says why (a QualityGateError is logged)."""
+    otherwise the worker serves fp32 torch and says why (a QualityGateError is logged).
+    ``auto`` (on a CPU; ``ModelSpec.from_settings`` makes it ``torch`` on a GPU) serves ONNX
+    fp32 if its export is exact (``check_fp32``), otherwise torch, and says why."""
+    if spec.backend == "auto":
+        verdict = check_fp32(spec, store)
+        if verdict["exact"]:
+            return OnnxEmbedder(spec, export_dir(spec, store), int8=False)
+        log.warning(
+            "ONNX fp32 not served for %s (%s): serving torch",
+            version_of(spec.path),
+            verdict.get("error") or f"mean cosine to torch {verdict['cosine_to_torch_mean']}",
+        )
     if spec.backend == "onnx":
         return OnnxEmbedder(spec, export(spec, store), int8=False)
     if spec.backend == "onnx-int8":

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 class SentenceTransformerEmbedder(BaseEmbedder):
     """A sentence-transformers model loaded once, used for inference only."""
 
+    backend = "torch"
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         check_model_dir(spec.path)
@@ -55,37 +57,33 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             time.perf_counter() - t0,
         )
 
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        """Tokens per text as the model will see them (special tokens in, truncated)."""
-        ids = self._model.tokenizer(
-            texts, truncation=True, max_length=self.spec.max_seq_length, add_special_tokens=True
-        )["input_ids"]
-        return [len(x) for x in ids]
-
     def _encode(self, texts: list[str]) -> np.ndarray:
-        """The texts are packed by length into forward passes within the token budget (see
-        pack_by_tokens)."""
+        """Tokenized once (``preprocess`` of the whole batch, padded to its longest text); the
+        passes are packed from those lengths (see pack_by_tokens), and each pass takes its
+        rows and only the columns its own longest text needs: the features ``preprocess``
+        would make for the pass alone, without tokenizing its texts again."""
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
             return out
         t0 = time.perf_counter()
+        torch, model = self._torch, self._model
+        features = model.preprocess(texts)
+        mask = features["attention_mask"]
         passes = pack_by_tokens(
-            self.token_lengths(texts),
+            mask.sum(dim=1).tolist(),
             self.spec.token_budget,
             self.spec.batch_size,
             self.spec.pass_overhead,
         )
-        torch, model = self._torch, self._model
         with torch.inference_mode():
             for idx in passes:
+                rows = torch.tensor(idx)
+                # The columns any text of the pass uses: contiguous on either padding side.
+                keep = mask[rows].any(dim=0)
                 # What ``encode`` does for one batch, without its per-call overhead (device
                 # lookup over every parameter, re-sorting): one forward pass per packed batch.
-                features = model.preprocess([texts[i] for i in idx])
-                features = {
-                    k: v.to(self._device) if isinstance(v, torch.Tensor) else v
-                    for k, v in features.items()
-                }
-                emb = model(features)["sentence_embedding"]
+                batch = {k: self._rows(v, rows, keep, mask.shape) for k, v in features.items()}
+                emb = model(batch)["sentence_embedding"]
                 emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
                 out[idx] = emb.cpu().numpy()
         dt = time.perf_counter() - t0
@@ -97,3 +95,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
             len(texts) / dt,
         )
         return out
+
+    def _rows(self, value: Any, rows: Any, keep: Any, shape: Any) -> Any:
+        """One feature for one pass: per-token tensors cut to the pass's columns, per-text
+        ones to its rows, anything else (the ``modality`` tag) as it is."""
+        if not isinstance(value, self._torch.Tensor):
+            return value
+        value = value[rows][:, keep] if value.shape == shape else value[rows]
+        return value.to(self._device)
