@@ -25,8 +25,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m tools demo
 
+# Two test processes (pytest-xdist, one file at a time each): each has its own database, Redis
+# key prefix and worker processes, so they never see each other's rows or messages.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # The same integration tests with RabbitMQ as the broker (its own vhost; results on Redis).
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672
@@ -34,7 +37,7 @@ RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672
 RABBITMQ_TESTS ?= tests/integration/test_pipeline.py tests/integration/test_bad_input.py \
   tests/integration/test_concurrency.py tests/integration/test_health.py
 test-rabbitmq: $(STAMP)
-	JOBFIT_TEST_BROKER=$(RABBITMQ_URL) $(BIN)/python -m pytest -q $(RABBITMQ_TESTS)
+	JOBFIT_TEST_BROKER=$(RABBITMQ_URL) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(RABBITMQ_TESTS)
 
 # The fault suite at full size: kill -9 the embed worker 5 times, Redis and Postgres (20 s)
 # outages on private instances, a killed retrain, 10,000 hostile messages (~10 min).
