@@ -46,8 +46,10 @@ def flower(tsettings, tmp_path_factory):
         yield base
 
 
-def api(flower: str, path: str) -> dict:
+def api(flower: str, path: str, missing_ok: bool = False) -> dict:
     status, body = get(f"{flower}{path}", auth=AUTH, timeout=10)
+    if status == 404 and missing_ok:  # a task Flower has not heard of yet
+        return {}
     assert status == 200, (path, status)
     return json.loads(body)
 
@@ -84,7 +86,7 @@ def watch(flower, tsettings, task_id: str, hostname: str, shots: dict[str, str] 
     seen: dict = {"states": set(), "online": [], "fields": set(), "health": None}
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        info = api(flower, f"/api/task/info/{task_id}") if task_id else {}
+        info = api(flower, f"/api/task/info/{task_id}", missing_ok=True)
         state = info.get("state")
         if state in {"SUCCESS", "FAILURE"}:
             seen["final"] = info
