@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -34,8 +35,13 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 900)
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)])
+    # As a release is made: the sdist (the links resolved into real files), then the wheel
+    # built from it.
+    run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)])
     [whl] = dist.glob("jobfit-*.whl")
+    [sdist] = dist.glob("jobfit-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        assert not [m.name for m in tar.getmembers() if m.issym() or m.islnk()]
     return whl
 
 
