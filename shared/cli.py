@@ -121,13 +121,16 @@ def fail(cause: str, fix: str, code: int = 1) -> NoReturn:
 
 
 def _print_ranked(resume_id: str | None, job_id: str | None, top: int, version: str | None) -> None:
-    from jobfit.shared import repository as repo
-    from jobfit.shared.db import connect
+    from jobfit.shared.client import JobfitClient
 
-    with connect(get_settings())() as session:
-        rows = repo.ranked(
-            session=session, resume_id=resume_id, job_id=job_id, model_version=version, top=top
-        )
+    client = JobfitClient(get_settings())
+    try:
+        if resume_id is not None:
+            rows = client.top_jobs(resume_id, top, version=version)
+        else:
+            rows = client.top_candidates(str(job_id), top, version=version)
+    finally:
+        client.close()
     if not rows:
         err.print("no matches (yet): is the document ingested and a worker running?")
         raise typer.Exit(1)
@@ -166,7 +169,7 @@ def matches(
     resume_id: str,
     top: Annotated[int, typer.Option(help="How many jobs.")] = 10,
     model_version: Annotated[
-        str | None, typer.Option(help="Default: the latest that scored it.")
+        str | None, typer.Option(help="Default: the active one (once it has scored it).")
     ] = None,
 ) -> None:
     """Best jobs for a resume, with per-pair scores."""
@@ -178,7 +181,7 @@ def candidates(
     job_id: str,
     top: Annotated[int, typer.Option(help="How many resumes.")] = 10,
     model_version: Annotated[
-        str | None, typer.Option(help="Default: the latest that scored it.")
+        str | None, typer.Option(help="Default: the active one (once it has scored it).")
     ] = None,
 ) -> None:
     """Best resumes for a job, with per-pair scores."""

@@ -5,6 +5,7 @@ client = JobfitClient()                      # settings from JOBFIT_* env
 client.submit_job({"id": "J1", "title": "Data Engineer", "skills_required": ["SQL"]})
 client.submit_resume({"id": "R1", "skills": ["SQL", "Python"]})   # scored vs stored jobs
 client.submit_label("R1", "J1", 0.8)         # joins the next training set
+client.top_jobs("R1", k=10)                  # read from Postgres: no worker, no torch
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.celery_app import (
     EVALUATE,
@@ -30,6 +32,8 @@ from jobfit.shared.celery_app import (
     create_celery_app,
 )
 from jobfit.shared.config import Settings
+from jobfit.shared.db import connect
+from jobfit.shared.repository.matches import RankedMatch, ranked
 from jobfit.shared.schemas import (
     CandidatesRequest,
     EvaluateRequest,
@@ -43,6 +47,9 @@ from jobfit.shared.schemas import (
     validate_message,
 )
 
+# The most matches one read returns.
+MAX_TOP = 1000
+
 
 def _doc_repr(doc: ResumeDocument | JobDocument) -> str:
     """What Flower shows instead of the whole document."""
@@ -55,6 +62,46 @@ class JobfitClient:
 
     def __init__(self, settings: Settings | None = None, app: JobfitCelery | None = None) -> None:
         self.app = app or create_celery_app(settings, with_tasks=False)
+        self._sessions: sessionmaker[Session] | None = None
+
+    # --- reads: answered from Postgres (``JOBFIT_DB__URL``), no worker needed -----------
+
+    def top_jobs(
+        self, resume_id: str, k: int = 10, *, version: str | None = None
+    ) -> list[RankedMatch]:
+        """A stored resume's best ``k`` jobs, best first, with their pair scores; under
+        ``version``, by default the active one (once it has scored the resume)."""
+        req = validate_message(MatchRequest, {"resume_id": resume_id})
+        return self._ranked(resume_id=req.resume_id, job_id=None, k=k, version=version)
+
+    def top_candidates(
+        self, job_id: str, k: int = 10, *, version: str | None = None
+    ) -> list[RankedMatch]:
+        """A stored job's best ``k`` resumes, best first (as ``top_jobs``)."""
+        req = validate_message(CandidatesRequest, {"job_id": job_id})
+        return self._ranked(resume_id=None, job_id=req.job_id, k=k, version=version)
+
+    def _ranked(
+        self, *, resume_id: str | None, job_id: str | None, k: int, version: str | None
+    ) -> list[RankedMatch]:
+        if not 1 <= k <= MAX_TOP:
+            raise InvalidMessageError(f"k must be between 1 and {MAX_TOP}, got {k}")
+        if self._sessions is None:
+            self._sessions = connect(self.app.settings)
+        with self._sessions() as session:
+            return ranked(
+                session=session, resume_id=resume_id, job_id=job_id, model_version=version, top=k
+            )
+
+    def close(self) -> None:
+        """Release the read path's database connections (the Celery app stays usable)."""
+        if self._sessions is not None:
+            bind = self._sessions.kw.get("bind")
+            if bind is not None:
+                bind.dispose()
+            self._sessions = None
+
+    # --- writes: messages to the workers ------------------------------------------------
 
     def _send(self, name: str, kwargs: dict[str, Any], kwargsrepr: str) -> AsyncResult:
         return self.app.send_task(name, kwargs=kwargs, kwargsrepr=kwargsrepr)

@@ -148,6 +148,21 @@ class ScoringSettings(BaseModel):
     # version in the registry; equal weights for a version that has none). Set, they
     # override every version's (JOBFIT_SCORING__WEIGHTS='{"skills": 2, "positions": 1}').
     weights: dict[PairType, float] | None = None
+    # all: every (resume, job) is scored and stored (small corpora, evaluation).
+    # top_k: a document's retrieval vector finds ``candidates`` documents of the other kind
+    # through the HNSW index; they are scored exactly and the document's best ``top_k`` are
+    # stored, plus the pairs where it enters a candidate's own top K (README "Matching at
+    # scale": why these defaults).
+    mode: Literal["all", "top_k"] = "top_k"
+    top_k: int = Field(default=100, ge=1, le=1000)
+    candidates: int = Field(default=200, ge=1, le=1000)
+    # HNSW search breadth (pgvector's hnsw.ef_search); at least ``candidates``.
+    ef_search: int = Field(default=200, ge=1, le=1000)
+    # HNSW build settings of each (version, kind) index.
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    # How many best matches a task result carries (the rest: JobfitClient.top_jobs).
+    result_top: int = Field(default=10, ge=0, le=1000)
 
     @field_validator("weights")
     @classmethod

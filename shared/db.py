@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.config import Settings
@@ -18,25 +16,26 @@ from jobfit.shared.config import Settings
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+PGVECTOR_HELP = (
+    "jobfit needs Postgres with the pgvector extension. Use a pgvector image (compose runs"
+    " pgvector/pgvector:pg17), install your distribution's package (postgresql-NN-pgvector) or"
+    " build it (https://github.com/pgvector/pgvector), or use a managed Postgres that offers it."
+    " For tests and the demo, `python -m tools postgres start` runs an embedded one."
+)
+
+
+class PgvectorMissingError(RuntimeError):
+    """The configured Postgres cannot create the ``vector`` extension."""
+
+
 def make_engine(settings: Settings) -> Engine:
-    """An engine for the configured database (Postgres, or a SQLite file for the demo)."""
-    url = settings.db.url
-    kwargs: dict[str, Any] = {"echo": settings.db.echo, "pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        kwargs["pool_size"] = settings.db.pool_size
-    engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.close()
+    """An engine for the configured Postgres (with pgvector)."""
+    return create_engine(
+        settings.db.url,
+        echo=settings.db.echo,
+        pool_pre_ping=True,
+        pool_size=settings.db.pool_size,
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -55,16 +54,6 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def insert_for(session: Session, table: Any) -> Any:
-    """A dialect INSERT (``postgresql.Insert`` or ``sqlite.Insert``): both have ON CONFLICT."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {name!r}: use Postgres (or SQLite)")
-
-
 def alembic_config(settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -73,17 +62,33 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (Alembic)."""
+    """Bring the schema to ``revision`` (Alembic), on a Postgres that has pgvector."""
+    require_pgvector(settings.db.url)
     command.upgrade(alembic_config(settings), revision)
+
+
+def require_pgvector(url: str) -> None:
+    """Raise ``PgvectorMissingError`` (saying how to get it) unless the server has pgvector."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            available = conn.execute(
+                text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+            ).scalar()
+    finally:
+        engine.dispose()
+    if not available:
+        where = make_url(url).render_as_string(hide_password=True)
+        raise PgvectorMissingError(
+            f"Postgres at {where} has no pgvector extension. {PGVECTOR_HELP}"
+        )
 
 
 def ensure_database(url: str) -> bool:
     """Create the Postgres database of ``url`` if the server is up and it is missing.
-    Returns True if it was created. SQLite needs nothing."""
-    from sqlalchemy import make_url, text
-
+    Returns True if it was created."""
     u = make_url(url)
-    if not u.drivername.startswith("postgresql") or not u.database:
+    if not u.database:
         return False
     admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:

@@ -23,7 +23,6 @@ def explain(exc: BaseException) -> tuple[str, str] | None:
     from kombu.exceptions import OperationalError as BrokerError
     from pydantic import ValidationError
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
     from jobfit.shared.config import get_settings
     from jobfit.shared.schemas import describe_validation_error
@@ -34,7 +33,27 @@ def explain(exc: BaseException) -> tuple[str, str] | None:
             "check the JOBFIT_* environment variables and .env",
         )
     settings = get_settings()
+    found = _database_error(exc, settings)
+    if found is not None:
+        return found
+    if isinstance(exc, BrokerError | RedisConnectionError | ConnectionRefusedError):
+        return (
+            f"cannot reach the broker {_where(settings.broker.url)}: {_first_line(exc)}",
+            "check JOBFIT_BROKER__URL and that Redis (or RabbitMQ) runs",
+        )
+    return None
 
+
+def _database_error(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
+    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+    from jobfit.shared.db import PGVECTOR_HELP, PgvectorMissingError
+
+    if isinstance(exc, PgvectorMissingError):
+        return (
+            f"the Postgres at {_where(settings.db.url)} has no pgvector extension",
+            PGVECTOR_HELP,
+        )
     if isinstance(exc, OperationalError):
         return (
             f"cannot reach the database {_where(settings.db.url)}: {_first_line(exc.orig or exc)}",
@@ -48,9 +67,4 @@ def explain(exc: BaseException) -> tuple[str, str] | None:
         )
     if isinstance(exc, ArgumentError):
         return (f"JOBFIT_DB__URL is not a database URL: {exc}", "e.g. postgresql://user@host/db")
-    if isinstance(exc, BrokerError | RedisConnectionError | ConnectionRefusedError):
-        return (
-            f"cannot reach the broker {_where(settings.broker.url)}: {_first_line(exc)}",
-            "check JOBFIT_BROKER__URL and that Redis (or RabbitMQ) runs",
-        )
     return None

@@ -21,6 +21,11 @@ A text two pair types share (``Skills: ...``, ``Responsibilities: ...``) is one 
 embedded once (the embedding cache is keyed by text).
 
 A field with no content gives no text: it is skipped, never embedded as an empty string.
+
+Slots: the distinct texts of a side, one per document field a template reads (``RESUME_SLOT``,
+``JOB_SLOT``). The job side has five (skills required, title, education, experience,
+responsibilities); a document's vectors are stored per slot and its retrieval vector lays the
+job side's five out in ``JOB_SLOTS`` order (``workers.vectors``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,36 @@ from jobfit.shared.config import PairType
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 
 SEPARATOR = ", "
+
+# Which of its side's texts each pair type reads: pair types that map to one slot have the
+# same text (tests/unit/test_fields.py checks it on every sample document).
+RESUME_SLOT: dict[PairType, str] = {
+    PairType.SKILLS: "skills",
+    PairType.POSITIONS: "positions",
+    PairType.DEGREES: "degrees",
+    PairType.EXPERIENCE: "experience",
+    PairType.OBJECTIVE: "career_objective",
+    PairType.MAJORS: "majors",
+    PairType.DUTIES: "skills",
+    PairType.CERTIFICATIONS: "certifications",
+}
+JOB_SLOT: dict[PairType, str] = {
+    PairType.SKILLS: "skills_required",
+    PairType.POSITIONS: "title",
+    PairType.DEGREES: "education_requirement",
+    PairType.EXPERIENCE: "experience_requirement",
+    PairType.OBJECTIVE: "responsibilities",
+    PairType.MAJORS: "education_requirement",
+    PairType.DUTIES: "responsibilities",
+    PairType.CERTIFICATIONS: "skills_required",
+}
+RESUME_SLOTS: tuple[str, ...] = tuple(dict.fromkeys(RESUME_SLOT.values()))
+JOB_SLOTS: tuple[str, ...] = tuple(dict.fromkeys(JOB_SLOT.values()))
+
+
+def slot_map(kind: str) -> dict[PairType, str]:
+    """The pair type -> slot map of a side (``resume`` or ``job``)."""
+    return RESUME_SLOT if kind == "resume" else JOB_SLOT
 
 
 def _join(items: Iterable[str]) -> str:

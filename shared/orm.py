@@ -5,26 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import (
-    JSON,
     BigInteger,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# JSONB on Postgres, JSON elsewhere (the demo's SQLite fallback).
-JsonType = JSON().with_variant(JSONB(), "postgresql")
-# SQLite only auto-increments INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonType = JSONB()
+BigId = BigInteger()
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -83,7 +82,8 @@ class ModelVersionRow(Base):
 
 
 class FieldEmbeddingRow(Base):
-    """One embedding per (model version, text): shared by every document that has the text."""
+    """One embedding per (model version, text): shared by every document that has the text.
+    The embedding cache: a text reaches the model once per version."""
 
     __tablename__ = "field_embeddings"
 
@@ -93,25 +93,65 @@ class FieldEmbeddingRow(Base):
     text_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     dim: Mapped[int] = mapped_column(Integer)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little endian, L2-normalised
+    # pgvector ``vector`` (float32, L2-normalised), of the version's dimension.
+    vector: Mapped[Any] = mapped_column(VECTOR())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class DocumentVectorRow(Base):
+    """A document's vectors under one model version (``workers.retrieval`` makes them).
+
+    ``fields``: its field vectors (float32), one per field slot it has, concatenated in the
+    order of ``slots``: what exact scoring reads. ``embedding``: its retrieval vector
+    (``halfvec``, a fixed layout per version): inner product with the other side's is the
+    weighted sum of the pair cosines, indexed by HNSW per (version, kind)
+    (``repository.vectors.ensure_index``). ``content_hash`` and ``scoring_key`` tell a stale
+    row (the document or the weights changed)."""
+
+    __tablename__ = "document_vectors"
+    __table_args__ = (Index("ix_document_vectors_version_kind", "model_version_id", "kind"),)
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(10))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    scoring_key: Mapped[str] = mapped_column(String(64))
+    slots: Mapped[list[str]] = mapped_column(JsonType)
+    fields: Mapped[Any] = mapped_column(VECTOR())
+    embedding: Mapped[Any] = mapped_column(HALFVEC())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class MatchRow(Base):
-    """The score of one (resume, job) under one model version."""
+    """The score of one (resume, job) under one model version. In ``top_k`` scoring only the
+    pairs in either side's top K are stored; the indexes below read a document's best K."""
 
     __tablename__ = "matches"
     __table_args__ = (
         UniqueConstraint(
             "resume_id", "job_id", "model_version_id", name="uq_matches_resume_job_version"
         ),
+        Index(
+            "ix_matches_version_resume_score",
+            "model_version_id",
+            "resume_id",
+            text("score DESC NULLS LAST"),
+        ),
+        Index(
+            "ix_matches_version_job_score",
+            "model_version_id",
+            "job_id",
+            text("score DESC NULLS LAST"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    resume_id: Mapped[int] = mapped_column(
-        ForeignKey("documents.id", ondelete="CASCADE"), index=True
-    )
-    job_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    resume_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )

@@ -133,8 +133,20 @@ class CandidatesRequest(BaseModel):
     job_id: ExternalId
 
 
+class TopMatch(BaseModel):
+    """One of a document's best matches: the other document's id, the match score and its
+    pair scores (by pair type)."""
+
+    id: str
+    score: float | None
+    pair_scores: dict[str, float] = Field(default_factory=dict)
+
+
 class IngestResult(BaseModel):
-    """What an ingest task did; small, so it fits a result backend and Flower."""
+    """What an ingest task did; small, so it fits a result backend and Flower. ``top``: the
+    document's best ``scoring.result_top`` stored matches under ``model_version`` (jobs for a
+    resume, resumes for a job), best first; the rest are read with ``JobfitClient.top_jobs``
+    / ``top_candidates``."""
 
     status: Literal["created", "updated", "unchanged"]
     document_id: str | None = None
@@ -142,6 +154,7 @@ class IngestResult(BaseModel):
     scored: int = 0  # match rows written
     model_version: str | None = None
     reason: str | None = None
+    top: list[TopMatch] = Field(default_factory=list)
 
 
 class ScoreResult(BaseModel):
@@ -150,6 +163,7 @@ class ScoreResult(BaseModel):
     embedded: int = 0
     model_version: str | None = None
     reason: str | None = None
+    top: list[TopMatch] = Field(default_factory=list)
 
 
 class LabelMessage(BaseModel):

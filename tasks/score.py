@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import RESCORE, SCORE_JOB, SCORE_RESUME
@@ -17,11 +18,13 @@ from jobfit.shared.schemas import (
     MatchRequest,
     RescoreRequest,
     ScoreResult,
+    TopMatch,
     validate_message,
 )
 from jobfit.tasks.base import JobfitTask
 from jobfit.tasks.progress import StateReporter
-from jobfit.workers import service
+from jobfit.workers import matching
+from jobfit.workers.embedding import ModelContext, document_vectors
 from jobfit.workers.runtime import get_runtime
 
 
@@ -32,7 +35,7 @@ def score_resume(self: JobfitTask, resume_id: Any, job_ids: Any = None) -> dict[
     rt = get_runtime(self.app)
     ctx = rt.model()
     with transaction(rt.session_factory) as session:
-        out = service.score_resume(
+        out = matching.score_resume(
             session=session, ctx=ctx, resume_id=req.resume_id, job_ids=req.job_ids
         )
     return _score_result(out, ctx.version, f"no resume {req.resume_id!r}")
@@ -45,7 +48,7 @@ def score_job(self: JobfitTask, job_id: Any) -> dict[str, Any]:
     rt = get_runtime(self.app)
     ctx = rt.model()
     with transaction(rt.session_factory) as session:
-        out = service.score_job(session=session, ctx=ctx, job_id=req.job_id)
+        out = matching.score_job(session=session, ctx=ctx, job_id=req.job_id)
     return _score_result(out, ctx.version, f"no job {req.job_id!r}")
 
 
@@ -56,9 +59,10 @@ RESCORE_RETRIES = 12
 
 @shared_task(bind=True, base=JobfitTask, name=RESCORE)
 def rescore(self: JobfitTask, request: Any = None) -> dict[str, Any]:
-    """Score every stored (resume, job) with the version this worker serves (after a
-    promotion: the new one), in batches of resumes, one transaction each, with progress.
-    Pairs already scored with that version are skipped, so a redelivery redoes nothing."""
+    """Score the stored documents with the version this worker serves (after a promotion:
+    the new one; ``scoring.mode``: every pair, or every document's vectors and its top K),
+    in batches, one transaction each, with progress in Flower. What that version already
+    wrote is skipped, so a redelivery redoes nothing."""
     req = validate_message(RescoreRequest, request or {})
     rt = get_runtime(self.app)
     ctx = rt.model(refresh=True)
@@ -71,25 +75,77 @@ def rescore(self: JobfitTask, request: Any = None) -> dict[str, Any]:
             max_retries=RESCORE_RETRIES,
         )
     report = StateReporter(self)
-    with transaction(rt.session_factory) as session:
-        resume_ids = [r.external_id for r in repo.list_documents(session=session, kind="resume")]
-    scored = embedded = 0
-    for start in range(0, len(resume_ids), req.batch_size):
-        batch = resume_ids[start : start + req.batch_size]
-        with transaction(rt.session_factory) as session:
-            resumes = repo.list_documents(session=session, kind="resume", external_ids=batch)
-            jobs = repo.list_documents(session=session, kind="job")
-            s, e = service.score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs)
-        scored, embedded = scored + s, embedded + e
-        report("rescoring", start + len(batch), len(resume_ids), model_version=ctx.version)
+    if ctx.scoring.mode == "top_k":
+        scored, embedded = _rebuild_top_k(rt.session_factory, ctx, req.batch_size, report)
+    else:
+        scored, embedded = _rescore_all(rt.session_factory, ctx, req.batch_size, report)
     return ScoreResult(
         status="ok", scored=scored, embedded=embedded, model_version=ctx.version
     ).model_dump()
 
 
-def _score_result(out: tuple[int, int] | None, version: str, missing: str) -> dict[str, Any]:
+def _rescore_all(
+    factory: sessionmaker[Session], ctx: ModelContext, batch_size: int, report: StateReporter
+) -> tuple[int, int]:
+    """``all`` mode: every stored (resume, job), in batches of resumes."""
+    with transaction(factory) as session:
+        resume_ids = [r.external_id for r in repo.list_documents(session=session, kind="resume")]
+    scored = embedded = 0
+    for start in range(0, len(resume_ids), batch_size):
+        batch = resume_ids[start : start + batch_size]
+        with transaction(factory) as session:
+            resumes = repo.list_documents(session=session, kind="resume", external_ids=batch)
+            jobs = repo.list_documents(session=session, kind="job")
+            s, e = matching.score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs)
+        scored, embedded = scored + s, embedded + e
+        report("rescoring", start + len(batch), len(resume_ids), model_version=ctx.version)
+    return scored, embedded
+
+
+def _rebuild_top_k(
+    factory: sessionmaker[Session], ctx: ModelContext, batch_size: int, report: StateReporter
+) -> tuple[int, int]:
+    """``top_k`` mode: every document's vectors under this version first (its index fills),
+    then every document's own top K from them, in batches, each a transaction. A redelivery
+    skips the vectors and pairs already written."""
+    key, version = ctx.scoring_key, ctx.model_version_id
+    with transaction(factory) as session:
+        total = {k: len(repo.list_documents(session=session, kind=k)) for k in ("resume", "job")}
+    embedded = done = 0
+    for kind in ("resume", "job"):
+        while True:
+            with transaction(factory) as session:
+                ids = repo.stale_vector_ids(
+                    session=session, model_version_id=version, kind=kind, key=key, limit=batch_size
+                )
+                if not ids:
+                    break
+                rows = list(repo.documents_by_id(session=session, ids=ids).values())
+                embedded += document_vectors(session=session, ctx=ctx, rows=rows)[1]
+            done += len(ids)
+            report("embedding", done, sum(total.values()), model_version=ctx.version)
+    scored = done = 0
+    for kind in ("resume", "job"):
+        with transaction(factory) as session:
+            ids = [r.id for r in repo.list_documents(session=session, kind=kind)]
+        for start in range(0, len(ids), batch_size):
+            with transaction(factory) as session:
+                rows = list(
+                    repo.documents_by_id(
+                        session=session, ids=ids[start : start + batch_size]
+                    ).values()
+                )
+                s, e = matching.match_top_k(session=session, ctx=ctx, rows=rows, reverse=False)
+            scored, embedded, done = scored + s, embedded + e, done + len(rows)
+            report("ranking", done, sum(total.values()), model_version=ctx.version)
+    return scored, embedded
+
+
+def _score_result(
+    out: tuple[int, int, list[TopMatch]] | None, version: str, missing: str
+) -> dict[str, Any]:
     if out is None:
         return ScoreResult(status="not_found", model_version=version, reason=missing).model_dump()
     return ScoreResult(
-        status="ok", scored=out[0], embedded=out[1], model_version=version
+        status="ok", scored=out[0], embedded=out[1], model_version=version, top=out[2]
     ).model_dump()

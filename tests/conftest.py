@@ -1,10 +1,12 @@
-"""Fixtures on real services: Postgres and Redis on 127.0.0.1, a real worker process.
+"""Fixtures on real services: Postgres with pgvector (the project's embedded one, started here,
+unless JOBFIT_TEST_PG names another), Redis on 127.0.0.1, a real worker process.
 
 Each test session gets its own Postgres database and its own Redis key prefix, so runs on one
 machine (a developer's and CI's) never see each other's rows or messages."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -23,12 +25,12 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobfit.shared.config import BrokerSettings, DatabaseSettings, ModelSettings, Settings
+from tools.postgres import start as start_embedded_postgres
 from tools.procs import ROOT, RUN_ID, WorkerProcess, free_port, settings_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PG_ADMIN = os.environ.get("JOBFIT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("JOBFIT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # The broker under test: Redis by default; JOBFIT_TEST_BROKER=amqp://guest:guest@127.0.0.1:5672
 # runs the same tests on RabbitMQ, in a vhost of their own (results stay on Redis).
@@ -59,11 +61,19 @@ def minilm(minilm_path: Path):
     return SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
 
 
+@functools.cache
+def pg_admin() -> str:
+    """The admin URL of the Postgres the tests use: JOBFIT_TEST_PG, else the project's
+    embedded server (``tools.postgres``; both pytest processes join one, and it stops when
+    the last of them exits)."""
+    return os.environ.get("JOBFIT_TEST_PG") or start_embedded_postgres()
+
+
 def private_database(suffix: str = "") -> Iterator[str]:
     """A private Postgres database, created and migrated by ``jobfit db upgrade`` (the
     command compose's one-shot ``migrate`` service runs), dropped afterwards."""
     name = f"jobfit_test_{RUN_ID}{suffix}"
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    url = make_url(pg_admin()).set(database=name).render_as_string(hide_password=False)
     subprocess.run(
         [sys.executable, "-m", "jobfit", "db", "upgrade"],
         env={**os.environ, "JOBFIT_DB__URL": url},
@@ -72,7 +82,7 @@ def private_database(suffix: str = "") -> Iterator[str]:
         timeout=120,
     )
     yield url
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_admin(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -174,7 +184,7 @@ def clean_db(session_factory: sessionmaker[Session]) -> None:
     with session_factory.begin() as s:
         s.execute(
             text(
-                "TRUNCATE documents, matches, pair_scores, field_embeddings,"
+                "TRUNCATE documents, document_vectors, matches, pair_scores, field_embeddings,"
                 " failed_messages, deliveries CASCADE"
             )
         )

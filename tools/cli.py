@@ -73,8 +73,10 @@ def bench(
     workers (JSON out; see tools/bench.py for every figure)."""
     worker_env()
     from tools.bench import bench as run_bench
+    from tools.postgres import pgvector_settings
 
-    settings = get_settings()
+    settings, database = pgvector_settings(get_settings(), "postgres")
+    err.print(database)
     names = {ModelChoice(n.strip()) for n in models.split(",") if n.strip()}
     paths = {n.value: provision(settings, n) for n in ModelChoice if n in names}
     emit_json(run_bench(settings, paths, err, dataset), out)
@@ -95,14 +97,61 @@ def bench_faults(
     from dataclasses import replace
 
     from tools.faults import FULL, report
+    from tools.postgres import pgvector_settings
 
-    settings = get_settings()
+    settings, database = pgvector_settings(get_settings(), "postgres")
+    err.print(database)
     names = [n.strip() for n in scenarios.split(",") if n.strip()] or None
     size = replace(FULL, hostile=hostile)
     result = report(settings, provision(settings, ModelChoice.minilm), err, names, size)
     emit_json(result, out)
     totals = result["totals"]
     raise typer.Exit(1 if totals["lost"] or totals["duplicated"] or totals["crashed"] else 0)
+
+
+@app.command("bench-scale")
+def bench_scale(
+    dataset: Annotated[Path, typer.Option(exists=True, dir_okay=False)] = Path(
+        "../shared/data/resume-job/resume_data.csv"
+    ),
+    quick: Annotated[bool, typer.Option(help="Small sizes (a check of the bench).")] = False,
+    budget_s: Annotated[
+        float, typer.Option(help="Stop before a size that would pass this many seconds.")
+    ] = 1800.0,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Top-K retrieval at 10k to 1M resumes (vectors around the real dataset's, written
+    directly): time and rows per ingested document, query latency, recall against exact
+    scoring, bytes per document, index build (JSON; see tools/scale.py)."""
+    worker_env()
+    from jobfit.workers.provision import minilm_path
+    from tools.postgres import pgvector_settings
+    from tools.scale import run
+
+    settings, database = pgvector_settings(get_settings(), "postgres")
+    err.print(database)
+    emit_json(run(settings, minilm_path(), dataset, err, quick=quick, budget_s=budget_s), out)
+
+
+postgres_app = typer.Typer(help="The embedded Postgres with pgvector (tools/postgres.py).")
+app.add_typer(postgres_app, name="postgres")
+
+
+@postgres_app.command("start")
+def postgres_start() -> None:
+    """Start the project's embedded Postgres (.jobfit/postgres) and print its URL; it keeps
+    running until `python -m tools postgres stop`."""
+    from tools.postgres import start
+
+    sys.stdout.write(start(keep_running=True) + "\n")
+
+
+@postgres_app.command("stop")
+def postgres_stop() -> None:
+    """Stop the project's embedded Postgres."""
+    from tools.postgres import stop
+
+    err.print("stopped" if stop() else "not running")
 
 
 @app.command("bench-quality")

@@ -1,6 +1,7 @@
 """``python -m tools demo`` (``make demo``): the whole pipeline on the bundled sample, on real
-services when they are reachable, else on an embedded default (SQLite file + in-memory broker,
-worker in-process)."""
+services when they are reachable, else on an embedded default (in-memory broker, worker
+in-process). The database is the configured Postgres when it has pgvector, else the project's
+embedded one (``tools.postgres``); the demo says which."""
 
 from __future__ import annotations
 
@@ -21,46 +22,32 @@ from sqlalchemy.orm import aliased
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EMBED_QUEUE, TRAIN_QUEUE, JobfitCelery, create_celery_app
 from jobfit.shared.client import JobfitClient, read_documents
-from jobfit.shared.config import BrokerSettings, DatabaseSettings, Settings
+from jobfit.shared.config import BrokerSettings, Settings
 from jobfit.shared.db import ensure_database, make_engine, make_session_factory, upgrade
 from jobfit.shared.orm import DocumentRow, FailedMessageRow, MatchRow, ModelVersionRow
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
+from tools.postgres import pgvector_settings
 
 WORKER_READY_TIMEOUT_S = 600
+DEMO_DATABASE = "jobfit_demo"
 
 
-def services_reachable(settings: Settings) -> tuple[bool, str]:
-    """Can we reach the configured broker and database? (reason when not)"""
+def broker_reachable(settings: Settings) -> tuple[bool, str]:
+    """Can we reach the configured broker? (reason when not)"""
     import redis
-    from sqlalchemy import create_engine, make_url, text
 
     if settings.broker.url.startswith(("redis://", "rediss://")):
         try:
             redis.Redis.from_url(settings.broker.url, socket_connect_timeout=2).ping()
         except redis.RedisError as exc:
             return False, f"Redis at {settings.broker.url} unreachable ({exc})"
-    url = make_url(settings.db.url)
-    if url.drivername.startswith("postgresql"):
-        eng = create_engine(url.set(database="postgres"), connect_args={"connect_timeout": 3})
-        try:
-            with eng.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:
-            return False, f"Postgres at {url.render_as_string()} unreachable ({type(exc).__name__})"
-        finally:
-            eng.dispose()
     return True, "ok"
 
 
 def embedded_settings(settings: Settings) -> Settings:
-    """SQLite next to the model store and Celery's in-memory transport."""
-    home = settings.model.store.parent
-    home.mkdir(parents=True, exist_ok=True)
+    """Celery's in-memory transport (the worker runs in this process)."""
     return settings.model_copy(
-        update={
-            "db": DatabaseSettings(url=f"sqlite:///{home / 'demo.sqlite3'}"),
-            "broker": BrokerSettings(url="memory://", result_backend="cache+memory://"),
-        }
+        update={"broker": BrokerSettings(url="memory://", result_backend="cache+memory://")}
     )
 
 
@@ -179,15 +166,17 @@ def run_demo(
         return 2
     use_services = backend == "services"
     if backend == "auto":
-        use_services, why = services_reachable(settings)
+        use_services, why = broker_reachable(settings)
         if not use_services:
             console.print(f"[yellow]{why}[/yellow]")
+    # Each run starts on an empty embedded database, as the SQLite file of old did.
+    settings, which_db = pgvector_settings(settings, DEMO_DATABASE, fresh=True)
     if not use_services:
         settings = embedded_settings(settings)
     console.print(
-        f"backend: {'services' if use_services else 'embedded'} — "
-        f"broker {settings.broker.url}, database {settings.db.url.split('@')[-1]}"
+        f"backend: {'services' if use_services else 'embedded'} — broker {settings.broker.url}"
     )
+    console.print(which_db)
     default_model = settings.model.path is None and settings.model.hub_id is None
     if default_model and not (settings.model.resolved_path() / "modules.json").is_file():
         from jobfit.workers.cli import ModelChoice, provision
@@ -208,7 +197,15 @@ def run_demo(
         if train and labels:
             trained.update(fine_tune(client, labels, console))
 
-    summaries, timing = run_pipeline(app, use_services, resumes, jobs, console, after=then)
+    summaries, timing = run_pipeline(
+        app,
+        use_services,
+        resumes,
+        jobs,
+        console,
+        worker_env={"JOBFIT_DB__URL": settings.db.url},
+        after=then,
+    )
     versions = {s["model_version"] for s in summaries if s.get("model_version")}
     embedded = sum(s.get("embedded", 0) for s in summaries)
     console.print(

@@ -44,7 +44,8 @@ from jobfit.shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, 
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
 from tools import hostile
 from tools.bench import Stage, fresh_stage
-from tools.procs import RUN_ID, WorkerProcess, free_port
+from tools.postgres import PrivatePostgres
+from tools.procs import WorkerProcess, free_port
 
 Docs = list[dict[str, Any]]
 WAIT_S = 300.0
@@ -134,53 +135,6 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
-
-
-class PrivatePostgres:
-    """A Postgres cluster of the scenario's own (``pg_createcluster`` on a free port, password
-    authentication), stopped and started by the scenario; never the shared one."""
-
-    def __init__(self) -> None:
-        self.version = sorted(os.listdir("/etc/postgresql"))[-1]
-        self.name = f"jobfit-faults-{RUN_ID}"
-        self.port = free_port()
-        self.password = secrets.token_hex(12)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run(list(args), check=True, capture_output=True, timeout=120)
-
-    def create(self) -> None:
-        pwfile = Path(f"/tmp/{self.name}.pw")  # noqa: S108 (read by initdb, deleted at once)
-        pwfile.write_text(self.password)
-        pwfile.chmod(0o644)
-        try:
-            self._ctl(
-                "pg_createcluster", self.version, self.name, "-p", str(self.port), "--start",
-                "--", "--auth=scram-sha-256", f"--pwfile={pwfile}",
-            )  # fmt: skip
-        finally:
-            pwfile.unlink(missing_ok=True)
-
-    def start(self) -> None:
-        self._ctl("pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start")
-
-    def stop(self) -> None:
-        self._ctl(
-            "pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop",
-            "-m", "fast",
-        )  # fmt: skip
-
-    def drop(self) -> None:
-        subprocess.run(
-            ["pg_dropcluster", "--stop", self.version, self.name],
-            check=False,
-            capture_output=True,
-            timeout=120,
-        )
 
 
 # --- documents and counts ----------------------------------------------------------------
@@ -461,7 +415,7 @@ def restart_redis(
 def stop_postgres(
     settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
-    """A private Postgres cluster (password auth); stopped mid-stream for
+    """A private Postgres server (embedded, a password in its URL); stopped mid-stream for
     ``size.postgres_down_s`` seconds.
     The worker's batch retries with backoff (messages unacknowledged meanwhile); nothing is
     acknowledged before its rows are committed."""

@@ -19,7 +19,7 @@ from jobfit.shared.db import make_engine, make_session_factory, transaction
 from jobfit.shared.model_store import ModelNotFoundError, base_version
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.select import make_embedder
-from jobfit.workers.service import ModelContext
+from jobfit.workers.embedding import ModelContext
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,12 @@ class WorkerRuntime:
             stored = repo.pair_weights(session=session, version=base_version(embedder.version))
         weights = self.settings.scoring.served_weights(stored)
         log.info("serving model version %s, pair weights %s", embedder.version, weights)
-        return ModelContext(embedder=embedder, model_version_id=version_id, weights=weights)
+        return ModelContext(
+            embedder=embedder,
+            model_version_id=version_id,
+            weights=weights,
+            scoring=self.settings.scoring,
+        )
 
     @staticmethod
     def _report_load_error(

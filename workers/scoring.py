@@ -1,5 +1,5 @@
-"""Pure scoring: pair cosines and the match score, and the stored form of a vector (the bytes
-the embeddings table keeps). No I/O, no model."""
+"""Pure scoring: pair cosines and the match score, and stored vectors decoded (pgvector's
+binary form). No I/O, no model."""
 
 from __future__ import annotations
 
@@ -26,14 +26,11 @@ class MatchScore:
         return list(self.pair_scores)
 
 
-def to_bytes(vec: Vector) -> bytes:
-    """The stored form of a vector: float32, little endian (``field_embeddings.vector``)."""
-    return np.asarray(vec, dtype="<f4").tobytes()
-
-
-def from_bytes(raw: bytes) -> Vector:
-    """A stored vector back as float32 (a copy: the buffer is read-only)."""
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+def from_pgvector(raw: bytes) -> Vector:
+    """A pgvector ``vector`` in its binary form (``vector_send``: two big-endian uint16, the
+    dimension and 0, then the float32 values big endian) as a float32 array."""
+    dim = int.from_bytes(raw[:2], "big")
+    return np.frombuffer(raw, dtype=">f4", count=dim, offset=4).astype(np.float32)
 
 
 def cosine(a: Vector, b: Vector) -> float:

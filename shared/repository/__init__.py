@@ -1,5 +1,5 @@
-"""Reads and idempotent writes, one module per noun: documents, embeddings, matches,
-failures, deliveries, the model registry, labels (and the stored split).
+"""Reads and idempotent writes, one module per noun: documents, embeddings, document vectors,
+matches, failures, deliveries, the model registry, labels (and the stored split).
 
 Every function takes ``session`` keyword-only and never commits: the caller (a task, the
 CLI) owns the transaction. The package is used as one namespace,
@@ -10,6 +10,7 @@ below are its public surface.
 from jobfit.shared.repository.deliveries import Delivery, begin_deliveries, set_delivery_state
 from jobfit.shared.repository.documents import (
     DocStatus,
+    documents_by_id,
     get_document,
     list_documents,
     parse_document,
@@ -40,9 +41,13 @@ from jobfit.shared.repository.labels import (
 from jobfit.shared.repository.matches import (
     MatchWrite,
     RankedMatch,
+    TopRow,
     fresh_match_keys,
+    kth_best,
+    partners,
     ranked,
     scoring_key,
+    top_matches,
     upsert_matches,
 )
 from jobfit.shared.repository.registry import (
@@ -63,6 +68,16 @@ from jobfit.shared.repository.registry import (
     record_promotion,
     set_metrics,
 )
+from jobfit.shared.repository.vectors import (
+    StoredVectors,
+    VectorWrite,
+    ensure_index,
+    index_name,
+    load_vectors,
+    nearest,
+    stale_vector_ids,
+    upsert_vectors,
+)
 
 __all__ = [
     "MAX_FAILED_PAYLOAD",
@@ -76,17 +91,24 @@ __all__ = [
     "ModelInfo",
     "ModelStatus",
     "RankedMatch",
+    "StoredVectors",
+    "TopRow",
+    "VectorWrite",
     "active_model_version",
     "assign_splits",
     "begin_deliveries",
+    "documents_by_id",
+    "ensure_index",
     "ensure_model_version",
     "ensure_served_version",
     "failure_counts",
     "fresh_match_keys",
     "get_document",
     "get_version",
+    "index_name",
     "insert_embeddings",
     "insert_model_version",
+    "kth_best",
     "label_count",
     "list_documents",
     "list_failed_messages",
@@ -94,11 +116,14 @@ __all__ = [
     "list_pair_labels",
     "list_versions",
     "load_embeddings",
+    "load_vectors",
     "lock_texts",
+    "nearest",
     "pair_hash",
     "pair_label_count",
     "pair_weights",
     "parse_document",
+    "partners",
     "previous_active",
     "promote",
     "ranked",
@@ -110,9 +135,12 @@ __all__ = [
     "set_delivery_state",
     "set_metrics",
     "split_parts",
+    "stale_vector_ids",
+    "top_matches",
     "upsert_document",
     "upsert_documents",
     "upsert_labels",
     "upsert_matches",
     "upsert_pair_labels",
+    "upsert_vectors",
 ]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import text as sql
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import DeliveryRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 
@@ -30,17 +30,16 @@ def begin_deliveries(*, session: Session, messages: Sequence[tuple[str, str]]) -
     is new starts at 1 in state ``running``; ``done`` ones keep their count."""
     if not messages:
         return []
-    table = DeliveryRow.__table__
     now = utcnow()
     by_key: dict[str, Delivery] = {}
     for chunk in chunked(sorted(dict(messages).items())):
-        stmt = insert_for(session, table).values(
+        ins = insert(DeliveryRow).values(
             [
                 {"key": k, "task_name": n[:200], "count": 1, "state": "running", "updated_at": now}
                 for k, n in chunk
             ]
         )
-        stmt = stmt.on_conflict_do_update(
+        stmt = ins.on_conflict_do_update(
             index_elements=["key"],
             set_={
                 "count": sql(
@@ -49,7 +48,7 @@ def begin_deliveries(*, session: Session, messages: Sequence[tuple[str, str]]) -
                 ),
                 "updated_at": now,
             },
-        ).returning(table.c.key, table.c.count, table.c.state)
+        ).returning(DeliveryRow.key, DeliveryRow.count, DeliveryRow.state)
         for key, count, state in session.execute(stmt):
             by_key[key] = Delivery(key, count, state)
     return [by_key[k] for k, _ in messages]

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import DocumentRow, utcnow
+from jobfit.shared.repository.chunks import chunked
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
 DocStatus = Literal["created", "updated", "unchanged"]
@@ -37,7 +38,7 @@ def upsert_documents(
     inserted = {
         (k, i)
         for k, i in session.execute(
-            insert_for(session, DocumentRow.__table__)
+            insert(DocumentRow)
             .values(
                 [
                     {
@@ -99,6 +100,17 @@ def list_documents(
     if external_ids is not None:
         stmt = stmt.where(DocumentRow.external_id.in_(list(external_ids)))
     return list(session.execute(stmt).scalars())
+
+
+def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentRow]:
+    """Documents by row id (those that exist)."""
+    out: dict[int, DocumentRow] = {}
+    for part in chunked(sorted(set(ids))):
+        out.update(
+            (r.id, r)
+            for r in session.execute(select(DocumentRow).where(DocumentRow.id.in_(part))).scalars()
+        )
+    return out
 
 
 def parse_document(row: DocumentRow) -> ResumeDocument | JobDocument:

@@ -1,16 +1,19 @@
 """Field embeddings: one vector per (model version, text hash), shared by every document
-that has the text, stored as raw float32 bytes (``workers.scoring.to_bytes``)."""
+that has the text, in a pgvector ``vector`` column. Read back in pgvector's binary form
+(``vector_send``: no text parsing; ``workers.scoring.from_pgvector`` decodes it), written
+from float sequences (numpy arrays or lists)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import FieldEmbeddingRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 
@@ -18,11 +21,11 @@ from jobfit.shared.repository.chunks import chunked
 def load_embeddings(
     *, session: Session, model_version_id: int, text_hashes: Iterable[str]
 ) -> dict[str, bytes]:
-    """Stored vectors (raw float32 bytes) for those text hashes under one model version."""
+    """Stored vectors (pgvector's binary form) for those text hashes under one model version."""
     out: dict[str, bytes] = {}
     for part in chunked(sorted(set(text_hashes))):
         rows = session.execute(
-            select(FieldEmbeddingRow.text_hash, FieldEmbeddingRow.vector).where(
+            select(FieldEmbeddingRow.text_hash, func.vector_send(FieldEmbeddingRow.vector)).where(
                 FieldEmbeddingRow.model_version_id == model_version_id,
                 FieldEmbeddingRow.text_hash.in_(part),
             )
@@ -35,9 +38,7 @@ def lock_texts(*, session: Session, model_version_id: int, text_hashes: Iterable
     """Transaction-scoped Postgres advisory locks on (model version, text), taken in one
     global order (no deadlock between two such callers). A worker that needs texts another
     worker is embedding waits for that commit, then finds them stored: each text reaches the
-    model once per version. No-op on SQLite (one writer at a time anyway)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
+    model once per version."""
     keys = sorted(
         {
             int.from_bytes(
@@ -55,14 +56,14 @@ def lock_texts(*, session: Session, model_version_id: int, text_hashes: Iterable
 
 
 def insert_embeddings(
-    *, session: Session, model_version_id: int, rows: Sequence[tuple[str, str, int, bytes]]
+    *, session: Session, model_version_id: int, rows: Sequence[tuple[str, str, int, Any]]
 ) -> None:
     """Insert (text_hash, text, dim, vector) rows; a row another worker wrote first is kept."""
     if not rows:
         return
     now = utcnow()
     session.execute(
-        insert_for(session, FieldEmbeddingRow.__table__).on_conflict_do_nothing(
+        insert(FieldEmbeddingRow).on_conflict_do_nothing(
             index_elements=["model_version_id", "text_hash"]
         ),
         [
@@ -74,6 +75,6 @@ def insert_embeddings(
                 "vector": vec,
                 "created_at": now,
             }
-            for h, text, dim, vec in sorted(rows)
+            for h, text, dim, vec in sorted(rows, key=lambda r: r[0])
         ],
     )

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import FailedMessageRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 
@@ -53,7 +53,7 @@ def record_failed_messages(*, session: Session, failures: Sequence[Failure]) -> 
     rows = list({v["dedupe_key"]: v for v in (f.values() for f in failures)}.values())
     for chunk in chunked(rows):
         session.execute(
-            insert_for(session, FailedMessageRow.__table__)
+            insert(FailedMessageRow)
             .values(list(chunk))
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
         )

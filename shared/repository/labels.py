@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import LabelRow, PairLabelRow, SplitAssignmentRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 from jobfit.shared.splits import SplitName, split_part
@@ -30,7 +30,7 @@ def upsert_labels(*, session: Session, labels: Sequence[LabelIn], source: str) -
     latest = {(lb.resume_id, lb.job_id): lb.score for lb in labels}  # one row per key
     items = sorted(latest.items())
     for part in chunked(items):
-        stmt = insert_for(session, LabelRow.__table__).values(
+        stmt = insert(LabelRow).values(
             [
                 {"resume_id": r, "job_id": j, "score": s, "source": source, "updated_at": now}
                 for (r, j), s in part
@@ -74,7 +74,7 @@ def upsert_pair_labels(
     now = utcnow()
     latest = {pair_hash(a, b): (a, b, y) for a, b, y in pairs}
     for part in chunked(sorted(latest.items())):
-        stmt = insert_for(session, PairLabelRow.__table__).values(
+        stmt = insert(PairLabelRow).values(
             [
                 {
                     "pair_hash": h,
@@ -122,7 +122,7 @@ def assign_splits(*, session: Session, resume_ids: Iterable[str], job_ids: Itera
     ]
     for part in chunked(rows):
         session.execute(
-            insert_for(session, SplitAssignmentRow.__table__)
+            insert(SplitAssignmentRow)
             .values(list(part))
             .on_conflict_do_nothing(index_elements=["split", "external_id"])
         )

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, or_, select, tuple_
+from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.orm import DocumentRow, MatchRow, ModelVersionRow, PairScoreRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 
@@ -72,7 +73,7 @@ def _upsert_match_rows(
     # One statement, many parameter sets: SQLAlchemy's "insertmanyvalues" batches them with a
     # statement compiled once (a multi-VALUES literal recompiles per call: 10x slower here).
     now = utcnow()
-    ins = insert_for(session, MatchRow.__table__)
+    ins = insert(MatchRow)
     stmt = ins.on_conflict_do_update(
         index_elements=["resume_id", "job_id", "model_version_id"],
         set_={
@@ -103,13 +104,88 @@ def _upsert_match_rows(
         for p, s in w.pair_scores.items()
     ]
     if pair_rows:
-        pins = insert_for(session, PairScoreRow.__table__)
+        pins = insert(PairScoreRow)
         session.execute(
             pins.on_conflict_do_update(
                 index_elements=["match_id", "pair_type"], set_={"score": pins.excluded.score}
             ),
             pair_rows,
         )
+
+
+def kth_best(
+    *, session: Session, model_version_id: int, side: str, ids: Sequence[int], k: int
+) -> dict[int, float | None]:
+    """Per document of ``side`` (``resume`` or ``job``): the score of its k-th best stored
+    match under this version, None if it has fewer than k (anything enters its top k)."""
+    col = "resume_id" if side == "resume" else "job_id"
+    stmt = sql(
+        "SELECT d.id, (SELECT m.score FROM matches m"  # noqa: S608 (names and ints of ours; values bound)
+        f" WHERE m.model_version_id = :v AND m.{col} = d.id"
+        " ORDER BY m.score DESC NULLS LAST OFFSET :off LIMIT 1)"
+        " FROM unnest(CAST(:ids AS bigint[])) AS d(id)"
+    )
+    out: dict[int, float | None] = {}
+    for part in chunked(sorted(set(ids))):
+        rows = session.execute(stmt, {"v": model_version_id, "off": k - 1, "ids": list(part)})
+        out.update((int(i), s) for i, s in rows)
+    return out
+
+
+def partners(
+    *, session: Session, model_version_id: int, side: str, ids: Sequence[int]
+) -> dict[int, set[int]]:
+    """Per document of ``side``: the documents of the other kind it has a stored match with
+    under this version (a changed document's rows are rescored, not left stale)."""
+    col, other = (
+        (MatchRow.resume_id, MatchRow.job_id)
+        if side == "resume"
+        else (MatchRow.job_id, MatchRow.resume_id)
+    )
+    out: dict[int, set[int]] = {i: set() for i in ids}
+    for part in chunked(sorted(set(ids))):
+        for i, o in session.execute(
+            select(col, other).where(MatchRow.model_version_id == model_version_id, col.in_(part))
+        ):
+            out[i].add(o)
+    return out
+
+
+@dataclass(frozen=True)
+class TopRow:
+    other_id: str  # the other document's external id
+    score: float | None
+    pair_scores: dict[str, float]
+
+
+def top_matches(
+    *, session: Session, model_version_id: int, side: str, ids: Sequence[int], n: int
+) -> dict[int, list[TopRow]]:
+    """Per document of ``side``: its ``n`` best stored matches under this version, best
+    first (ties by the other id), in two statements for all of them."""
+    out: dict[int, list[TopRow]] = {i: [] for i in ids}
+    if n <= 0 or not ids:
+        return out
+    col, other = ("resume_id", "job_id") if side == "resume" else ("job_id", "resume_id")
+    stmt = sql(
+        "SELECT d.id, t.match_id, t.external_id, t.score FROM unnest(CAST(:ids AS bigint[])) d(id)"  # noqa: S608 (names and ints of ours; values bound)
+        " CROSS JOIN LATERAL (SELECT m.id AS match_id, o.external_id, m.score FROM matches m"
+        f" JOIN documents o ON o.id = m.{other}"
+        f" WHERE m.model_version_id = :v AND m.{col} = d.id"
+        " ORDER BY m.score DESC NULLS LAST, o.external_id LIMIT :n) t"
+    )
+    found: list[tuple[int, int, str, float | None]] = []
+    for part in chunked(sorted(set(ids))):
+        found += [
+            (int(i), int(m), str(e), s)
+            for i, m, e, s in session.execute(
+                stmt, {"ids": list(part), "v": model_version_id, "n": n}
+            )
+        ]
+    pairs = _pair_scores(session, [m for _, m, _, _ in found])
+    for i, m, e, s in found:
+        out[i].append(TopRow(other_id=e, score=s, pair_scores=pairs.get(m, {})))
+    return out
 
 
 @dataclass(frozen=True)
@@ -132,8 +208,8 @@ def ranked(
 ) -> list[RankedMatch]:
     """Matches of one resume (best jobs) or one job (best resumes), best first.
 
-    Without ``model_version``: the version that scored this document most recently (what the
-    workers serve now), so a model switch never mixes two versions' scores in one ranking.
+    Without ``model_version``: the active version if it has scored this document, else the
+    version that scored it most recently; a ranking never mixes two versions' scores.
     """
     resume, job = aliased(DocumentRow), aliased(DocumentRow)
 
@@ -151,9 +227,11 @@ def ranked(
         return stmt
 
     if model_version is None:
+        # The active version (or a backend variant of it) once it has scored this document:
+        # during a promotion's rebuild a document not reached yet keeps its previous ranking.
         model_version = session.execute(
             of_document(select(ModelVersionRow.version))
-            .order_by(MatchRow.scored_at.desc())
+            .order_by(_serves_active().desc(), MatchRow.scored_at.desc())
             .limit(1)
         ).scalar_one_or_none()
     stmt = of_document(
@@ -179,14 +257,22 @@ def ranked(
     ]
 
 
+def _serves_active() -> Any:
+    """True for the active version's row and its backend variants' rows."""
+    active = select(ModelVersionRow.version).where(ModelVersionRow.status == "active")
+    return or_(
+        ModelVersionRow.status == "active",
+        ModelVersionRow.parent_version.in_(active.scalar_subquery()),
+    )
+
+
 def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
-    if not match_ids:
-        return out
-    for mid, p, s in session.execute(
-        select(PairScoreRow.match_id, PairScoreRow.pair_type, PairScoreRow.score).where(
-            PairScoreRow.match_id.in_(match_ids)
-        )
-    ):
-        out.setdefault(mid, {})[p] = s
+    for part in chunked(match_ids):
+        for mid, p, s in session.execute(
+            select(PairScoreRow.match_id, PairScoreRow.pair_type, PairScoreRow.score).where(
+                PairScoreRow.match_id.in_(part)
+            )
+        ):
+            out.setdefault(mid, {})[p] = s
     return out

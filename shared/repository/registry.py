@@ -15,9 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.db import insert_for
 from jobfit.shared.model_store import base_version
 from jobfit.shared.orm import ModelVersionRow, utcnow
 
@@ -54,7 +54,7 @@ def insert_model_version(
     """Insert ``version`` unless it exists (idempotent); returns its row. A trained model is
     inserted as a CANDIDATE (same version, same row: a redelivered retrain adds nothing)."""
     session.execute(
-        insert_for(session, ModelVersionRow.__table__)
+        insert(ModelVersionRow)
         .values(
             **asdict(model),
             status=status.value,

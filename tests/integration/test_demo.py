@@ -52,9 +52,10 @@ def test_demo_falls_back_to_embedded_when_services_are_down(settings, tmp_path):
     env = settings_env(settings)
     env["JOBFIT_MODEL__STORE"] = str(tmp_path / "models")
     env["JOBFIT_BROKER__URL"] = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    env["JOBFIT_DB__URL"] = "postgresql+psycopg://postgres@127.0.0.1:1/jobfit"  # nor here
     out = run_demo(env, "auto")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "unreachable" in out.stdout
     assert "backend: embedded" in out.stdout
     assert "match rows in the database for the sample: 840 of 840" in out.stdout
-    assert (tmp_path / "demo.sqlite3").is_file()
+    assert "database: embedded Postgres with pgvector" in out.stdout

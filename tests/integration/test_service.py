@@ -1,4 +1,5 @@
-"""The service functions on real Postgres, without Celery, with a counting embedder."""
+"""The service functions on real Postgres, without Celery, with a counting embedder, in the
+exhaustive scoring mode (``all``; tests/integration/test_top_k.py covers ``top_k``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 from sqlalchemy import func, select
 
 from jobfit.shared import repository as repo
-from jobfit.shared.config import PairType
+from jobfit.shared.config import PairType, ScoringSettings
 from jobfit.shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
 from jobfit.shared.repository import chunks
 from jobfit.shared.schemas import JobDocument, ResumeDocument
-from jobfit.workers import service
+from jobfit.workers import matching, service
+from jobfit.workers.embedding import ModelContext
+
+ALL = ScoringSettings(mode="all")
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +47,7 @@ def ctx(session_factory, clean_db):
         row = repo.ensure_model_version(
             session=s, model=repo.ModelInfo(emb.version, "counting", "-", emb.dim)
         )
-    return service.ModelContext(emb, row.id, dict.fromkeys(PairType, 1.0))
+    return ModelContext(emb, row.id, dict.fromkeys(PairType, 1.0), ALL)
 
 
 def test_a_text_is_embedded_once_for_every_document_that_has_it(session_factory, ctx):
@@ -68,9 +72,9 @@ def test_one_job_against_many_resumes_in_chunks(session_factory, ctx, monkeypatc
         for d in [*resumes, job]:
             service.ingest_document(session=s, ctx=ctx, doc=d)
     with session_factory.begin() as s:
-        assert service.score_job(session=s, ctx=ctx, job_id="j") == (400, 0)
+        assert matching.score_job(session=s, ctx=ctx, job_id="j")[:2] == (400, 0)
     with session_factory.begin() as s:
-        assert service.score_job(session=s, ctx=ctx, job_id="j") == (0, 0), "nothing stale"
+        assert matching.score_job(session=s, ctx=ctx, job_id="j")[:2] == (0, 0), "nothing stale"
     with session_factory() as s:
         assert s.execute(select(func.count()).select_from(MatchRow)).scalar_one() == 400
         # only positions: the resumes have no skills, the job no experience requirement
@@ -85,10 +89,10 @@ def test_new_weights_make_rows_stale_and_rescore(session_factory, ctx):
         service.ingest_document(
             session=s, ctx=ctx, doc=JobDocument(id="j", title="Dev", skills_required=["Go"])
         )
-        assert service.score_resume(session=s, ctx=ctx, resume_id="r") == (1, 0)
-    skills_only = service.ModelContext(ctx.embedder, ctx.model_version_id, {PairType.SKILLS: 1.0})
+        assert matching.score_resume(session=s, ctx=ctx, resume_id="r")[:2] == (1, 0)
+    skills_only = ModelContext(ctx.embedder, ctx.model_version_id, {PairType.SKILLS: 1.0}, ALL)
     with session_factory.begin() as s:
-        assert service.score_resume(session=s, ctx=skills_only, resume_id="r") == (1, 0)
+        assert matching.score_resume(session=s, ctx=skills_only, resume_id="r")[:2] == (1, 0)
     with session_factory() as s:
         row = s.execute(select(MatchRow)).scalar_one()
         pairs = dict(s.execute(select(PairScoreRow.pair_type, PairScoreRow.score)).all())
@@ -102,16 +106,16 @@ def test_rankings_never_mix_model_versions(session_factory, ctx):
         for i in range(3):
             job = JobDocument(id=f"j{i}", title="Dev", skills_required=[f"Go {i}"])
             service.ingest_document(session=s, ctx=ctx, doc=job)
-        service.score_resume(session=s, ctx=ctx, resume_id="r")
+        matching.score_resume(session=s, ctx=ctx, resume_id="r")
 
     class Other(CountingEmbedder):
         version = "counting@v2"
 
     with session_factory.begin() as s:
         v2 = repo.ensure_model_version(session=s, model=repo.ModelInfo(Other.version, "c", "-", 8))
-    ctx2 = service.ModelContext(Other(), v2.id, ctx.weights)
+    ctx2 = ModelContext(Other(), v2.id, ctx.weights, ALL)
     with session_factory.begin() as s:
-        assert service.score_resume(session=s, ctx=ctx2, resume_id="r") == (
+        assert matching.score_resume(session=s, ctx=ctx2, resume_id="r")[:2] == (
             3,
             5,
         )  # 1 + 3 + "Job title: Dev"

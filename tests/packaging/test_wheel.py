@@ -143,11 +143,24 @@ def test_worker_install_scores_what_a_producer_install_sent(
         " 'skills_required': ['SQL', 'Python']}).get(timeout=300)\n"
         "r = c.submit_resume({'id': 'wheel-resume', 'skills': ['Python', 'SQL']})"
         ".get(timeout=300)\n"
-        "print(r['status'], r['scored'])\n"
+        "print(r['status'], r['scored'], r['top'][0]['id'])\n"
+        # The read path: Postgres only, no worker round trip, no numpy or torch.
+        "(m,) = c.top_jobs('wheel-resume', k=5)\n"
+        "(n,) = c.top_candidates('wheel-job', k=5)\n"
+        "print(m.job_id, n.resume_id, m.score == n.score, sorted(m.pair_scores))\n"
+        "import sys; assert 'numpy' not in sys.modules and 'torch' not in sys.modules\n"
     )
     t0 = time.monotonic()
     out = run([str(producer / "python"), "-c", script], env=env, timeout=600)
-    assert out.split() == ["created", "1"], out
+    assert out.split() == [
+        "created",
+        "1",
+        "wheel-job",
+        "wheel-job",
+        "wheel-resume",
+        "True",
+        "['skills']",  # the one pair type both have
+    ], out
     matches = run(
         [str(producer / "jobfit"), "matches", "wheel-resume"], env={**env, "COLUMNS": "200"}
     )

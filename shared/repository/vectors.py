@@ -1,0 +1,208 @@
+"""Document vectors (``document_vectors``): per (document, model version) its field vectors and
+its retrieval vector, and the nearest documents of the other kind by inner product through an
+HNSW index per (version, kind).
+
+The index is partial (``WHERE model_version_id = v AND kind = k``) over the retrieval vector
+cast to the version's width (``halfvec(d)``), so each version has its own, built while it
+fills, and a promotion's rebuild never touches the serving version's. Queries name the
+version and kind as literals (the planner proves the partial predicate only from constants)
+and order by the same cast expression.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import bindparam, func, select
+from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from jobfit.shared.orm import DocumentRow, DocumentVectorRow, utcnow
+from jobfit.shared.repository.chunks import chunked
+
+Kind = Literal["resume", "job"]
+# pgvector's hnsw.ef_search accepts 1..1000; a query returns at most ef_search rows.
+MAX_EF_SEARCH = 1000
+# pgvector indexes halfvec with HNSW up to this many dimensions; wider: exact scans only.
+HNSW_HALFVEC_MAX_DIMS = 4000
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VectorWrite:
+    document_id: int
+    kind: str
+    content_hash: str
+    slots: list[str]
+    fields: Any  # float sequence: numpy array or list
+    embedding: Any
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    document_id: int
+    kind: str
+    content_hash: str
+    scoring_key: str
+    slots: list[str]
+    fields: bytes  # pgvector's binary form (``workers.scoring.from_pgvector``)
+
+
+def upsert_vectors(
+    *, session: Session, model_version_id: int, key: str, writes: Sequence[VectorWrite]
+) -> None:
+    """Write (or replace) documents' vectors under one version; the same write twice leaves
+    the same row."""
+    if not writes:
+        return
+    now = utcnow()
+    ins = insert(DocumentVectorRow)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["document_id", "model_version_id"],
+        set_={
+            c: ins.excluded[c]
+            for c in ("kind", "content_hash", "scoring_key", "slots", "fields", "embedding")
+        }
+        | {"updated_at": now},
+    )
+    for part in chunked(sorted(writes, key=lambda w: w.document_id)):
+        session.execute(
+            stmt,
+            [
+                {
+                    "document_id": w.document_id,
+                    "model_version_id": model_version_id,
+                    "kind": w.kind,
+                    "content_hash": w.content_hash,
+                    "scoring_key": key,
+                    "slots": w.slots,
+                    "fields": w.fields,
+                    "embedding": w.embedding,
+                    "updated_at": now,
+                }
+                for w in part
+            ],
+        )
+
+
+def load_vectors(
+    *, session: Session, model_version_id: int, document_ids: Iterable[int]
+) -> dict[int, StoredVectors]:
+    """Stored vectors of those documents under one version (fresh or not: see the hashes)."""
+    out: dict[int, StoredVectors] = {}
+    t = DocumentVectorRow
+    for part in chunked(sorted(set(document_ids))):
+        rows = session.execute(
+            select(
+                t.document_id,
+                t.kind,
+                t.content_hash,
+                t.scoring_key,
+                t.slots,
+                func.vector_send(t.fields),
+            ).where(t.model_version_id == model_version_id, t.document_id.in_(part))
+        )
+        for doc_id, kind, content_hash, key, slots, fields in rows:
+            out[doc_id] = StoredVectors(doc_id, kind, content_hash, key, list(slots), bytes(fields))
+    return out
+
+
+def stale_vector_ids(
+    *, session: Session, model_version_id: int, kind: Kind, key: str, limit: int = 1000
+) -> list[int]:
+    """Documents of a kind whose vectors under this version are missing or stale (another
+    content or weights), by id: what a rebuild still has to write."""
+    dv = DocumentVectorRow
+    stmt = (
+        select(DocumentRow.id)
+        .outerjoin(
+            dv, (dv.document_id == DocumentRow.id) & (dv.model_version_id == model_version_id)
+        )
+        .where(
+            DocumentRow.kind == kind,
+            (dv.document_id.is_(None))
+            | (dv.content_hash != DocumentRow.content_hash)
+            | (dv.scoring_key != key),
+        )
+        .order_by(DocumentRow.id)
+        .limit(limit)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def index_name(model_version_id: int, kind: Kind) -> str:
+    return f"ix_document_vectors_hnsw_v{model_version_id}_{kind}"
+
+
+def ensure_index(
+    *,
+    session: Session,
+    model_version_id: int,
+    kind: Kind,
+    dims: int,
+    m: int = 16,
+    ef_construction: int = 64,
+) -> bool:
+    """Create the HNSW index of (version, kind) if it is missing; True if it was created.
+    Serialised by an advisory lock (two workers meeting a new version create it once). On an
+    empty or small partition it is instant; a bulk load (the scale bench) builds it after."""
+    if dims > HNSW_HALFVEC_MAX_DIMS:
+        log.warning(
+            "retrieval vectors of %d dimensions exceed pgvector's HNSW limit for halfvec (%d):"
+            " nearest-document queries of version %d scan exactly",
+            dims,
+            HNSW_HALFVEC_MAX_DIMS,
+            model_version_id,
+        )
+        return False
+    name = index_name(model_version_id, kind)
+    lock = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    session.execute(sql("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+    if session.execute(sql("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None:
+        return False
+    session.execute(
+        sql(
+            f"CREATE INDEX ix_document_vectors_hnsw_v{int(model_version_id)}_{_kind(kind)}"
+            " ON document_vectors USING hnsw"
+            f" ((embedding::halfvec({int(dims)})) halfvec_ip_ops)"
+            f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+            f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
+        )
+    )
+    return True
+
+
+def nearest(
+    *,
+    session: Session,
+    model_version_id: int,
+    kind: Kind,
+    query: Any,
+    dims: int,
+    limit: int,
+    ef_search: int | None = None,
+) -> list[int]:
+    """Ids of the ``limit`` documents of ``kind`` with the largest inner product with
+    ``query`` (approximate, through the HNSW index; exact by a scan where it is missing)."""
+    ef = min(MAX_EF_SEARCH, max(ef_search or 0, limit, 40))
+    session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+    # Literals for the partial index's predicate (ints and a checked kind; the query is bound).
+    stmt = sql(
+        "SELECT document_id FROM document_vectors"  # noqa: S608 (names and ints of ours; values bound)
+        f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
+        f" ORDER BY embedding::halfvec({int(dims)}) <#> CAST(:q AS halfvec({int(dims)}))"
+        " LIMIT :n"
+    ).bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
+    return list(session.execute(stmt, {"q": query, "n": int(limit)}).scalars())
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("resume", "job"):
+        raise ValueError(f"unknown document kind {kind!r}")
+    return kind

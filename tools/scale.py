@@ -1,0 +1,627 @@
+"""``python -m tools bench-scale`` (``make bench-scale``): top-K retrieval at corpus sizes far
+beyond the real dataset, on Postgres with pgvector (the configured one if it has pgvector,
+else the embedded one), every figure from one run.
+
+Corpora: documents made around the real dataset's documents (each synthetic document takes a
+random real document of its kind and, per field slot it has, the real MiniLM vector plus
+Gaussian noise of norm ``NOISE``, normalised: clustered like real data, not uniform), written
+straight into ``documents`` and ``document_vectors`` with binary COPY, so the model is not the
+bottleneck. Sizes grow in steps (each step adds to the previous corpus); the HNSW indexes are
+rebuilt after each step's load (a bulk build is faster than inserting into the graph).
+
+Per size:
+ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
+              (retrieval, exact scoring of the candidates, top K and reverse updates written),
+              each in its own transaction, after its row and vectors are stored as ingest's
+              first transaction does: seconds and rows written per document.
+query         a new document's top 10 as a reader would get it without storing anything:
+              the index query plus exact rescoring of its candidates, p50/p95 (and the index
+              query alone).
+recall        of that top 10 and top 100 against exhaustive exact scoring of the whole
+              other side (computed here with numpy over the regenerated corpus).
+bytes         per document in Postgres (each table with its indexes; matches and pair scores
+              per ingested document), and index build seconds.
+
+Plus the real dataset (344 resumes, 28 jobs, MiniLM): recall@10 of ``top_k`` against ``all``
+for several candidate pool sizes, both directions.
+
+The bench's own database runs with ``synchronous_commit = off`` (commits do not wait for the
+WAL flush: a bulk load, not a durability test); it is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobfit.shared import repository as repo
+from jobfit.shared.config import PairType, ScoringSettings, Settings
+from jobfit.shared.db import ensure_database, make_session_factory, upgrade
+from jobfit.shared.fields import JOB_SLOT, RESUME_SLOT, field_texts
+from jobfit.shared.repository.vectors import Kind
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers.embedding import ModelContext
+from jobfit.workers.matching import match_top_k, score_candidates
+from jobfit.workers.scoring import Vector
+from jobfit.workers.vectors import DocumentVectors
+
+FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
+QUICK_SIZES = ((2_000, 200), (10_000, 1_000))
+NOISE = 0.6
+NEW_DOCS = 50  # per kind and size, ingested
+QUERIES = 50  # per kind and size, for latency and recall
+CHUNK = 10_000  # documents generated (and regenerated for exact scoring) at a time
+DIM = 384  # MiniLM
+SEED = 20261129
+
+
+class NoModel:
+    """The embedder a bench context carries: every vector is stored already, so nothing may
+    reach a model (an ``encode`` call is a bug of the bench)."""
+
+    version = "minilm-scale@bench"
+    dim = DIM
+
+    def encode(self, texts: list[str]) -> Any:
+        raise AssertionError(f"the scale bench embeds nothing, asked for {len(texts)} texts")
+
+
+# --- synthetic documents ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bases:
+    """The real documents' vectors by slot, per kind (what synthetic ones are drawn around)."""
+
+    resume: list[dict[str, Vector]]
+    job: list[dict[str, Vector]]
+
+    def of(self, kind: str) -> list[dict[str, Vector]]:
+        return self.resume if kind == "resume" else self.job
+
+
+def real_bases(
+    model: Any, dataset: Path
+) -> tuple[Bases, list[DocumentVectors], list[DocumentVectors]]:
+    from tools.dataset import read_dataset
+
+    data = read_dataset(dataset)
+    every: list[ResumeDocument | JobDocument] = [*data.resumes, *data.jobs]
+    texts = sorted({t for d in every for t in field_texts(d).values()})
+    emb = dict(
+        zip(
+            texts,
+            np.asarray(model.encode(texts, normalize_embeddings=True, batch_size=64)),
+            strict=True,
+        )
+    )
+
+    def vecs(d: Any) -> DocumentVectors:
+        return DocumentVectors.from_pairs(d.kind, {p: emb[t] for p, t in field_texts(d).items()})
+
+    resumes, jobs = [vecs(r) for r in data.resumes], [vecs(j) for j in data.jobs]
+    return Bases([r.slots for r in resumes], [j.slots for j in jobs]), resumes, jobs
+
+
+def synthetic(bases: Bases, kind: str, start: int, n: int, salt: int = 0) -> list[DocumentVectors]:
+    """Documents ``start .. start+n`` of a kind: the same every time they are asked for."""
+    rng = np.random.default_rng([SEED, salt, 0 if kind == "resume" else 1, start])
+    pool = bases.of(kind)
+    out = []
+    for b in rng.integers(len(pool), size=n):
+        slots = {}
+        for s, v in pool[b].items():
+            x = v + rng.standard_normal(DIM).astype(np.float32) * np.float32(NOISE / np.sqrt(DIM))
+            slots[s] = (x / np.linalg.norm(x)).astype(np.float32)
+        out.append(DocumentVectors(kind, slots))
+    return out
+
+
+def chunks(
+    bases: Bases, kind: str, total: int, salt: int = 0
+) -> Iterator[tuple[int, list[DocumentVectors]]]:
+    for start in range(0, total, CHUNK):
+        yield start, synthetic(bases, kind, start, min(CHUNK, total - start), salt)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def external_id(kind: str, i: int) -> str:
+    return f"{kind}-s{i}"
+
+
+def doc_id(kind: str, i: int) -> int:
+    """Row ids: resumes from 1, jobs from 10**9 (room for any size here)."""
+    return (1 if kind == "resume" else 1_000_000_001) + i
+
+
+def copy_documents(
+    factory: sessionmaker[Session],
+    *,
+    ctx: ModelContext,
+    kind: str,
+    start: int,
+    docs: Sequence[DocumentVectors],
+    ids: Sequence[int] | None = None,
+) -> None:
+    """Rows and vectors of these documents in two binary COPYs (one transaction)."""
+    from pgvector import HalfVector
+    from pgvector import Vector as PgVector
+    from pgvector.psycopg import register_vector
+    from psycopg.types.json import Jsonb
+
+    engine = factory.kw["bind"]
+    raw = engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        register_vector(conn)
+        ids = ids or [doc_id(kind, start + k) for k in range(len(docs))]
+        names = [external_id(kind, i - doc_id(kind, 0)) for i in ids]
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY documents (id, kind, external_id, content_hash, schema_version, payload,"
+                " created_at, updated_at) FROM STDIN (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(
+                    [
+                        "int8",
+                        "varchar",
+                        "varchar",
+                        "varchar",
+                        "int4",
+                        "jsonb",
+                        "timestamptz",
+                        "timestamptz",
+                    ]
+                )
+                now = repo_now()
+                for i, name in zip(ids, names, strict=True):
+                    cp.write_row((i, kind, name, name, 1, Jsonb({"id": name}), now, now))
+            with cur.copy(
+                "COPY document_vectors (document_id, model_version_id, kind, content_hash,"
+                " scoring_key, slots, fields, embedding, updated_at) FROM STDIN (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(
+                    [
+                        "int8",
+                        "int4",
+                        "varchar",
+                        "varchar",
+                        "varchar",
+                        "jsonb",
+                        "vector",
+                        "halfvec",
+                        "timestamptz",
+                    ]
+                )
+                for i, name, d in zip(ids, names, docs, strict=True):
+                    slots, fields = d.packed()
+                    cp.write_row(
+                        (
+                            i,
+                            ctx.model_version_id,
+                            kind,
+                            name,
+                            ctx.scoring_key,
+                            Jsonb(slots),
+                            PgVector(fields),
+                            HalfVector(ctx.retrieval_vector(d)),
+                            now,
+                        )
+                    )
+        conn.commit()
+    finally:
+        raw.close()
+
+
+def repo_now() -> Any:
+    from jobfit.shared.orm import utcnow
+
+    return utcnow()
+
+
+# --- exhaustive exact scoring (the reference) ---------------------------------------------
+
+
+def exact_scores(
+    query: DocumentVectors, docs: Sequence[DocumentVectors], weights: dict[PairType, float]
+) -> np.ndarray:
+    """``scoring.score_match`` of ``query`` against each of ``docs``, vectorised (no score:
+    -inf); checked against it on a sample in ``check_reference``."""
+    other_slot = JOB_SLOT if query.kind == "resume" else RESUME_SLOT
+    num = np.zeros(len(docs))
+    den = np.zeros(len(docs))
+    for p, q in query.pair_vectors().items():
+        s = other_slot[p]
+        mask = np.array([s in d.slots for d in docs])
+        if not mask.any():
+            continue
+        mat = np.stack([d.slots[s] if s in d.slots else np.zeros(DIM, np.float32) for d in docs])
+        num += weights[p] * (mat.astype(np.float64) @ q.astype(np.float64)) * mask
+        den += weights[p] * mask
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1), -np.inf)
+    return out
+
+
+def check_reference(ctx: ModelContext, bases: Bases) -> float:
+    """Largest difference between the vectorised reference and ``score_match``."""
+    from jobfit.workers.vectors import score
+
+    rs, js = synthetic(bases, "resume", 0, 20, salt=9), synthetic(bases, "job", 0, 20, salt=9)
+    worst = 0.0
+    for r in rs:
+        ref = exact_scores(r, js, dict(ctx.weights))
+        for j, x in zip(js, ref, strict=True):
+            m = score(r, j, ctx.weights).score
+            worst = max(worst, abs((m if m is not None else -np.inf) - x) if m is not None else 0.0)
+    return worst
+
+
+def exhaustive_top(
+    ctx: ModelContext,
+    *,
+    bases: Bases,
+    queries: Sequence[DocumentVectors],
+    kind: str,
+    total: int,
+    k: int,
+) -> list[list[int]]:
+    """Per query: the row ids of its exact top ``k`` among the ``total`` corpus documents of
+    ``kind`` (regenerated chunk by chunk)."""
+    heaps: list[list[tuple[float, int]]] = [[] for _ in queries]
+    weights = dict(ctx.weights)
+    for start, docs in chunks(bases, kind, total):
+        for qi, q in enumerate(queries):
+            sc = exact_scores(q, docs, weights)
+            best = np.argpartition(-sc, min(k, len(sc) - 1))[:k]
+            for b in best:
+                item = (float(sc[b]), doc_id(kind, start + int(b)))
+                if len(heaps[qi]) < k:
+                    heapq.heappush(heaps[qi], item)
+                else:
+                    heapq.heappushpop(heaps[qi], item)
+    return [[i for _, i in sorted(h, reverse=True)] for h in heaps]
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The q-th percentile of ``xs`` (seconds) in milliseconds."""
+    return float(np.percentile(np.asarray(xs, dtype=np.float64) * 1000.0, q))
+
+
+def query_top(
+    factory: sessionmaker[Session], ctx: ModelContext, q: DocumentVectors, k: int
+) -> tuple[list[int], float, float]:
+    """A new document's top ``k`` ids (index query + exact rescoring), with the seconds of the
+    index query alone and of the whole."""
+    other: Kind = "job" if q.kind == "resume" else "resume"
+    with factory() as session:
+        t0 = time.perf_counter()
+        ids = repo.nearest(
+            session=session,
+            model_version_id=ctx.model_version_id,
+            kind=other,
+            query=ctx.retrieval_vector(q),
+            dims=ctx.retrieval_dims,
+            limit=max(ctx.scoring.candidates, k),
+            ef_search=ctx.scoring.ef_search,
+        )
+        t1 = time.perf_counter()
+        ranked = score_candidates(session=session, ctx=ctx, query=q, ids=ids)
+        t2 = time.perf_counter()
+        session.rollback()
+    return [i for i, _ in ranked[:k]], t1 - t0, t2 - t0
+
+
+def recall(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]], k: int) -> float:
+    return statistics.fmean(
+        len(set(g[:k]) & set(w[:k])) / k for g, w in zip(got, want, strict=True)
+    )
+
+
+def table_bytes(factory: sessionmaker[Session]) -> dict[str, int]:
+    with factory() as s:
+        return {
+            t: int(s.execute(text("SELECT pg_total_relation_size(:t)"), {"t": t}).scalar_one())
+            for t in ("documents", "document_vectors", "matches", "pair_scores", "field_embeddings")
+        }
+
+
+def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
+    out: dict[str, float] = {}
+    kinds: tuple[Kind, ...] = ("resume", "job")
+    for kind in kinds:
+        with factory.begin() as s:
+            s.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
+            s.execute(text("SET LOCAL max_parallel_maintenance_workers = 1"))
+            s.execute(text(f"DROP INDEX IF EXISTS {repo.index_name(ctx.model_version_id, kind)}"))
+            t0 = time.perf_counter()
+            repo.ensure_index(
+                session=s,
+                model_version_id=ctx.model_version_id,
+                kind=kind,
+                dims=ctx.retrieval_dims,
+                m=ctx.scoring.hnsw_m,
+                ef_construction=ctx.scoring.hnsw_ef_construction,
+            )
+            secs = time.perf_counter() - t0
+        out[kind] = round(secs, 2)
+    return out
+
+
+def ingest_new(
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    bases: Bases,
+    *,
+    kind: str,
+    size_no: int,
+    n: int,
+) -> dict[str, float]:
+    """``n`` new documents of ``kind``: stored, then matched one at a time (as a worker does
+    with a batch of one)."""
+    docs = synthetic(bases, kind, 0, n, salt=100 + size_no)
+    base = doc_id(kind, 0) + 500_000_000 + size_no * 1000  # ids beyond any corpus
+    ids = [base + k for k in range(n)]
+    copy_documents(factory, ctx=ctx, kind=kind, start=0, docs=docs, ids=ids)
+    secs, rows = [], []
+    for i in ids:
+        with factory.begin() as s:
+            (row,) = repo.documents_by_id(session=s, ids=[i]).values()
+            t0 = time.perf_counter()
+            written, _ = match_top_k(session=s, ctx=ctx, rows=[row])
+            t = time.perf_counter() - t0
+        secs.append(t)
+        rows.append(written)
+    return {
+        "docs": n,
+        "s_per_doc_mean": round(statistics.fmean(secs), 4),
+        "ms_p50": round(pct(secs, 50), 1),
+        "ms_p95": round(pct(secs, 95), 1),
+        "rows_per_doc_mean": round(statistics.fmean(rows), 1),
+    }
+
+
+def measure_size(
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    bases: Bases,
+    *,
+    size_no: int,
+    n_resumes: int,
+    n_jobs: int,
+    console: Console,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"resumes": n_resumes, "jobs": n_jobs}
+    for kind in ("resume", "job"):
+        qs = synthetic(bases, kind, 0, QUERIES, salt=200 + size_no)
+        other, other_total = ("job", n_jobs) if kind == "resume" else ("resume", n_resumes)
+        got, index_s, whole_s = [], [], []
+        for q in qs:
+            ids, a, b = query_top(factory, ctx, q, 100)
+            got.append(ids)
+            index_s.append(a)
+            whole_s.append(b)
+        want = exhaustive_top(ctx, bases=bases, queries=qs, kind=other, total=other_total, k=100)
+        key = f"{kind}_queries"  # a new resume asks for jobs, a new job for resumes
+        out[key] = {
+            "queries": len(qs),
+            "index_ms_p50": round(pct(index_s, 50), 1),
+            "index_ms_p95": round(pct(index_s, 95), 1),
+            "top10_ms_p50": round(pct(whole_s, 50), 1),
+            "top10_ms_p95": round(pct(whole_s, 95), 1),
+            "recall_at_10": round(recall(got, want, 10), 4),
+            "recall_at_100": round(recall(got, want, min(100, other_total)), 4),
+        }
+        console.print(f"  {key}: {out[key]}")
+    before = table_bytes(factory)
+    for kind in ("resume", "job"):
+        out[f"ingest_{kind}"] = ingest_new(
+            factory, ctx, bases, kind=kind, size_no=size_no, n=NEW_DOCS
+        )
+        console.print(f"  ingest_{kind}: {out[f'ingest_{kind}']}")
+    after = table_bytes(factory)
+    docs = n_resumes + n_jobs
+    out["bytes_per_document"] = {
+        t: round(before[t] / docs) for t in ("documents", "document_vectors")
+    }
+    out["bytes_per_ingested_document"] = {
+        t: round((after[t] - before[t]) / (2 * NEW_DOCS)) for t in ("matches", "pair_scores")
+    }
+    return out
+
+
+# --- the real dataset: top_k against all ------------------------------------------------
+
+
+def real_recall(
+    factory: sessionmaker[Session],
+    model_version_id: int,
+    resumes: list[DocumentVectors],
+    jobs: list[DocumentVectors],
+    pools: Sequence[int],
+) -> dict[str, Any]:
+    """recall@10 of ``top_k`` retrieval + exact rescoring against every pair scored (``all``)
+    on the real dataset's documents, per candidate pool size, both directions."""
+    ctx = bench_context(model_version_id, ScoringSettings(mode="top_k"))
+    rids = [3_000_000_000 + k for k in range(len(resumes))]
+    jids = [3_100_000_000 + k for k in range(len(jobs))]
+    copy_documents(factory, ctx=ctx, kind="resume", start=0, docs=resumes, ids=rids)
+    copy_documents(factory, ctx=ctx, kind="job", start=0, docs=jobs, ids=jids)
+    build_indexes(factory, ctx)
+    w = dict(ctx.weights)
+    out: dict[str, Any] = {"resumes": len(resumes), "jobs": len(jobs)}
+    for name, queries, others, other_ids in (
+        ("resume_queries", resumes, jobs, jids),
+        ("job_queries", jobs, resumes, rids),
+    ):
+        want = [
+            [other_ids[b] for b in np.argsort(-exact_scores(q, others, w))[:10]] for q in queries
+        ]
+        out[name] = {}
+        for pool in pools:
+            pctx = bench_context(model_version_id, ScoringSettings(mode="top_k", candidates=pool))
+            got = [query_top(factory, pctx, q, 10)[0] for q in queries]
+            out[name][f"candidates_{pool}"] = round(recall(got, want, 10), 4)
+    return out
+
+
+def bench_context(model_version_id: int, scoring: ScoringSettings) -> ModelContext:
+    return ModelContext(NoModel(), model_version_id, dict.fromkeys(PairType, 1.0), scoring)
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def fresh_database(settings: Settings) -> tuple[Settings, Callable[[], None]]:
+    db_url = make_url(settings.db.url).set(database=f"jobfit_scale_{uuid.uuid4().hex[:8]}")
+    s = settings.model_copy(deep=True)
+    s.db.url = db_url.render_as_string(hide_password=False)
+    ensure_database(s.db.url)
+    upgrade(s)
+    admin = create_engine(db_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        quoted = conn.dialect.identifier_preparer.quote(str(db_url.database))
+        conn.execute(text(f"ALTER DATABASE {quoted} SET synchronous_commit = off"))
+    admin.dispose()
+
+    def drop() -> None:
+        from tools.postgres import drop_database
+
+        drop_database(
+            db_url.set(database="postgres").render_as_string(hide_password=False),
+            str(db_url.database),
+        )
+
+    return s, drop
+
+
+def run(
+    settings: Settings,
+    model_path: Path,
+    dataset: Path,
+    console: Console,
+    *,
+    quick: bool = False,
+    budget_s: float = 1800.0,
+    keep: bool = False,
+) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    t_start = time.perf_counter()
+    model = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
+    bases, real_resumes, real_jobs = real_bases(model, dataset)
+    s, drop = fresh_database(settings)
+    engine = create_engine(s.db.url, pool_size=2)
+    factory = make_session_factory(engine)
+    report: dict[str, Any] = {"noise": NOISE, "dim": DIM, "sizes": []}
+    try:
+        with factory.begin() as session:
+            v = repo.ensure_model_version(
+                session=session, model=repo.ModelInfo(NoModel.version, "minilm-scale", "-", DIM)
+            ).id
+            real_v = repo.insert_model_version(
+                session=session,
+                model=repo.ModelInfo("minilm-real@bench", "minilm-real", "-", DIM),
+                status=repo.ModelStatus.REGISTERED,
+            ).id
+        ctx = bench_context(v, ScoringSettings(mode="top_k"))
+        report["settings"] = ctx.scoring.model_dump()
+        report["reference_max_abs_diff"] = check_reference(ctx, bases)
+        report["real_dataset"] = real_recall(
+            factory, real_v, real_resumes, real_jobs, (10, 20, 50, 100, 200)
+        )
+        console.print(f"real dataset: {report['real_dataset']}")
+        have = {"resume": 0, "job": 0}
+        last_step_s = 0.0
+        for size_no, (n_resumes, n_jobs) in enumerate(QUICK_SIZES if quick else FULL_SIZES):
+            elapsed = time.perf_counter() - t_start
+            growth = (n_resumes + n_jobs) / max(1, have["resume"] + have["job"])
+            if last_step_s and elapsed + last_step_s * growth > budget_s:
+                report["stopped_before"] = {
+                    "resumes": n_resumes,
+                    "jobs": n_jobs,
+                    "why": f"estimated {last_step_s * growth:.0f} s more would pass the"
+                    f" {budget_s:.0f} s budget after {elapsed:.0f} s",
+                }
+                break
+            t0 = time.perf_counter()
+            console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
+            for kind, total in (("resume", n_resumes), ("job", n_jobs)):
+                for start, docs in chunks(bases, kind, total):
+                    if start + len(docs) > have[kind]:
+                        skip = max(0, have[kind] - start)
+                        copy_documents(
+                            factory, ctx=ctx, kind=kind, start=start + skip, docs=docs[skip:]
+                        )
+                have[kind] = total
+            load_s = time.perf_counter() - t0
+            with factory.begin() as session:
+                session.execute(text("ANALYZE documents"))
+                session.execute(text("ANALYZE document_vectors"))
+            build = build_indexes(factory, ctx)
+            console.print(f"  loaded in {load_s:.0f} s, indexes built in {build}")
+            entry = {"load_s": round(load_s, 1), "index_build_s": build}
+            entry |= measure_size(
+                factory,
+                ctx,
+                bases,
+                size_no=size_no,
+                n_resumes=n_resumes,
+                n_jobs=n_jobs,
+                console=console,
+            )
+            last_step_s = time.perf_counter() - t0
+            entry["step_s"] = round(last_step_s, 1)
+            report["sizes"].append(entry)
+        report["total_s"] = round(time.perf_counter() - t_start, 1)
+        report["goals"] = goals(report)
+    finally:
+        engine.dispose()
+        if not keep:
+            drop()
+    return report
+
+
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals, judged on this run."""
+    sizes = report["sizes"]
+    if not sizes:
+        return {}
+    first, last = sizes[0], sizes[-1]
+
+    def flat(key: str, field: str) -> float:
+        values = [float(s[key][field]) for s in sizes]
+        return round(max(values) / min(values), 3)
+
+    return {
+        "ingest_time_max_over_min": {
+            k: flat(f"ingest_{k}", "s_per_doc_mean") for k in ("resume", "job")
+        },
+        "ingest_rows_max_over_min": {
+            k: flat(f"ingest_{k}", "rows_per_doc_mean") for k in ("resume", "job")
+        },
+        "recall_at_10_min": min(
+            s[q]["recall_at_10"] for s in sizes for q in ("resume_queries", "job_queries")
+        ),
+        "top10_ms_p95_at_largest": {
+            q: last[q]["top10_ms_p95"] for q in ("resume_queries", "job_queries")
+        },
+        "largest": {"resumes": last["resumes"], "jobs": last["jobs"]},
+        "smallest": {"resumes": first["resumes"], "jobs": first["jobs"]},
+    }

@@ -1,0 +1,254 @@
+"""Matching documents against the other kind under one model version: which (resume, job)
+pairs are scored, scored exactly (``scoring.score_match`` on their field vectors), stored.
+
+all    (``scoring.mode``) every pair: a resume against every stored job, a job against every
+       stored resume. Storage grows with the product of the corpora.
+top_k  a document's retrieval vector finds ``scoring.candidates`` documents of the other kind
+       through the version's HNSW index (``repository.vectors.nearest``); they are scored
+       exactly; stored are its best ``top_k``, the candidates whose own top K it enters (their
+       k-th best stored score is lower: a new job appears in the rankings of the resumes it
+       beats), and its existing rows (rescored, so a changed document leaves nothing stale).
+       Rows written per document are bounded by ``top_k + candidates``, whatever the corpus.
+
+Pairs already stored on the same contents, version and weights are not written again, so a
+redelivered task writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from sqlalchemy.orm import Session
+
+from jobfit.shared import repository as repo
+from jobfit.shared.orm import DocumentRow
+from jobfit.shared.schemas import TopMatch
+from jobfit.workers.embedding import ModelContext, document_vectors
+from jobfit.workers.scoring import MatchScore, from_pgvector
+from jobfit.workers.vectors import DocumentVectors, score
+
+Pair = tuple[int, int]  # (resume row id, job row id)
+Scored = dict[Pair, tuple[DocumentRow, DocumentRow, MatchScore]]
+
+
+def _other(kind: str) -> str:
+    return "job" if kind == "resume" else "resume"
+
+
+def score_documents(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    rows: Sequence[DocumentRow],
+    per_doc: Counter[int] | None = None,
+) -> tuple[int, int]:
+    """Score these documents the configured way (``scoring.mode``); (rows written, texts
+    embedded). ``per_doc`` counts the rows written for each document (by row id)."""
+    if ctx.scoring.mode == "top_k":
+        return match_top_k(session=session, ctx=ctx, rows=rows, per_doc=per_doc)
+    written = embedded = 0
+    for kind in ("resume", "job"):
+        mine = [r for r in rows if r.kind == kind]
+        if not mine:
+            continue
+        everyone = repo.list_documents(session=session, kind=_other(kind))
+        resumes, jobs = (mine, everyone) if kind == "resume" else (everyone, mine)
+        w, e = score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs, per_doc=per_doc)
+        written, embedded = written + w, embedded + e
+    return written, embedded
+
+
+def score_pairs(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    resumes: Sequence[DocumentRow],
+    jobs: Sequence[DocumentRow],
+    per_doc: Counter[int] | None = None,
+) -> tuple[int, int]:
+    """Score every (resume, job) of these whose stored match is missing or stale; (rows
+    written, texts embedded)."""
+    pairs = [(r, j) for r in resumes for j in jobs]
+    fresh = repo.fresh_match_keys(
+        session=session, model_version_id=ctx.model_version_id, pairs=pairs, key=ctx.scoring_key
+    )
+    todo = [(r, j) for r, j in pairs if (r.id, j.id) not in fresh]
+    if not todo:
+        return 0, 0
+    docs = {row.id: row for pair in todo for row in pair}
+    vecs, embedded = document_vectors(session=session, ctx=ctx, rows=list(docs.values()))
+    scored: Scored = {
+        (r.id, j.id): (r, j, score(vecs[r.id], vecs[j.id], ctx.weights)) for r, j in todo
+    }
+    return _write(session, ctx, scored, per_doc), embedded
+
+
+def match_top_k(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    rows: Sequence[DocumentRow],
+    per_doc: Counter[int] | None = None,
+    reverse: bool = True,
+) -> tuple[int, int]:
+    """Retrieve, score exactly, store (module docstring); (rows written, texts embedded).
+    ``reverse=False`` (a rebuild, where every document gets its own turn) stores only each
+    document's own top K."""
+    k, version = ctx.scoring.top_k, ctx.model_version_id
+    own, embedded = document_vectors(session=session, ctx=ctx, rows=rows)
+    candidates: dict[int, set[int]] = {}
+    for row in rows:
+        if not own[row.id].slots:
+            candidates[row.id] = set()
+            continue
+        found = repo.nearest(
+            session=session,
+            model_version_id=version,
+            kind="job" if row.kind == "resume" else "resume",
+            query=ctx.retrieval_vector(own[row.id]),
+            dims=ctx.retrieval_dims,
+            limit=max(ctx.scoring.candidates, k),
+            ef_search=ctx.scoring.ef_search,
+        )
+        candidates[row.id] = set(found)
+    existing: dict[int, set[int]] = {}
+    for kind in ("resume", "job"):
+        ids = [r.id for r in rows if r.kind == kind]
+        existing |= repo.partners(session=session, model_version_id=version, side=kind, ids=ids)
+    others = repo.documents_by_id(
+        session=session, ids=[c for i in candidates for c in candidates[i] | existing[i]]
+    )
+    vecs, more = document_vectors(session=session, ctx=ctx, rows=list(others.values()))
+    vecs |= own
+    kth: dict[int, float | None] = {}
+    if reverse:
+        for kind in ("resume", "job"):
+            ids = [o.id for o in others.values() if o.kind == kind]
+            kth |= repo.kth_best(session=session, model_version_id=version, side=kind, ids=ids, k=k)
+    chosen: Scored = {}
+    for row in rows:
+        ranked = _ranked(row, (others[c] for c in candidates[row.id] | existing[row.id]), vecs, ctx)
+        for place, (pair, r, j, m) in enumerate(ranked):
+            other = j if row.kind == "resume" else r
+            enters = reverse and m.score is not None and _beats(m.score, kth.get(other.id, None))
+            if place < k or enters or other.id in existing[row.id]:
+                chosen[pair] = (r, j, m)
+    fresh = repo.fresh_match_keys(
+        session=session,
+        model_version_id=version,
+        pairs=[(r, j) for r, j, _ in chosen.values()],
+        key=ctx.scoring_key,
+    )
+    todo = {pair: v for pair, v in chosen.items() if pair not in fresh}
+    return _write(session, ctx, todo, per_doc), embedded + more
+
+
+def score_candidates(
+    *, session: Session, ctx: ModelContext, query: DocumentVectors, ids: Sequence[int]
+) -> list[tuple[int, MatchScore]]:
+    """A document's exact scores against stored documents of the other kind (their stored
+    vectors, by row id), best first: a ranking computed without writing anything."""
+    stored = repo.load_vectors(
+        session=session, model_version_id=ctx.model_version_id, document_ids=ids
+    )
+    out = []
+    for i, sv in stored.items():
+        other = DocumentVectors.unpack(sv.kind, sv.slots, from_pgvector(sv.fields))
+        r, j = (query, other) if query.kind == "resume" else (other, query)
+        out.append((i, score(r, j, ctx.weights)))
+    out.sort(key=lambda t: (t[1].score is None, -(t[1].score or 0.0), t[0]))
+    return out
+
+
+def _beats(score_: float, kth: float | None) -> bool:
+    return kth is None or score_ > kth
+
+
+def _ranked(
+    row: DocumentRow,
+    others: Iterable[DocumentRow],
+    vecs: Mapping[int, DocumentVectors],
+    ctx: ModelContext,
+) -> list[tuple[Pair, DocumentRow, DocumentRow, MatchScore]]:
+    """``row`` scored against each of ``others``, best first (no score last, then by id)."""
+    out = []
+    for o in others:
+        r, j = (row, o) if row.kind == "resume" else (o, row)
+        out.append(((r.id, j.id), r, j, score(vecs[r.id], vecs[j.id], ctx.weights)))
+    out.sort(key=lambda t: (t[3].score is None, -(t[3].score or 0.0), t[0]))
+    return out
+
+
+def _write(
+    session: Session, ctx: ModelContext, scored: Scored, per_doc: Counter[int] | None
+) -> int:
+    writes = [
+        repo.MatchWrite(
+            resume_id=r.id,
+            job_id=j.id,
+            score=m.score,
+            pair_scores={p.value: s for p, s in m.pair_scores.items()},
+            resume_hash=r.content_hash,
+            job_hash=j.content_hash,
+        )
+        for r, j, m in scored.values()
+    ]
+    if not writes:
+        return 0
+    written = repo.upsert_matches(
+        session=session, model_version_id=ctx.model_version_id, key=ctx.scoring_key, writes=writes
+    )
+    if per_doc is not None:
+        per_doc.update(w.resume_id for w in writes)
+        per_doc.update(w.job_id for w in writes)
+    return written
+
+
+def top_of(
+    *, session: Session, ctx: ModelContext, rows: Sequence[DocumentRow]
+) -> dict[int, list[TopMatch]]:
+    """Each document's best ``scoring.result_top`` stored matches under this version (what a
+    task result carries), by row id."""
+    out: dict[int, list[TopMatch]] = {}
+    for kind in ("resume", "job"):
+        ids = [r.id for r in rows if r.kind == kind]
+        found = repo.top_matches(
+            session=session,
+            model_version_id=ctx.model_version_id,
+            side=kind,
+            ids=ids,
+            n=ctx.scoring.result_top,
+        )
+        for i, tops in found.items():
+            out[i] = [
+                TopMatch(id=t.other_id, score=t.score, pair_scores=t.pair_scores) for t in tops
+            ]
+    return out
+
+
+def score_resume(
+    *, session: Session, ctx: ModelContext, resume_id: str, job_ids: Sequence[str] | None = None
+) -> tuple[int, int, list[TopMatch]] | None:
+    """One resume: against the given jobs (every one of them, exactly), or the configured way
+    (``score_documents``). None: no such resume."""
+    resume = repo.get_document(session=session, kind="resume", external_id=resume_id)
+    if resume is None:
+        return None
+    if job_ids is not None:
+        jobs = repo.list_documents(session=session, kind="job", external_ids=job_ids)
+        out = score_pairs(session=session, ctx=ctx, resumes=[resume], jobs=jobs)
+    else:
+        out = score_documents(session=session, ctx=ctx, rows=[resume])
+    return *out, top_of(session=session, ctx=ctx, rows=[resume])[resume.id]
+
+
+def score_job(
+    *, session: Session, ctx: ModelContext, job_id: str
+) -> tuple[int, int, list[TopMatch]] | None:
+    """One job, the configured way (``score_documents``). None: no such job."""
+    job = repo.get_document(session=session, kind="job", external_id=job_id)
+    if job is None:
+        return None
+    out = score_documents(session=session, ctx=ctx, rows=[job])
+    return *out, top_of(session=session, ctx=ctx, rows=[job])[job.id]
