@@ -99,7 +99,9 @@ class ModelSettings(BaseModel):
     # on CUDA. torch (fp32 on CPU, fp16 on CUDA), onnx (fp32, onnxruntime) or onnx-int8
     # (dynamic int8 quantisation for this CPU's features; served only if it passes its gate,
     # see ``jobfit model export-onnx``). Exports live in the model store, in ``onnx/``.
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    # instant: no model at all, one fixed vector for every text (meaningless scores, kept under
+    # their own version): a benchmarking aid, the pipeline's own ceiling (``make bench``).
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "instant"] = "auto"
     # CPU threads for the model (torch / onnxruntime); None: the library default (all cores).
     # Several worker processes on one machine: give each cores / processes.
     threads: int | None = Field(default=None, ge=1)

@@ -46,11 +46,20 @@ class JobfitTask(Task):
         """A message's arguments by name, as the task function takes them (defaults filled
         in); InvalidMessageError if they do not fit its signature."""
         try:
-            bound = inspect.signature(self.run).bind(*args, **kwargs)
+            bound = self._signature().bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidMessageError(f"TypeError: {exc}") from exc
         bound.apply_defaults()
         return dict(bound.arguments)
+
+    def _signature(self) -> inspect.Signature:
+        """The task function's signature, made once per task (an ingest batch binds every
+        message's arguments to it)."""
+        sig: inspect.Signature | None = self.__dict__.get("_jobfit_signature")
+        if sig is None:
+            sig = inspect.signature(self.run)
+            self.__dict__["_jobfit_signature"] = sig
+        return sig
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         req = self.request

@@ -43,6 +43,7 @@ from jobfit.tasks.delivery import (
     triage,
     with_retries,
 )
+from jobfit.tasks.results import Outcome, store_results
 from jobfit.workers import service
 from jobfit.workers.runtime import WorkerRuntime, get_runtime
 
@@ -180,19 +181,24 @@ class IngestBatch(JobfitTask):
             it.result = result.model_dump()
 
     def _answer_all(self, items: Sequence[Item], requeue: set[str]) -> None:
-        """Each message's result in the result backend. The rows are committed by now: a
-        result that cannot be written (the backend is down after its own retries) is logged,
-        not a reason to run the batch again (its redelivery would be a duplicate)."""
-        for it in items:
-            if it.id in requeue or it.duplicate or it.request.ignore_result:
-                continue  # a duplicate's first answer stands
-            try:
-                if it.error is not None:
-                    self.backend.mark_as_failure(it.id, it.error, request=it.request)
-                else:
-                    self.backend.mark_as_done(it.id, it.result, request=it.request)
-            except Exception:
-                log.exception("%s[%s]: its result could not be stored", self.name, it.id)
+        """Each message's result in the result backend, the batch's together (one round trip
+        on Redis: ``tasks.results``). The rows are committed by now: results that cannot be
+        written (the backend is down after the retries) are logged, not a reason to run the
+        batch again (its redelivery would be a duplicate)."""
+        outcomes = [
+            Outcome(it.request, it.result, it.error)
+            for it in items
+            if it.id not in requeue and not it.duplicate and not it.request.ignore_result
+        ]  # a duplicate's first answer stands
+        if not outcomes:
+            return
+        try:
+            with_retries(
+                lambda: store_results(self.app, self.backend, outcomes),
+                f"storing {len(outcomes)} results",
+            )
+        except Exception:
+            log.exception("%s: %d results could not be stored", self.name, len(outcomes))
 
     @staticmethod
     def _count(items: Sequence[Item], requeue: set[str]) -> None:
@@ -220,8 +226,10 @@ class IngestBatch(JobfitTask):
         if not items or not self.app.conf.worker_send_task_events:
             return
         try:
+            # A pooled broker connection: a new one per call cost a connect and a close per
+            # batch, twice.
             with (
-                self.app.connection_for_write() as conn,
+                self.app.pool.acquire(block=True) as conn,
                 self.app.events.Dispatcher(
                     conn,
                     hostname=items[0].request.hostname,

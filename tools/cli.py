@@ -24,6 +24,9 @@ data_app = typer.Typer(help="The real dataset and the bundled sample.", no_args_
 app.add_typer(data_app, name="data")
 
 
+DEFAULT_BENCH_MODELS = "minilm,mpnet"
+
+
 def emit_json(result: dict[str, Any], out: Path | None) -> None:
     """Print a report as JSON on stdout, and also write it to ``out`` when given."""
     text = json.dumps(result, indent=2)
@@ -59,7 +62,9 @@ def demo(
 @app.command()
 def bench(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
-    models: Annotated[str, typer.Option(help="Comma-separated: minilm, mpnet.")] = "minilm,mpnet",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated: minilm, mpnet.")
+    ] = DEFAULT_BENCH_MODELS,
     dataset: Annotated[
         Path | None,
         typer.Option(
@@ -68,18 +73,31 @@ def bench(
             help="The real dataset's CSV: its documents instead of the sample's.",
         ),
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="MiniLM only (unless --models): raw encode, the pipeline's ceiling and e2e"
+            " ingest with torch and the default backend (a few minutes; for checking)."
+        ),
+    ] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Also profile a ceiling run's worker; its .prof files go here."),
+    ] = None,
 ) -> None:
-    """Raw model encode vs the whole pipeline on the same texts, latency, memory and
-    workers (JSON out; see tools/bench.py for every figure)."""
+    """Raw model encode vs the whole pipeline on the same texts, the pipeline's ceiling
+    (instant backend), latency, memory and workers (JSON out; see tools/bench.py)."""
     worker_env()
     from tools.bench import bench as run_bench
     from tools.postgres import pgvector_settings
 
     settings, database = pgvector_settings(get_settings(), "postgres")
     err.print(database)
+    if quick and models == DEFAULT_BENCH_MODELS:
+        models = ModelChoice.minilm.value
     names = {ModelChoice(n.strip()) for n in models.split(",") if n.strip()}
     paths = {n.value: provision(settings, n) for n in ModelChoice if n in names}
-    emit_json(run_bench(settings, paths, err, dataset), out)
+    emit_json(run_bench(settings, paths, err, dataset, quick=quick, profile=profile), out)
 
 
 @app.command("bench-faults")

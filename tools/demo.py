@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from celery.result import AsyncResult
@@ -59,10 +59,12 @@ def worker_process(
     *,
     queues: str = "embed,train",
     hostname: str | None = None,
+    launcher: Sequence[str] = ("-m", "jobfit"),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``jobfit worker --queues embed,train`` as a child process (compose runs the same
-    command, one worker per queue)."""
-    cmd = [sys.executable, "-m", "jobfit", "worker", "--queues", queues]
+    command, one worker per queue); ``launcher``: how Python runs ``jobfit`` (the benchmark
+    profiles a worker with ``tools.profiler``)."""
+    cmd = [sys.executable, *launcher, "worker", "--queues", queues]
     cmd += ["--loglevel", "WARNING", *(["--hostname", hostname] if hostname else [])]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:

@@ -82,7 +82,7 @@ class BaseEmbedder:
 
     _version: str
     _dim: int
-    backend: str  # what serves: torch, onnx or onnx-int8
+    backend: str  # what serves: torch, onnx, onnx-int8 (or instant, the benchmark aid)
 
     def __init__(self) -> None:
         self._encode_lock = threading.Lock()

@@ -1,5 +1,5 @@
 """``make_embedder``: the one place that turns a spec into a backend (``spec.backend``:
-``auto``, ``torch``, ``onnx`` or ``onnx-int8``)."""
+``auto``, ``torch``, ``onnx``, ``onnx-int8``, or ``instant``: the benchmark's stand-in)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
 from jobfit.workers.embedders.export import export, export_dir, quantize
 from jobfit.workers.embedders.gate import check_fp32, gate, refusal
+from jobfit.workers.embedders.instant import InstantEmbedder
 from jobfit.workers.embedders.onnx import OnnxEmbedder
 from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 
@@ -20,7 +21,10 @@ def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     """The embedder for ``spec.backend``. ``onnx-int8`` serves only if it passed the gate;
     otherwise the worker serves fp32 torch and says why (a QualityGateError is logged).
     ``auto`` (on a CPU; ``ModelSpec.from_settings`` makes it ``torch`` on a GPU) serves ONNX
-    fp32 if its export is exact (``check_fp32``), otherwise torch, and says why."""
+    fp32 if its export is exact (``check_fp32``), otherwise torch, and says why. ``instant``
+    runs no model (a fixed vector: the pipeline's ceiling, for benchmarks)."""
+    if spec.backend == "instant":
+        return InstantEmbedder(spec)
     if spec.backend == "auto":
         verdict = check_fp32(spec, store)
         if verdict["exact"]:

@@ -1,0 +1,196 @@
+"""The pieces behind the pipeline's ceiling, without services: the instant backend, the
+batch's result records (the same record Celery's own write makes), the acks a worker's event
+loop writes together, and the bench's goals. Through a real worker:
+tests/integration/test_instant.py."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from celery import Celery
+from celery.app.task import Context
+
+from jobfit.shared.config import ModelSettings
+from jobfit.shared.redis_transport import QoS
+from jobfit.tasks.results import Outcome, batchable, result_meta
+from jobfit.workers.embedders.base import ModelSpec
+from jobfit.workers.embedders.instant import DEFAULT_DIM, InstantEmbedder, model_dim
+from jobfit.workers.embedders.select import make_embedder
+from tools.bench import goals
+
+
+def fake_model(tmp_path: Path, config: dict[str, Any] | None) -> Path:
+    path = tmp_path / "tiny-model"
+    path.mkdir()
+    (path / "modules.json").write_text("[]", encoding="utf-8")
+    (path / "model.safetensors").write_bytes(b"weights")
+    if config is not None:
+        (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def test_instant_backend_is_one_unit_vector_as_wide_as_the_model(tmp_path: Path) -> None:
+    spec = ModelSpec(
+        path=fake_model(tmp_path, {"hidden_size": 768}), name="tiny", backend="instant"
+    )
+    embedder = make_embedder(spec, tmp_path / "store")
+    assert isinstance(embedder, InstantEmbedder)
+    assert embedder.backend == "instant"
+    assert embedder.version.startswith("tiny-model@") and embedder.version.endswith("+instant")
+    out = embedder.encode(["a", "b", "c"])
+    assert out.shape == (3, 768) and out.dtype == np.float32
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0)
+    assert (out == out[0]).all()
+    assert embedder.encode([]).shape == (0, 768)
+
+
+def test_instant_width_without_a_config_and_the_setting(tmp_path: Path) -> None:
+    spec = ModelSpec(path=fake_model(tmp_path, None), name="tiny", backend="instant")
+    assert model_dim(spec) == DEFAULT_DIM
+    assert ModelSettings(backend="instant").backend == "instant"
+
+
+def request(**extra: Any) -> Context:
+    return Context(
+        {
+            "id": "t-1",
+            "task": "jobfit.ingest_resume",
+            "args": [],
+            "kwargs": {"document": {"id": "R1"}, "score": False},
+            "hostname": "embed1@host",
+            "retries": 0,
+            "delivery_info": {"routing_key": "embed", "exchange": ""},
+            **extra,
+        }
+    )
+
+
+@pytest.mark.parametrize("extra", [{}, {"group": "g-1", "parent_id": "p-1"}])
+def test_a_batch_result_is_the_record_celery_stores(extra: dict[str, Any]) -> None:
+    """The same record as Celery's own ``mark_as_done`` (extended results, as jobfit runs)."""
+    app = Celery("t", backend="redis://127.0.0.1:6379/0", set_as_current=False)
+    app.conf.result_extended = True
+    req = request(**extra)
+    ours = result_meta(app, req, {"status": "created"}, "2026-01-01T00:00:00+00:00")
+    celery = app.backend._get_result_meta({"status": "created"}, "SUCCESS", None, req)
+    celery["task_id"] = "t-1"
+    assert {k: v for k, v in ours.items() if k != "date_done"} == {
+        k: v for k, v in celery.items() if k != "date_done"
+    }
+    app.conf.result_extended = False
+    assert "name" not in result_meta(app, req, None, "x")
+
+
+def test_failures_chords_and_other_backends_go_through_celery() -> None:
+    app = Celery("t", backend="redis://127.0.0.1:6379/0", set_as_current=False)
+    assert batchable(app.backend, Outcome(request(), {"ok": 1}))
+    assert not batchable(app.backend, Outcome(request(), error=ValueError("bad")))
+    assert not batchable(app.backend, Outcome(request(chord={"task": "x"}), {"ok": 1}))
+    other = Celery("t", backend="cache+memory://", set_as_current=False)
+    assert not batchable(other.backend, Outcome(request(), {"ok": 1}))
+
+
+class FakePipe:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def zrem(self, key: str, tag: str) -> FakePipe:
+        self.log.append(("zrem", key, tag))
+        return self
+
+    def hdel(self, key: str, tag: str) -> FakePipe:
+        self.log.append(("hdel", key, tag))
+        return self
+
+    def execute(self) -> None:
+        self.log.append("execute")
+
+    def hget(self, key: str, tag: str) -> None:
+        return None  # acknowledged: no longer in the unacked hash
+
+    def multi(self) -> None:
+        pass
+
+
+class FakeClient:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def pipeline(self) -> FakePipe:
+        return FakePipe(self.log)
+
+    def transaction(self, fn: Any, key: str) -> None:
+        self.log.append("restore")
+        fn(FakePipe(self.log))
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+
+    def call_soon(self, fn: Any) -> None:
+        self.soon.append(fn)
+
+
+class FakeChannel:
+    unacked_key, unacked_index_key, do_restore = "unacked", "unacked_index", False
+
+    def __init__(self, loop: FakeLoop | None) -> None:
+        self.log: list[Any] = []
+        self.connection = type("Transport", (), {"event_loop": loop})()
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None):  # type: ignore[no-untyped-def]
+        yield FakeClient(self.log)
+
+
+def test_acks_of_one_loop_turn_are_written_in_one_pipeline() -> None:
+    loop = FakeLoop()
+    channel = FakeChannel(loop)
+    qos = QoS(channel)
+    for tag in ("a", "b", "c"):
+        qos._delivered[tag] = object()
+        qos.ack(tag)
+    assert channel.log == [], "nothing written during the turn"
+    assert len(loop.soon) == 1, "one flush for the turn"
+    loop.soon.pop()()
+    assert channel.log.count("execute") == 1
+    assert [e[2] for e in channel.log if e[0] == "hdel"] == ["a", "b", "c"]
+    assert qos._dirty == {"a", "b", "c"}, "kombu's own bookkeeping: acknowledged"
+    qos.ack("d")  # the next turn: a flush of its own
+    assert len(loop.soon) == 1
+
+
+def test_without_an_event_loop_each_ack_is_written_at_once() -> None:
+    channel = FakeChannel(None)
+    qos = QoS(channel)
+    qos.ack("a")
+    assert channel.log == [("zrem", "unacked_index", "a"), ("hdel", "unacked", "a"), "execute"]
+
+
+def test_queued_acks_are_written_before_unacknowledged_messages_are_put_back() -> None:
+    loop = FakeLoop()
+    channel = FakeChannel(loop)
+    qos = QoS(channel)
+    qos._delivered["a"] = object()
+    qos.ack("a")
+    qos.restore_unacked()  # a closing channel (warm shutdown)
+    assert channel.log[:3] == [("zrem", "unacked_index", "a"), ("hdel", "unacked", "a"), "execute"]
+    assert "restore" in channel.log[3:], "then kombu's restore finds it acknowledged"
+
+
+def test_goals_read_the_ceiling_and_the_default_backend() -> None:
+    models = {
+        "minilm": {
+            "pipeline_ceiling": {"documents_per_s": 1200.0},
+            "e2e_ingest_default_backend": {"throughput_vs_st_encode": 1.4},
+        }
+    }
+    out = goals(models)
+    assert out["1_pipeline_ceiling_minilm"]["met"] is True
+    assert out["2_default_backend_e2e_vs_st_encode_minilm"]["met"] is False
