@@ -61,7 +61,8 @@ QUICK_SIZES = ((2_000, 200), (10_000, 1_000))
 NOISE = 0.6
 NEW_DOCS = 50  # per kind and size, ingested
 QUERIES = 50  # per kind and size, for latency and recall
-CHUNK = 10_000  # documents generated (and regenerated for exact scoring) at a time
+CHUNK = 10_000  # documents written (and regenerated for exact scoring) at a time
+BLOCK = 1_000  # documents of one seed: any range of documents regenerates identically
 DIM = 384  # MiniLM
 SEED = 20261129
 
@@ -115,11 +116,21 @@ def real_bases(
 
 
 def synthetic(bases: Bases, kind: str, start: int, n: int, salt: int = 0) -> list[DocumentVectors]:
-    """Documents ``start .. start+n`` of a kind: the same every time they are asked for."""
-    rng = np.random.default_rng([SEED, salt, 0 if kind == "resume" else 1, start])
+    """Documents ``start .. start+n`` of a kind: the same every time they are asked for,
+    whatever the range asked (each block of ``BLOCK`` has a seed of its own)."""
+    out: list[DocumentVectors] = []
+    for block in range(start // BLOCK, (start + n + BLOCK - 1) // BLOCK):
+        docs = _block(bases, kind, block, salt)
+        lo = max(start - block * BLOCK, 0)
+        out += docs[lo : lo + n - len(out)]
+    return out
+
+
+def _block(bases: Bases, kind: str, block: int, salt: int) -> list[DocumentVectors]:
+    rng = np.random.default_rng([SEED, salt, 0 if kind == "resume" else 1, block])
     pool = bases.of(kind)
     out = []
-    for b in rng.integers(len(pool), size=n):
+    for b in rng.integers(len(pool), size=BLOCK):
         slots = {}
         for s, v in pool[b].items():
             x = v + rng.standard_normal(DIM).astype(np.float32) * np.float32(NOISE / np.sqrt(DIM))
