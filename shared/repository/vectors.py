@@ -11,7 +11,6 @@ and order by the same cast expression.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -149,9 +148,10 @@ def ensure_index(
     m: int = 16,
     ef_construction: int = 64,
 ) -> bool:
-    """Create the HNSW index of (version, kind) if it is missing; True if it was created.
-    Serialised by an advisory lock (two workers meeting a new version create it once). On an
-    empty or small partition it is instant; a bulk load (the scale bench) builds it after."""
+    """Create the HNSW index of (version, kind) if it is missing; True if it was created
+    (``jobfit_ensure_hnsw_index``, migration 0005: serialised by an advisory lock, two workers
+    meeting a new version create it once). On an empty or small partition it is instant; a
+    bulk load (the scale bench) builds it after."""
     if dims > HNSW_HALFVEC_MAX_DIMS:
         log.warning(
             "retrieval vectors of %d dimensions exceed pgvector's HNSW limit for halfvec (%d):"
@@ -162,20 +162,14 @@ def ensure_index(
         )
         return False
     name = index_name(model_version_id, kind)
-    lock = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    session.execute(sql("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
     if session.execute(sql("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None:
         return False
-    session.execute(
-        sql(
-            f"CREATE INDEX ix_document_vectors_hnsw_v{int(model_version_id)}_{_kind(kind)}"
-            " ON document_vectors USING hnsw"
-            f" ((embedding::halfvec({int(dims)})) halfvec_ip_ops)"
-            f" WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
-            f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        )
-    )
-    return True
+    # As the tables' owner (migration 0005): a worker's role needs only EXECUTE on it.
+    created = session.execute(
+        sql("SELECT jobfit_ensure_hnsw_index(:v, :k, :d, :m, :efc)"),
+        {"v": model_version_id, "k": _kind(kind), "d": dims, "m": m, "efc": ef_construction},
+    ).scalar()
+    return bool(created)
 
 
 def nearest(
