@@ -113,13 +113,20 @@ def _rebuild_top_k(
         total = {k: len(repo.list_documents(session=session, kind=k)) for k in ("resume", "job")}
     embedded = done = 0
     for kind in ("resume", "job"):
+        after = 0
         while True:
             with transaction(factory) as session:
                 ids = repo.stale_vector_ids(
-                    session=session, model_version_id=version, kind=kind, key=key, limit=batch_size
+                    session=session,
+                    model_version_id=version,
+                    kind=kind,
+                    key=key,
+                    after=after,
+                    limit=batch_size,
                 )
                 if not ids:
                     break
+                after = ids[-1]
                 rows = list(repo.documents_by_id(session=session, ids=ids).values())
                 embedded += document_vectors(session=session, ctx=ctx, rows=rows)[1]
             done += len(ids)

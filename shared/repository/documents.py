@@ -8,7 +8,7 @@ from typing import Literal
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from jobfit.shared.orm import DocumentRow, utcnow
 from jobfit.shared.repository.chunks import chunked
@@ -103,13 +103,14 @@ def list_documents(
 
 
 def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentRow]:
-    """Documents by row id (those that exist)."""
+    """Documents by row id (those that exist). The payload is loaded when first read: a
+    retrieval's candidates need only their ids and content hashes."""
     out: dict[int, DocumentRow] = {}
     for part in chunked(sorted(set(ids))):
-        out.update(
-            (r.id, r)
-            for r in session.execute(select(DocumentRow).where(DocumentRow.id.in_(part))).scalars()
+        stmt = (
+            select(DocumentRow).where(DocumentRow.id.in_(part)).options(defer(DocumentRow.payload))
         )
+        out.update((r.id, r) for r in session.execute(stmt).scalars())
     return out
 
 

@@ -113,10 +113,17 @@ def load_vectors(
 
 
 def stale_vector_ids(
-    *, session: Session, model_version_id: int, kind: Kind, key: str, limit: int = 1000
+    *,
+    session: Session,
+    model_version_id: int,
+    kind: Kind,
+    key: str,
+    after: int = 0,
+    limit: int = 1000,
 ) -> list[int]:
     """Documents of a kind whose vectors under this version are missing or stale (another
-    content or weights), by id: what a rebuild still has to write."""
+    content or weights), by id, from row id ``after`` on: what a rebuild still has to write
+    (a document without any field text never gets vectors: a rebuild pages past it)."""
     dv = DocumentVectorRow
     stmt = (
         select(DocumentRow.id)
@@ -125,6 +132,7 @@ def stale_vector_ids(
         )
         .where(
             DocumentRow.kind == kind,
+            DocumentRow.id > after,
             (dv.document_id.is_(None))
             | (dv.content_hash != DocumentRow.content_hash)
             | (dv.scoring_key != key),
