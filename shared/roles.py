@@ -109,25 +109,51 @@ def _one(cur: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
     return None if row is None else row[0]
 
 
+# Roles whose members read or write beyond their grants (the predefined ones: Postgres 14+).
+BROAD_ROLES = ("pg_read_all_data", "pg_write_all_data", "pg_database_owner")
+# Attributes that would let a role give itself more, or get around its grants.
+BROAD_ATTRIBUTES = {
+    "rolsuper": "SUPERUSER",
+    "rolcreaterole": "CREATEROLE",
+    "rolcreatedb": "CREATEDB",
+    "rolreplication": "REPLICATION",
+    "rolbypassrls": "BYPASSRLS",
+}
+
+
 def _refuse_privileged(cur: Any, role: Role, *, owner: str, me: str) -> None:
-    """A role with more than it would be granted would keep it: the owner, a superuser, a
-    member of the owner, the owner of anything here."""
+    """A role that holds more than it would be granted would keep it (revoking grants does
+    not touch attributes, memberships or ownership): refuse the owner, a role with any of
+    ``BROAD_ATTRIBUTES``, a member of the owner or of ``BROAD_ROLES``, an owner of tables."""
     if role.name in (owner, me):
-        raise RoleError(f"the {role.kind} role {role.name!r} is the owner's (run as another)")
+        raise RoleError(f"the {role.kind} role {role.name!r} is the owner's: give it its own")
+    attributes = ", ".join(BROAD_ATTRIBUTES)
     row = cur.execute(
-        "SELECT rolsuper, pg_has_role(oid, %s, 'USAGE'),"
-        " EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid)"
-        " FROM pg_roles r WHERE rolname = %s",
-        (owner, role.name),
+        f"SELECT {attributes} FROM pg_roles WHERE rolname = %s",  # noqa: S608 (our constants)
+        (role.name,),
     ).fetchone()
     if row is None:
         return
-    superuser, member_of_owner, owns = row
-    if superuser or member_of_owner or owns:
-        why = "is a superuser" if superuser else "acts as the owner" if member_of_owner else "owns"
+    why = [name for name, on in zip(BROAD_ATTRIBUTES.values(), row, strict=True) if on]
+    why += [
+        f"member of {g}"
+        for (g,) in cur.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"
+            " AND pg_has_role(%s, oid, 'USAGE')",
+            ([owner, *BROAD_ROLES], role.name),
+        ).fetchall()
+    ]
+    if _one(
+        cur,
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+        " WHERE r.rolname = %s",
+        (role.name,),
+    ):
+        why.append("owns tables here")
+    if why:
         raise RoleError(
-            f"the {role.kind} role {role.name!r} {why}"
-            f"{' tables here' if why == 'owns' else ''}: give it a role of its own"
+            f"the {role.kind} role {role.name!r} has more than it would be granted"
+            f" ({', '.join(why)}): give it a role of its own"
         )
 
 

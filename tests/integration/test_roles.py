@@ -45,9 +45,13 @@ class Roles:
 
     def grant(self, command: str = "upgrade", reader_password: str = "pw-reader") -> str:
         """`jobfit db upgrade --grant` (or `jobfit db grant`) as the owner; its output."""
-        args = ["db", "upgrade", "--grant"] if command == "upgrade" else ["db", "grant"]
+        argv = (
+            [sys.executable, "-m", "jobfit", "db", "upgrade", "--grant"]
+            if command == "upgrade"
+            else [sys.executable, "-m", "jobfit", "db", "grant"]
+        )
         out = subprocess.run(
-            [sys.executable, "-m", "jobfit", *args],
+            argv,
             env={
                 **os.environ,
                 "JOBFIT_DB__URL": self.owner_url,
@@ -248,17 +252,37 @@ def test_grant_converges_and_covers_a_later_migrations_tables(roles: Roles) -> N
         owner_sql(roles, "DROP TABLE later_table")
 
 
-def test_grant_refuses_roles_that_would_keep_more(roles: Roles) -> None:
+def test_grant_refuses_the_owner_and_one_role_for_both(roles: Roles) -> None:
     owner = make_url(roles.owner_url).username
     assert owner is not None
     with pytest.raises(RoleError, match="owner"):
         grant_roles(roles.owner_url, [Role("writer", owner, None)])
-    superuser = f"jobfit_su_{RUN_ID}"
-    owner_sql(roles, f'CREATE ROLE "{superuser}" SUPERUSER')
-    try:
-        with pytest.raises(RoleError, match="superuser"):
-            grant_roles(roles.owner_url, [Role("reader", superuser, None)])
-    finally:
-        owner_sql(roles, f'DROP ROLE "{superuser}"')
     with pytest.raises(RoleError, match="two roles"):
         grant_roles(roles.owner_url, [Role("writer", "x", None), Role("reader", "x", None)])
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ("SUPERUSER", "SUPERUSER"),
+        ("CREATEROLE", "CREATEROLE"),
+        ("IN ROLE pg_write_all_data", "member of pg_write_all_data"),
+        ("IN ROLE {owner}", "member of {owner}"),
+        ("", "owns tables here"),
+    ],
+)
+def test_grant_refuses_a_role_that_would_keep_more(roles: Roles, options: str, why: str) -> None:
+    """Revoking grants leaves attributes, memberships and ownership: a role with any of them
+    is refused."""
+    owner = str(make_url(roles.owner_url).username)
+    broad = f"jobfit_broad_{RUN_ID}"
+    owner_sql(roles, f'CREATE ROLE "{broad}" {options.format(owner=owner)}')
+    if not options:
+        owner_sql(roles, "CREATE TABLE broad_table (i integer)")
+        owner_sql(roles, f'ALTER TABLE broad_table OWNER TO "{broad}"')
+    try:
+        with pytest.raises(RoleError, match=why.format(owner=owner)):
+            grant_roles(roles.owner_url, [Role("writer", broad, None)])
+    finally:
+        owner_sql(roles, "DROP TABLE IF EXISTS broad_table")
+        owner_sql(roles, f'DROP ROLE "{broad}"')
