@@ -26,6 +26,7 @@ from jobfit.shared.db import connect
 from jobfit.shared.metrics import JobfitCollector
 from jobfit.shared.roles import Role, RoleError, grant_roles
 from tests.conftest import isolated, private_database
+from tests.integration.test_operator_cli import one_line_error
 from tools.procs import ROOT, RUN_ID, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -286,3 +287,17 @@ def test_grant_refuses_a_role_that_would_keep_more(roles: Roles, options: str, w
     finally:
         owner_sql(roles, "DROP TABLE IF EXISTS broad_table")
         owner_sql(roles, f'DROP ROLE "{broad}"')
+
+
+def test_a_refused_command_is_one_line_naming_the_urls(roles: Roles) -> None:
+    """`jobfit failures` reads failed payloads, which the reader may not: one line, no
+    traceback, the cause and which settings to check."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jobfit", "failures"],
+        env={**os.environ, "JOBFIT_DB__URL": roles.url(roles.reader), "COLUMNS": "300"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    one_line_error(out, "may not do this", "permission denied", "JOBFIT_DB__URL")
