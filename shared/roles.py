@@ -46,6 +46,17 @@ READER_TABLES: dict[str, tuple[str, ...] | None] = {
 
 SCHEMA = "public"
 
+# Roles whose members read or write beyond their grants (the predefined ones: Postgres 14+).
+BROAD_ROLES = ("pg_read_all_data", "pg_write_all_data", "pg_database_owner")
+# Attributes that would let a role give itself more, or get around its grants.
+BROAD_ATTRIBUTES = {
+    "rolsuper": "SUPERUSER",
+    "rolcreaterole": "CREATEROLE",
+    "rolcreatedb": "CREATEDB",
+    "rolreplication": "REPLICATION",
+    "rolbypassrls": "BYPASSRLS",
+}
+
 
 class RoleError(ValueError):
     """A role ``jobfit db grant`` must not manage as asked (the reason says which and why)."""
@@ -86,7 +97,11 @@ def grant_roles(owner_url: str, roles: list[Role]) -> list[str]:
 
 def _grant(driver: Any, cur: Any, roles: list[Role]) -> list[str]:
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('jobfit db grant'))")
-    owner = _one(cur, "SELECT tableowner FROM pg_tables WHERE tablename = 'alembic_version'")
+    owner = _one(
+        cur,
+        "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = 'alembic_version'",
+        (SCHEMA,),
+    )
     if owner is None:
         raise RoleError("the database has no jobfit schema: run `jobfit db upgrade` first")
     me, database = cur.execute("SELECT current_user, current_database()").fetchone()
@@ -107,18 +122,6 @@ def _grant(driver: Any, cur: Any, roles: list[Role]) -> list[str]:
 def _one(cur: Any, query: str, params: tuple[Any, ...] = ()) -> Any:
     row = cur.execute(query, params).fetchone()
     return None if row is None else row[0]
-
-
-# Roles whose members read or write beyond their grants (the predefined ones: Postgres 14+).
-BROAD_ROLES = ("pg_read_all_data", "pg_write_all_data", "pg_database_owner")
-# Attributes that would let a role give itself more, or get around its grants.
-BROAD_ATTRIBUTES = {
-    "rolsuper": "SUPERUSER",
-    "rolcreaterole": "CREATEROLE",
-    "rolcreatedb": "CREATEDB",
-    "rolreplication": "REPLICATION",
-    "rolbypassrls": "BYPASSRLS",
-}
 
 
 def _refuse_privileged(cur: Any, role: Role, *, owner: str, me: str) -> None:
