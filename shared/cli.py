@@ -203,7 +203,12 @@ def schema(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
+def db_upgrade(
+    revision: str = "head",
+    grant: Annotated[
+        bool, typer.Option("--grant", help="Then `jobfit db grant` (what compose runs).")
+    ] = False,
+) -> None:
     """Create the database if missing and migrate it to REVISION."""
     from jobfit.shared.db import ensure_database, upgrade
 
@@ -212,6 +217,39 @@ def db_upgrade(revision: str = "head") -> None:
         err.print("created the database")
     upgrade(settings, revision)
     err.print(f"database at {revision}")
+    if grant:
+        db_grant()
+
+
+@db_app.command("grant")
+def db_grant() -> None:
+    """Create or update the workers' writer role (JOBFIT_DB__WRITER_URL) and the read path's
+    reader role (JOBFIT_DB__READ_URL) and give each exactly its privileges, connected as the
+    tables' owner (JOBFIT_DB__URL). Idempotent: run it after every upgrade."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    from jobfit.shared.roles import Role, RoleError, grant_roles
+
+    db = get_settings().db
+    try:
+        roles = []
+        if db.writer_url is not None:
+            roles.append(Role.from_url("writer", db.writer_url))
+        if db.read_url is not None:
+            roles.append(Role.from_url("reader", db.read_url))
+        if not roles:
+            fail("no role to grant", "set JOBFIT_DB__WRITER_URL and/or JOBFIT_DB__READ_URL", 2)
+        for line in grant_roles(db.url, roles):
+            err.print(line, highlight=False)
+    except RoleError as exc:
+        fail(str(exc), 'see README "Deploy": least privilege', 2)
+    except (psycopg.Error, DBAPIError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        fail(
+            f"granting failed: {(str(cause).strip().splitlines() or [type(cause).__name__])[0]}",
+            "run it as the tables' owner (the role of `jobfit db upgrade`), with CREATEROLE",
+        )
 
 
 @app.command()
@@ -294,7 +332,7 @@ def metrics(
 
     settings = get_settings()
     app_ = create_celery_app(settings, with_tasks=False)
-    REGISTRY.register(JobfitCollector(app_, connect(settings)))
+    REGISTRY.register(JobfitCollector(app_, connect(settings, reader=True)))
     port = port or settings.metrics.port
     address = address or settings.metrics.address
     start_http_server(port, addr=address)

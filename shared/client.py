@@ -64,7 +64,8 @@ class JobfitClient:
         self.app = app or create_celery_app(settings, with_tasks=False)
         self._sessions: sessionmaker[Session] | None = None
 
-    # --- reads: answered from Postgres (``JOBFIT_DB__URL``), no worker needed -----------
+    # --- reads: answered from Postgres as the read path's role (``JOBFIT_DB__READ_URL``,
+    # else ``JOBFIT_DB__URL``), no worker needed ---------------------------------------
 
     def top_jobs(
         self, resume_id: str, k: int = 10, *, version: str | None = None
@@ -87,7 +88,7 @@ class JobfitClient:
         if not 1 <= k <= MAX_TOP:
             raise InvalidMessageError(f"k must be between 1 and {MAX_TOP}, got {k}")
         if self._sessions is None:
-            self._sessions = connect(self.app.settings)
+            self._sessions = connect(self.app.settings, reader=True)
         with self._sessions() as session:
             return ranked(
                 session=session, resume_id=resume_id, job_id=job_id, model_version=version, top=k

@@ -37,19 +37,36 @@ def _default_home() -> Path:
 
 
 class DatabaseSettings(BaseModel):
+    """Where jobfit's Postgres is, as which role (README "Deploy": the owner runs the
+    migrations, the workers write as the writer, the read path reads as the reader)."""
+
     # Secrets (passwords in URLs) stay out of repr(): settings may reach a log or traceback.
+    # This process's role: the owner for `jobfit db upgrade`, the writer for workers.
     url: str = Field(default="postgresql+psycopg://postgres@127.0.0.1:5432/jobfit", repr=False)
+    # The read path's role (JobfitClient.top_jobs / top_candidates, `jobfit matches`,
+    # `jobfit candidates`, `jobfit metrics`): a reader that can only SELECT. None: ``url``.
+    read_url: str | None = Field(default=None, repr=False)
+    # The writer role `jobfit db grant` creates or updates (its user name and password);
+    # only the owner's process (compose's `migrate`) needs it. None: no writer is managed.
+    writer_url: str | None = Field(default=None, repr=False)
     echo: bool = False
     pool_size: int = 5
 
-    @field_validator("url")
+    @field_validator("url", "read_url", "writer_url")
     @classmethod
-    def normalise_url(cls, v: str) -> str:
+    def normalise_url(cls, v: str | None) -> str | None:
         """Accept the DSNs people paste (``postgres://``, ``postgresql://``) and pin psycopg 3."""
+        if v is None:
+            return None
         for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
             if v.startswith(prefix):
                 return "postgresql+psycopg://" + v[len(prefix) :]
         return v
+
+    @property
+    def reading_url(self) -> str:
+        """The URL the read path connects with: ``read_url``, else ``url``."""
+        return self.read_url or self.url
 
 
 class BrokerSettings(BaseModel):
@@ -239,8 +256,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def refuse_placeholder_secrets(self) -> Settings:
         if self.env == "prod":
-            for url in (self.db.url, self.broker.url):
-                if "changeme" in url:
+            urls = (self.db.url, self.db.read_url, self.db.writer_url, self.broker.url)
+            for url in urls:
+                if url is not None and "changeme" in url:
                     raise ValueError("placeholder secret 'changeme' in a prod URL")
         return self
 

@@ -28,10 +28,11 @@ class PgvectorMissingError(RuntimeError):
     """The configured Postgres cannot create the ``vector`` extension."""
 
 
-def make_engine(settings: Settings) -> Engine:
-    """An engine for the configured Postgres (with pgvector)."""
+def make_engine(settings: Settings, *, reader: bool = False) -> Engine:
+    """An engine for the configured Postgres (with pgvector): as ``JOBFIT_DB__URL``'s role, or
+    with ``reader`` as the read path's (``JOBFIT_DB__READ_URL``, else the same)."""
     return create_engine(
-        settings.db.url,
+        settings.db.reading_url if reader else settings.db.url,
         echo=settings.db.echo,
         pool_pre_ping=True,
         pool_size=settings.db.pool_size,
@@ -42,9 +43,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def connect(settings: Settings) -> sessionmaker[Session]:
-    """Sessions on the configured database (an engine of its own): for one command."""
-    return make_session_factory(make_engine(settings))
+def connect(settings: Settings, *, reader: bool = False) -> sessionmaker[Session]:
+    """Sessions on the configured database (an engine of its own): for one command; with
+    ``reader``, as the read path's role (``make_engine``)."""
+    return make_session_factory(make_engine(settings, reader=reader))
 
 
 @contextmanager

@@ -45,6 +45,7 @@ def explain(exc: BaseException) -> tuple[str, str] | None:
 
 
 def _database_error(exc: BaseException, settings: Settings) -> tuple[str, str] | None:
+    from psycopg.errors import InsufficientPrivilege
     from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
     from jobfit.shared.db import PGVECTOR_HELP, PgvectorMissingError
@@ -54,10 +55,17 @@ def _database_error(exc: BaseException, settings: Settings) -> tuple[str, str] |
             f"the Postgres at {_where(settings.db.url)} has no pgvector extension",
             PGVECTOR_HELP,
         )
+    urls = "JOBFIT_DB__URL" + (" and JOBFIT_DB__READ_URL" if settings.db.read_url else "")
     if isinstance(exc, OperationalError):
         return (
             f"cannot reach the database {_where(settings.db.url)}: {_first_line(exc.orig or exc)}",
-            "check JOBFIT_DB__URL and that Postgres runs, then `jobfit db upgrade`",
+            f"check {urls} and that Postgres runs, then `jobfit db upgrade`",
+        )
+    if isinstance(exc, ProgrammingError) and isinstance(exc.orig, InsufficientPrivilege):
+        return (
+            f"the database role may not do this: {_first_line(exc.orig)}",
+            f"check {urls}: the reader role only reads, the writer has no DDL; the owner runs"
+            ' `jobfit db upgrade` and `jobfit db grant` (README "Deploy")',
         )
     if isinstance(exc, ProgrammingError) and "does not exist" in str(exc):
         return (

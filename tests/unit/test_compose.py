@@ -81,3 +81,42 @@ def test_compose_command_is_one_the_tests_run(where, argv):
     assert path in tested, f"{where}: no test runs `jobfit {' '.join(path)}`"
     untested = {o for o in argv if o.startswith("--")} - tested[path]
     assert not untested, f"{where}: options {sorted(untested)} are never used by the tests"
+
+
+def db_user(url: str) -> str:
+    """The user name of a compose database URL (its password is a ${VARIABLE})."""
+    m = re.fullmatch(r"postgresql\+psycopg://([^:@/]+):\$\{(\w+)[^}]*\}@postgres:5432/jobfit", url)
+    assert m, f"not a database URL with its password from .env: {url}"
+    return m.group(1)
+
+
+def db_roles(svc: dict) -> dict[str, str]:
+    """A service's database settings (JOBFIT_DB__*URL), by variable, as user names."""
+    env = svc.get("environment", {})
+    return {k: db_user(v) for k, v in env.items() if k.startswith("JOBFIT_DB__")}
+
+
+def test_compose_gives_each_service_its_least_database_role():
+    """The owner only migrates and grants; workers write as the writer; what reads, reads as
+    the reader; what needs no database gets no role (README "Deploy")."""
+    owner = COMPOSE["services"]["postgres"]["environment"]["POSTGRES_USER"]
+    migrate = JOBFIT_SERVICES["migrate"]
+    assert verb(migrate["command"]) == ("db", "upgrade") and "--grant" in migrate["command"]
+    assert db_roles(migrate) == {
+        "JOBFIT_DB__URL": owner,
+        "JOBFIT_DB__WRITER_URL": "jobfit_writer",
+        "JOBFIT_DB__READ_URL": "jobfit_reader",
+    }
+    workers = [n for n, s in JOBFIT_SERVICES.items() if s["command"][0] == "worker"]
+    assert {"worker-embed", "worker-embed-cpu", "worker-train"} <= set(workers)
+    for name in workers:
+        assert db_roles(JOBFIT_SERVICES[name]) == {"JOBFIT_DB__URL": "jobfit_writer"}, name
+    assert db_roles(JOBFIT_SERVICES["metrics"]) == {"JOBFIT_DB__URL": "jobfit_reader"}
+    for name in ("flower", "model-init"):
+        assert db_roles(JOBFIT_SERVICES[name]) == {}, name
+    # Every jobfit service is one of these: none else holds a database role.
+    assert set(JOBFIT_SERVICES) == {"migrate", "metrics", "flower", "model-init", *workers}
+    others = [
+        v for n, s in JOBFIT_SERVICES.items() if n != "migrate" for v in s["environment"].values()
+    ]
+    assert not [v for v in others if "POSTGRES_PASSWORD" in str(v)], "the owner's password leaks"

@@ -59,7 +59,11 @@ def test_sql_is_parameterised():
 def test_settings_repr_does_not_print_passwords():
     """Settings may reach a log line or a traceback: URLs show no password there."""
     s = Settings(
-        db=DatabaseSettings(url="postgresql+psycopg://jobfit:s3cret-db@db:5432/jobfit"),
+        db=DatabaseSettings(
+            url="postgresql+psycopg://jobfit:s3cret-db@db:5432/jobfit",
+            read_url="postgresql+psycopg://jobfit_reader:s3cret-read@db:5432/jobfit",
+            writer_url="postgresql+psycopg://jobfit_writer:s3cret-write@db:5432/jobfit",
+        ),
         broker=BrokerSettings(url="redis://:s3cret-redis@redis:6379/0"),
     )
     assert "s3cret" not in repr(s) and "s3cret" not in str(s)
