@@ -108,7 +108,7 @@ def _rebuild_top_k(
     """``top_k`` mode: every document's vectors under this version first (its index fills),
     then every document's own top K from them, in batches, each a transaction. A redelivery
     skips the vectors and pairs already written."""
-    key, version = ctx.scoring_key, ctx.model_version_id
+    key, version = ctx.vectors_key, ctx.model_version_id
     with transaction(factory) as session:
         total = {k: len(repo.list_documents(session=session, kind=k)) for k in ("resume", "job")}
     embedded = done = 0

@@ -16,7 +16,13 @@ from jobfit.shared.fields import field_texts, text_hash
 from jobfit.shared.orm import DocumentRow
 from jobfit.workers.embedders.base import Embedder
 from jobfit.workers.scoring import Vector, from_pgvector
-from jobfit.workers.vectors import DocumentVectors, retrieval_dims, retrieval_vector
+from jobfit.workers.vectors import (
+    LAYOUT,
+    DocumentVectors,
+    query_vector,
+    retrieval_dims,
+    retrieval_vector,
+)
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,24 @@ class ModelContext:
         return repo.scoring_key({p.value: float(self.weights.get(p, 0.0)) for p in PairType})
 
     @property
+    def vectors_key(self) -> str:
+        """Identifies what stored document vectors were made with: the weights and the
+        retrieval layout (``workers.vectors.LAYOUT``)."""
+        return repo.scoring_key(
+            {**{p.value: float(self.weights.get(p, 0.0)) for p in PairType}, "layout": LAYOUT}
+        )
+
+    @property
     def retrieval_dims(self) -> int:
         return retrieval_dims(self.embedder.dim)
 
     def retrieval_vector(self, doc: DocumentVectors) -> Vector:
+        """A document's index entry."""
         return retrieval_vector(doc, self.weights, self.embedder.dim)
+
+    def query_vector(self, doc: DocumentVectors) -> Vector:
+        """A document's query against the other kind's index."""
+        return query_vector(doc, self.weights, self.embedder.dim)
 
 
 def embed_texts(
@@ -81,7 +100,7 @@ def document_vectors(
     """These documents' vectors under the context's version, by row id: the stored ones where
     they match the content and weights, else made from their field texts (embedded
     cache-through) and stored. Returns them and how many texts reached the model."""
-    key = ctx.scoring_key
+    key = ctx.vectors_key
     stored = repo.load_vectors(
         session=session, model_version_id=ctx.model_version_id, document_ids=[r.id for r in rows]
     )
@@ -142,5 +161,5 @@ def store_vectors(
             ef_construction=ctx.scoring.hnsw_ef_construction,
         )
     repo.upsert_vectors(
-        session=session, model_version_id=ctx.model_version_id, key=ctx.scoring_key, writes=writes
+        session=session, model_version_id=ctx.model_version_id, key=ctx.vectors_key, writes=writes
     )

@@ -106,7 +106,7 @@ def match_top_k(
             session=session,
             model_version_id=version,
             kind="job" if row.kind == "resume" else "resume",
-            query=ctx.retrieval_vector(own[row.id]),
+            query=ctx.query_vector(own[row.id]),
             dims=ctx.retrieval_dims,
             limit=max(ctx.scoring.candidates, k),
             ef_search=ctx.scoring.ef_search,

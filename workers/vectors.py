@@ -3,23 +3,28 @@ I/O, no model.
 
 slots      its field vectors, one per slot of its side it has text for (``shared.fields``:
            a text two pair types share is one slot); exact scoring reads them.
-retrieval  one vector whose inner product with the other side's ranks the other side's
-           documents by an estimate of the match score: ``len(JOB_SLOTS) * dim`` wide, a
-           missing field's block zeros. A job lays out its slot vectors in ``JOB_SLOTS``
-           order; a resume puts in block s the weighted sum of its vectors of the pair types
-           that read job slot s; each side is divided by the weight of the pair types it has
-           (W_r, W_j)::
+retrieval  an index entry (stored) and a query vector (made when a document queries) whose
+           inner product ranks the other side's documents by an estimate of the match
+           score. Both start with five blocks of ``dim``, one per job field (``JOB_SLOTS``;
+           a missing field's block zeros): a job puts its field vectors there, a resume in
+           each block the weighted sum of its vectors of the pair types that read that job
+           field; each side divided by the weight of the pair types it has (W_r, W_j)::
 
-               <resume, job> = sum_p w_p cos(r_p, j_p) / (W_r * W_j)
+               <main_r, main_j> = sum_{p in both} w_p cos(r_p, j_p) / (W_r * W_j)
 
-           The match score (``scoring.weighted_mean``) divides the same sum by the weight of
-           the pairs both sides have. For one query document the other factor is constant, so
-           the ranking is exact whenever the query document has every pair type the other
-           has (a complete resume ranks jobs exactly); otherwise it is an estimate, and the
-           candidates it finds are scored exactly. Weights are on both sides: a weights
-           change rewrites every vector (``scoring_key``).
+           The match score divides that sum by the weight of the pairs both sides have, so
+           for a query document this estimate is exact when it has every pair type the
+           other has, and low by a factor (1 - d) when the other has pair types it lacks
+           (or lacks ones it has), d being their share of the weight. Two small groups of
+           dimensions add the first-order correction ``TYPICAL_SCORE * d``:
+           five (a resume's entry: its weight share per job field; a job's query:
+           ``TYPICAL_SCORE / W_j`` for each field the job lacks) and eight (a job's entry:
+           its weight share per pair type; a resume's query: ``TYPICAL_SCORE / W_r`` for
+           each pair type it lacks). Measured on corpora around the real data (``make
+           bench-scale``), this lifts recall@10 of 200 candidates among 10,000 jobs from
+           0.66 to 0.99. The candidates are then scored exactly.
 
-MiniLM (384) gives 1,920 dimensions, mpnet (768) 3,840: both under pgvector's HNSW limit for
+MiniLM (384) gives 1,933 dimensions, mpnet (768) 3,853: both under pgvector's HNSW limit for
 ``halfvec`` (4,000), which the retrieval vectors use (README "Matching at scale").
 """
 
@@ -71,25 +76,64 @@ def _order(kind: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(slot_map(kind).values()))
 
 
+# The match score near the top of a ranking (MiniLM and mpnet cosines of good matches): the
+# estimate's first-order correction assumes it (module docstring).
+TYPICAL_SCORE = 0.5
+# Stored entries made by another layout are stale (``embedding.ModelContext.vectors_key``).
+LAYOUT = 2
+
+
 def retrieval_dims(dim: int) -> int:
     """Width of a version's retrieval vectors for a model of ``dim`` dimensions."""
-    return len(JOB_SLOTS) * dim
+    return len(JOB_SLOTS) * (dim + 1) + len(PairType)
+
+
+def _main(
+    doc: DocumentVectors, weights: Mapping[PairType, float], dim: int
+) -> tuple[Vector, float]:
+    """The five job-field blocks, and the weight of the pair types the document has."""
+    blocks = {s: np.zeros(dim, dtype=np.float32) for s in JOB_SLOTS}
+    pairs = doc.pair_vectors()
+    total = float(sum(weights.get(p, 0.0) for p in pairs))
+    if total > 0.0:
+        if doc.kind == "job":
+            for s, v in doc.slots.items():
+                blocks[s] = v / np.float32(total)
+        else:
+            for p, v in pairs.items():
+                blocks[JOB_SLOT[p]] += np.float32(weights.get(p, 0.0) / total) * v
+    return np.concatenate([blocks[s] for s in JOB_SLOTS]), total
 
 
 def retrieval_vector(doc: DocumentVectors, weights: Mapping[PairType, float], dim: int) -> Vector:
-    """The document's retrieval vector (module docstring)."""
-    blocks = {s: np.zeros(dim, dtype=np.float32) for s in JOB_SLOTS}
-    pairs = doc.pair_vectors()
-    total = sum(weights.get(p, 0.0) for p in pairs)
-    if total <= 0.0:
-        return np.concatenate(list(blocks.values()))
-    if doc.kind == "job":
-        for s, v in doc.slots.items():
-            blocks[s] = v / np.float32(total)
-    else:
-        for p, v in pairs.items():
-            blocks[JOB_SLOT[p]] += np.float32(weights.get(p, 0.0) / total) * v
-    return np.concatenate([blocks[s] for s in JOB_SLOTS]).astype(np.float32)
+    """The document's index entry (module docstring)."""
+    main, total = _main(doc, weights, dim)
+    by_field = np.zeros(len(JOB_SLOTS), dtype=np.float32)
+    by_pair = np.zeros(len(PairType), dtype=np.float32)
+    if total > 0.0:
+        for p in doc.pair_vectors():
+            share = weights.get(p, 0.0) / total
+            if doc.kind == "resume":
+                by_field[JOB_SLOTS.index(JOB_SLOT[p])] += share
+            else:
+                by_pair[list(PairType).index(p)] = share
+    return np.concatenate([main, by_field, by_pair]).astype(np.float32)
+
+
+def query_vector(doc: DocumentVectors, weights: Mapping[PairType, float], dim: int) -> Vector:
+    """The document's query against the other side's entries (module docstring)."""
+    main, total = _main(doc, weights, dim)
+    by_field = np.zeros(len(JOB_SLOTS), dtype=np.float32)
+    by_pair = np.zeros(len(PairType), dtype=np.float32)
+    if total > 0.0:
+        if doc.kind == "job":
+            for i, s in enumerate(JOB_SLOTS):
+                by_field[i] = 0.0 if s in doc.slots else TYPICAL_SCORE / total
+        else:
+            have = doc.pair_vectors()
+            for i, p in enumerate(PairType):
+                by_pair[i] = 0.0 if p in have else TYPICAL_SCORE / total
+    return np.concatenate([main, by_field, by_pair]).astype(np.float32)
 
 
 def score(

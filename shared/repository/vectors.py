@@ -194,6 +194,10 @@ def nearest(
     ``query`` (approximate, through the HNSW index; exact by a scan where it is missing)."""
     ef = min(MAX_EF_SEARCH, max(ef_search or 0, limit, 40))
     session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+    # The planner prices a distance on a 2,000-wide vector like any operator and picks a
+    # scan and sort over the ordered HNSW scan (measured: 620 ms instead of milliseconds at
+    # 100,000 rows). Without a sort the index is the way; with no index the sort still runs.
+    session.execute(sql("SET LOCAL enable_sort = off"))
     # Literals for the partial index's predicate (ints and a checked kind; the query is bound).
     stmt = sql(
         "SELECT document_id FROM document_vectors"  # noqa: S608 (names and ints of ours; values bound)
@@ -201,7 +205,9 @@ def nearest(
         f" ORDER BY embedding::halfvec({int(dims)}) <#> CAST(:q AS halfvec({int(dims)}))"
         " LIMIT :n"
     ).bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
-    return list(session.execute(stmt, {"q": query, "n": int(limit)}).scalars())
+    found = list(session.execute(stmt, {"q": query, "n": int(limit)}).scalars())
+    session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
+    return found
 
 
 def _kind(kind: str) -> str:

@@ -1,0 +1,84 @@
+"""The retrieval vectors' algebra (workers/vectors.py) and the field slots (shared/fields.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobfit.shared.client import read_documents
+from jobfit.shared.config import PairType
+from jobfit.shared.fields import JOB_SLOT, RESUME_SLOT, field_texts
+from jobfit.shared.sample import SAMPLE_DIR
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers.vectors import (
+    TYPICAL_SCORE,
+    DocumentVectors,
+    query_vector,
+    retrieval_dims,
+    retrieval_vector,
+    score,
+)
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def random_doc(rng: np.random.Generator, kind: str) -> DocumentVectors:
+    slots = dict.fromkeys((RESUME_SLOT if kind == "resume" else JOB_SLOT).values())
+    present = [s for s in slots if rng.random() < 0.7] or list(slots)[:1]
+    return DocumentVectors(kind, {s: unit(rng) for s in present})
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_inner_products_are_the_weighted_sum_plus_the_first_order_correction(seed):
+    rng = np.random.default_rng(seed)
+    weights = {p: float(rng.uniform(0.1, 3.0)) for p in PairType}
+    r, j = random_doc(rng, "resume"), random_doc(rng, "job")
+    rp, jp = r.pair_vectors(), j.pair_vectors()
+    both = [p for p in PairType if p in rp and p in jp]
+    total = sum(weights[p] * float(rp[p] @ jp[p]) for p in both)
+    w_r, w_j = sum(weights[p] for p in rp), sum(weights[p] for p in jp)
+    job_only = sum(weights[p] for p in jp if p not in rp)
+    resume_only = sum(weights[p] for p in rp if p not in jp)
+    resume_asks = query_vector(r, weights, DIM) @ retrieval_vector(j, weights, DIM)
+    job_asks = query_vector(j, weights, DIM) @ retrieval_vector(r, weights, DIM)
+    assert resume_asks == pytest.approx((total + TYPICAL_SCORE * job_only) / (w_r * w_j), abs=1e-5)
+    assert job_asks == pytest.approx((total + TYPICAL_SCORE * resume_only) / (w_r * w_j), abs=1e-5)
+    assert len(retrieval_vector(r, weights, DIM)) == retrieval_dims(DIM)
+    # Exact when the query document has every pair type the other has: a ranking of the
+    # other side by the match score, times a constant of the query.
+    if not job_only and both:
+        m = score(r, j, weights).score
+        assert m is not None and resume_asks * w_r == pytest.approx(m, abs=1e-5)
+
+
+def test_fields_round_trip_through_their_stored_form():
+    rng = np.random.default_rng(1)
+    doc = random_doc(rng, "resume")
+    names, fields = doc.packed()
+    back = DocumentVectors.unpack("resume", names, fields)
+    assert set(back.slots) == set(doc.slots)
+    for s, v in doc.slots.items():
+        np.testing.assert_array_equal(back.slots[s], v)
+
+
+def test_pair_types_of_one_slot_read_the_same_text():
+    docs = [ResumeDocument.model_validate(d) for d in read_documents(SAMPLE_DIR / "resumes.jsonl")]
+    docs += [JobDocument.model_validate(d) for d in read_documents(SAMPLE_DIR / "jobs.jsonl")]
+    for d in docs:
+        slot = RESUME_SLOT if d.kind == "resume" else JOB_SLOT
+        by_slot: dict[str, set[str]] = {}
+        for p, t in field_texts(d).items():
+            by_slot.setdefault(slot[p], set()).add(t)
+        assert all(len(texts) == 1 for texts in by_slot.values()), d.id
+
+
+def test_documents_without_any_weighted_pair_get_zero_vectors():
+    doc = DocumentVectors("job", {"title": np.ones(DIM, np.float32) / 4})
+    weights = dict.fromkeys(PairType, 0.0)
+    assert not retrieval_vector(doc, weights, DIM).any()
+    assert not query_vector(doc, weights, DIM).any()
