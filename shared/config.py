@@ -175,8 +175,8 @@ class ScoringSettings(BaseModel):
     mode: Literal["all", "top_k"] = "top_k"
     top_k: int = Field(default=100, ge=1, le=1000)
     candidates: int = Field(default=200, ge=1, le=1000)
-    # HNSW search breadth (pgvector's hnsw.ef_search); at least ``candidates``.
-    ef_search: int = Field(default=200, ge=1, le=1000)
+    # HNSW search breadth (pgvector's hnsw.ef_search, at most 1,000); at least ``candidates``.
+    ef_search: int = Field(default=1000, ge=1, le=1000)
     # HNSW build settings of each (version, kind) index.
     hnsw_m: int = Field(default=16, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)

@@ -144,7 +144,7 @@ def stale_vector_ids(
 
 
 def index_name(model_version_id: int, kind: Kind) -> str:
-    return f"ix_document_vectors_hnsw_v{model_version_id}_{kind}"
+    return f"ix_document_vectors_l2_v{model_version_id}_{kind}"
 
 
 def ensure_index(
@@ -191,7 +191,9 @@ def nearest(
     ef_search: int | None = None,
 ) -> list[int]:
     """Ids of the ``limit`` documents of ``kind`` with the largest inner product with
-    ``query`` (approximate, through the HNSW index; exact by a scan where it is missing)."""
+    ``query``: the nearest by Euclidean distance, every entry having one norm
+    (``workers.vectors``); approximate through the HNSW index, exact by a scan where it is
+    missing."""
     ef = min(MAX_EF_SEARCH, max(ef_search or 0, limit, 40))
     session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
     # The planner prices a distance on a 2,000-wide vector like any operator and picks a
@@ -202,7 +204,7 @@ def nearest(
     stmt = sql(
         "SELECT document_id FROM document_vectors"  # noqa: S608 (names and ints of ours; values bound)
         f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        f" ORDER BY embedding::halfvec({int(dims)}) <#> CAST(:q AS halfvec({int(dims)}))"
+        f" ORDER BY embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
         " LIMIT :n"
     ).bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
     found = list(session.execute(stmt, {"q": query, "n": int(limit)}).scalars())

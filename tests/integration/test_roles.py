@@ -169,7 +169,7 @@ def test_a_worker_writes_as_the_writer_and_the_read_path_reads_as_the_reader(
     indexes = owner_sql(
         roles,
         "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
-        " WHERE c.relname LIKE 'ix_document_vectors_hnsw_v%'",
+        " WHERE c.relname LIKE 'ix_document_vectors_l2_v%'",
     )
     assert {n.rsplit("_", 1)[1] for n, _ in indexes} == {"job", "resume"}
     assert {o for _, o in indexes} == {make_url(roles.owner_url).username}

@@ -11,6 +11,7 @@ from jobfit.shared.fields import JOB_SLOT, RESUME_SLOT, field_texts
 from jobfit.shared.sample import SAMPLE_DIR
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers.vectors import (
+    ENTRY_NORM,
     TYPICAL_SCORE,
     DocumentVectors,
     query_vector,
@@ -33,6 +34,16 @@ def random_doc(rng: np.random.Generator, kind: str) -> DocumentVectors:
     return DocumentVectors(kind, {s: unit(rng) for s in present})
 
 
+def main_entry_unscaled(doc: DocumentVectors, weights: dict[PairType, float]) -> np.ndarray:
+    """An entry before it is scaled to the entry norm (a job's under skewed weights)."""
+    top = max(weights.values())
+    pairs = doc.pair_vectors()
+    total = sum(weights[p] / top for p in pairs)
+    blocks = [v / total for v in doc.slots.values()]
+    shares = [weights[p] / top / total for p in pairs]
+    return np.concatenate([*blocks, shares])
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_inner_products_are_the_weighted_sum_plus_the_first_order_correction(seed):
     rng = np.random.default_rng(seed)
@@ -44,14 +55,27 @@ def test_inner_products_are_the_weighted_sum_plus_the_first_order_correction(see
     w_r, w_j = sum(weights[p] for p in rp), sum(weights[p] for p in jp)
     job_only = sum(weights[p] for p in jp if p not in rp)
     resume_only = sum(weights[p] for p in rp if p not in jp)
-    resume_asks = query_vector(r, weights, DIM) @ retrieval_vector(j, weights, DIM)
+    # In the vectors the weights are divided by the largest (a weighted mean is the same).
+    top = max(weights.values())
+    w_r, w_j = w_r / top, w_j / top
+    total, job_only, resume_only = total / top, job_only / top, resume_only / top
+    j_entry = retrieval_vector(j, weights, DIM)
+    scale = 1.0
+    raw = np.linalg.norm(j_entry[:-1])
+    if raw >= ENTRY_NORM - 1e-6:  # scaled down to the entry norm: its inner products too
+        scale = raw / float(np.linalg.norm(main_entry_unscaled(j, weights)))
+    resume_asks = query_vector(r, weights, DIM) @ j_entry
     job_asks = query_vector(j, weights, DIM) @ retrieval_vector(r, weights, DIM)
-    assert resume_asks == pytest.approx((total + TYPICAL_SCORE * job_only) / (w_r * w_j), abs=1e-5)
+    assert resume_asks == pytest.approx(
+        scale * (total + TYPICAL_SCORE * job_only) / (w_r * w_j), abs=1e-5
+    )
     assert job_asks == pytest.approx((total + TYPICAL_SCORE * resume_only) / (w_r * w_j), abs=1e-5)
+    for entry in (j_entry, retrieval_vector(r, weights, DIM)):
+        assert np.linalg.norm(entry) == pytest.approx(ENTRY_NORM, abs=1e-5)
     assert len(retrieval_vector(r, weights, DIM)) == retrieval_dims(DIM)
     # Exact when the query document has every pair type the other has: a ranking of the
     # other side by the match score, times a constant of the query.
-    if not job_only and both:
+    if not job_only and both and scale == 1.0:
         m = score(r, j, weights).score
         assert m is not None and resume_asks * w_r == pytest.approx(m, abs=1e-5)
 
@@ -80,5 +104,6 @@ def test_pair_types_of_one_slot_read_the_same_text():
 def test_documents_without_any_weighted_pair_get_zero_vectors():
     doc = DocumentVectors("job", {"title": np.ones(DIM, np.float32) / 4})
     weights = dict.fromkeys(PairType, 0.0)
-    assert not retrieval_vector(doc, weights, DIM).any()
+    entry = retrieval_vector(doc, weights, DIM)
+    assert not entry[:-1].any() and entry[-1] == pytest.approx(ENTRY_NORM)  # all completion
     assert not query_vector(doc, weights, DIM).any()

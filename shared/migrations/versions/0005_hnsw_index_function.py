@@ -5,7 +5,8 @@ A new model version's partial HNSW indexes are created when its first document v
 written (``repository.vectors.ensure_index``), by a worker. CREATE INDEX needs the table's
 owner; this function runs as its owner (SECURITY DEFINER, the role that ran the migrations)
 and takes only integers and a checked kind, so a worker's role needs no more than EXECUTE on
-it (least privilege: README "Deploy").
+it (least privilege: README "Deploy"). Euclidean distance over entries of one norm
+(``workers.vectors``: maximum inner product search as nearest-neighbour search).
 
 Revision ID: 0005
 Revises: 0004
@@ -25,7 +26,7 @@ CREATE OR REPLACE FUNCTION jobfit_ensure_hnsw_index(
 ) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
-    name text := format('ix_document_vectors_hnsw_v%s_%s', version_id, doc_kind);
+    name text := format('ix_document_vectors_l2_v%s_%s', version_id, doc_kind);
 BEGIN
     IF doc_kind NOT IN ('resume', 'job') THEN
         RAISE EXCEPTION 'unknown document kind %', doc_kind;
@@ -36,7 +37,7 @@ BEGIN
         RETURN false;
     END IF;
     EXECUTE format(
-        'CREATE INDEX %I ON document_vectors USING hnsw ((embedding::halfvec(%s)) halfvec_ip_ops)'
+        'CREATE INDEX %I ON document_vectors USING hnsw ((embedding::halfvec(%s)) halfvec_l2_ops)'
         ' WITH (m = %s, ef_construction = %s) WHERE model_version_id = %s AND kind = %L',
         name, dims, m, ef_construction, version_id, doc_kind
     );
