@@ -31,7 +31,7 @@ def test_content_hash_ignores_key_order_and_sees_content():
     [
         ({}, "id"),
         ({"id": "has space"}, "id"),
-        ({"id": "r", "schema_version": 2}, "schema_version"),
+        ({"id": "r", "schema_version": 3}, "schema_version"),
         ({"id": "r", "skills": [{"deep": ["nesting"]}]}, "skills.0"),
         ({"id": "r", "career_objective": "x" * (MAX_FIELD_BYTES + 1)}, "career_objective"),
         ({"id": "r", "skills": ["x" * 60_000, "y" * 60_000]}, "skills"),
