@@ -9,6 +9,7 @@ them themselves (``tasks.worker_metrics``).
 | ``jobfit_queue_depth`` | queue | messages waiting in the queue (not yet reserved) |
 | ``jobfit_active_model_info`` | version | 1 for the active version |
 | ``jobfit_failed_messages_total`` | reason | messages recorded in failed_messages, by reason kind |
+| ``jobfit_stale_messages_total`` | kind | documents not applied: older than the stored revision |
 | ``jobfit_matches_scored_total`` | model_version | stored (resume, job) scores |
 | ``jobfit_texts_embedded_total`` | model_version | stored field-text embeddings |
 | ``jobfit_up`` | source | 1 if the broker / database answered this scrape |
@@ -92,6 +93,7 @@ class JobfitCollector(Collector):
         with self.factory() as session:
             active = repo.active_model_version(session=session)
             failures = repo.failure_counts(session=session)
+            stale = repo.stale_counts(session=session)
             matches = counts_by_version(session, MatchRow)
             texts = counts_by_version(session, FieldEmbeddingRow)
         info = GaugeMetricFamily(
@@ -106,6 +108,13 @@ class JobfitCollector(Collector):
         )
         for reason, n in failures.items():
             failed.add_metric([reason], n)
+        not_applied = CounterMetricFamily(
+            "jobfit_stale_messages",
+            "Documents not applied: their revision not newer than the stored one, by kind.",
+            labels=["kind"],
+        )
+        for kind in ("resume", "job"):
+            not_applied.add_metric([kind], stale.get(kind, 0))
         scored = CounterMetricFamily(
             "jobfit_matches_scored", "Stored match scores.", labels=["model_version"]
         )
@@ -116,4 +125,4 @@ class JobfitCollector(Collector):
         )
         for version, n in texts.items():
             embedded.add_metric([version], n)
-        return [info, failed, scored, embedded]
+        return [info, failed, not_applied, scored, embedded]

@@ -56,8 +56,26 @@ class DocumentRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     schema_version: Mapped[int] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    # The highest revision applied (the producer's, optional): an older message is stale.
+    revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StaleRevisionRow(Base):
+    """Messages of a document that were not applied because their revision was older than the
+    stored one (or as old, with other content): how many, and the last of them. One row per
+    document, so a stream of stale messages cannot grow the table."""
+
+    __tablename__ = "stale_revisions"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    messages: Mapped[int] = mapped_column(BigInteger)
+    last_revision: Mapped[int] = mapped_column(BigInteger)  # the last stale message's
+    stored_revision: Mapped[int] = mapped_column(BigInteger)  # the document's, then
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ModelVersionRow(Base):

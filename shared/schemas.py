@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -15,20 +15,68 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
-SCHEMA_VERSION = 1
+# 2: documents may carry a ``revision``; version 1 messages (no revision) are still accepted.
+SCHEMA_VERSION: Final = 2
 # Largest text accepted in one document field, in UTF-8 bytes (a list field counts its items).
 MAX_FIELD_BYTES = 100_000
 MAX_LIST_ITEMS = 2_000
+MAX_ID_LENGTH = 200
+# A revision is stored as a Postgres bigint.
+MAX_REVISION = 2**63 - 1
+
+# The patterns below are written with explicit code point ranges only, so that they mean the
+# same in every regex dialect that reads them: the worker's (Rust's, through pydantic), Python's
+# ``re`` and ECMA-262's (JSON Schema's, with or without the ``u`` flag). Classes such as ``\w``
+# and ``\s`` differ between those (Python's and Rust's ``\w`` are Unicode-aware, ECMA-262's is
+# ASCII-only), so none is used. README "Message schema" says what an id may contain and why.
+
+# Unicode White_Space: what the worker strips around an id or a text (pydantic strips with
+# Rust's ``str::trim``).
+WHITESPACE = r"\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# An id's characters: ASCII letters, digits and ``_.:@/+-``, and any character beyond ASCII but
+# the invisible ones: controls, spaces, line and paragraph separators and format characters
+# (Unicode categories Cc, Zs, Zl, Zp, Cf of the Basic Multilingual Plane), except the two
+# joiners (U+200C, U+200D) that some scripts need. A superset of the ``[\w.:@/+-]`` of schema
+# version 1, so every id accepted then is accepted now.
+ID_CHAR = (
+    r"(?:[A-Za-z0-9_.:@/+-]|[^\u0000-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f"
+    r"\u0890\u0891\u08e2\u1680\u180e\u2000-\u200b\u200e\u200f\u2028-\u202f\u205f-\u2064"
+    r"\u2066-\u206f\u3000\ufeff\ufff9-\ufffb])"
+)
+ID_PATTERN = rf"^{ID_CHAR}+$"  # the worker's, on the stripped id
+# The published one: the same, with the whitespace the worker strips and the length (in code
+# points, as JSON Schema counts: ``maxLength`` would count the whitespace too).
+ID_SCHEMA_PATTERN = rf"^[{WHITESPACE}]*{ID_CHAR}{{1,{MAX_ID_LENGTH}}}[{WHITESPACE}]*$"
+NO_NUL = r"^[^\u0000]*$"
 
 ExternalId = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[\w.:@/+-]+$"
+        strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN
+    ),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": ID_SCHEMA_PATTERN,
+            "description": f"1 to {MAX_ID_LENGTH} characters: ASCII letters, digits and"
+            " _.:@/+-, or visible characters beyond ASCII; surrounding whitespace is stripped",
+        }
     ),
 ]
+
+# What JSON Schema can say of a text: no NUL, and the character count its byte bound implies.
+# The bound in UTF-8 bytes, and that a list's items together stay under it, are checked by the
+# worker only (README "Message schema").
+_TEXT_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_FIELD_BYTES,
+    "pattern": NO_NUL,
+}
 
 
 def _check_text(value: str) -> str:
@@ -52,18 +100,67 @@ def _to_list(value: Any) -> Any:
     return value
 
 
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON has it: ``3.0`` is 3 (JSON Schema's ``integer`` says so too), a
+    boolean is not an integer."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Text = Annotated[str, WithJsonSchema(_TEXT_SCHEMA)]
+
 TextList = Annotated[
     list[Annotated[str, Field(strict=True)]],
     BeforeValidator(_to_list),
     Field(max_length=MAX_LIST_ITEMS),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": _TEXT_SCHEMA, "maxItems": MAX_LIST_ITEMS},
+                {
+                    **_TEXT_SCHEMA,
+                    "description": f"one item per non-blank line (at most {MAX_LIST_ITEMS} lines)",
+                },
+                {"type": "null"},
+            ]
+        }
+    ),
 ]
+
+SchemaVersion = Annotated[Literal[1, 2], BeforeValidator(_json_integer)]
+Revision = Annotated[int, Field(strict=True, ge=0, le=MAX_REVISION), BeforeValidator(_json_integer)]
+# A version 1 message has no revision (the worker refuses one that states both).
+_V1_HAS_NO_REVISION: dict[str, Any] = {
+    "if": {"properties": {"schema_version": {"const": 1}}, "required": ["schema_version"]},
+    "then": {"properties": {"revision": {"type": "null"}}},
+}
 
 
 class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    """What resumes and jobs share. ``revision``: the producer's, optional; a non-negative
+    integer (a counter, or a timestamp in milliseconds) that grows with each new version of
+    the document: a message older than the stored document, or as old with other content, is
+    not applied (``status`` "stale", README "Revisions")."""
 
-    schema_version: Literal[1] = 1
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+        json_schema_extra=_V1_HAS_NO_REVISION,
+    )
+
+    schema_version: SchemaVersion = SCHEMA_VERSION
     id: ExternalId
+    revision: Revision | None = None
+
+    @model_validator(mode="after")
+    def _revision_needs_v2(self) -> Self:
+        if self.schema_version == 1 and self.revision is not None:
+            raise ValueError("revision needs schema_version 2")
+        return self
 
     @field_validator("*", mode="after")
     @classmethod
@@ -78,10 +175,12 @@ class _Document(BaseModel):
         return value
 
     def content_hash(self) -> str:
-        """sha256 of the canonical JSON: same content, same hash, whatever the key order."""
-        canon = json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        """sha256 of the canonical JSON of the content: same content, same hash, whatever the
+        key order, the revision or the schema version the message states. The content is
+        hashed in its version 1 form (no revision, ``schema_version`` 1), so the hashes stored
+        before version 2 (and the matches that name them) still hold."""
+        content = self.model_dump(mode="json", exclude={"revision"}) | {"schema_version": 1}
+        canon = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -89,7 +188,7 @@ class ResumeDocument(_Document):
     """A resume, with the fields of the real dataset. Lists keep the resume's order."""
 
     kind: Literal["resume"] = "resume"
-    career_objective: str | None = None
+    career_objective: Text | None = None
     skills: TextList = []
     positions: TextList = []
     companies: TextList = []
@@ -107,10 +206,17 @@ class JobDocument(_Document):
     """A job posting."""
 
     kind: Literal["job"] = "job"
-    title: Annotated[str, StringConstraints(min_length=1)]
-    education_requirement: str | None = None
-    experience_requirement: str | None = None
-    age_requirement: str | None = None
+    title: Annotated[
+        str,
+        StringConstraints(min_length=1),
+        # not blank: some character other than whitespace
+        WithJsonSchema(
+            {**_TEXT_SCHEMA, "pattern": rf"^[^\u0000]*[^\u0000{WHITESPACE}][^\u0000]*$"}
+        ),
+    ]
+    education_requirement: Text | None = None
+    experience_requirement: Text | None = None
+    age_requirement: Text | None = None
     skills_required: TextList = []
     responsibilities: TextList = []
 
@@ -148,7 +254,7 @@ class IngestResult(BaseModel):
     resume, resumes for a job), best first; the rest are read with ``JobfitClient.top_jobs``
     / ``top_candidates``."""
 
-    status: Literal["created", "updated", "unchanged"]
+    status: Literal["created", "updated", "unchanged", "stale"]
     document_id: str | None = None
     embedded: int = 0  # texts sent to the model
     scored: int = 0  # match rows written

@@ -269,7 +269,7 @@ def import_resume_dataset(
 
     data = read_dataset(csv)
     factory = connect(get_settings())
-    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "stale": 0}
     with progress_bar() as bar:
         docs: list[ResumeDocument | JobDocument] = [*data.resumes, *data.jobs]
         task = bar.add_task("documents", total=len(docs))

@@ -1,10 +1,14 @@
 """Ingest as plain functions (tests call them without Celery): documents -> stored rows ->
 their field texts embedded (cache-through) and their vectors stored -> matched
 (``workers.matching``) -> each document's result with its best matches.
+
+A stale document (its revision older than the stored one: ``repository.documents``) is
+answered ``stale`` and goes no further: nothing embedded, stored or scored for it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 
@@ -19,6 +23,8 @@ from jobfit.workers.embedding import ModelContext, embed_texts, store_vectors
 from jobfit.workers.matching import score_documents, top_of
 from jobfit.workers.vectors import DocumentVectors
 
+log = logging.getLogger(__name__)
+
 
 def ingest_document(
     *, session: Session, ctx: ModelContext, doc: Document
@@ -31,15 +37,27 @@ def ingest_document(
 def ingest_documents(
     *, session: Session, ctx: ModelContext, docs: Sequence[Document]
 ) -> list[tuple[DocumentRow, repo.DocStatus, int]]:
-    """Store many documents (in order: a later version of one id wins), embed the fields of
-    those that changed in one ``encode`` call and store their vectors. Per document: its
-    row, its status and how many texts were embedded for it (a text new to several documents
-    counts for the first)."""
+    """Store many documents (in order: a later version of one id wins, a stale one is not
+    applied), embed the fields of those that changed in one ``encode`` call and store their
+    vectors. Per document: its row, its status and how many texts were embedded for it (a
+    text new to several documents counts for the first)."""
     stored = repo.upsert_documents(session=session, docs=docs)
+    stale = [
+        f"{row.kind} {row.external_id} revision {doc.revision} (stored: {row.revision})"
+        for doc, (row, status) in zip(docs, stored, strict=True)
+        if status == "stale"
+    ]
+    if stale:
+        log.warning(
+            "%d stale document(s) not applied: %s%s",
+            len(stale),
+            "; ".join(stale[:5]),
+            "; ..." if len(stale) > 5 else "",
+        )
     changed = [
         (i, row, field_texts(doc))
         for i, (doc, (row, status)) in enumerate(zip(docs, stored, strict=True))
-        if status != "unchanged"
+        if status in ("created", "updated")
     ]
     vectors, new = embed_texts(
         session=session, ctx=ctx, texts=(t for _, _, ft in changed for t in ft.values())
@@ -84,7 +102,9 @@ def ingest_batch(
     with transaction(factory) as session:
         stored = ingest_documents(session=session, ctx=ctx, docs=[doc for doc, _ in docs])
         to_score = {
-            row.id: row for (row, _, _), (_, score) in zip(stored, docs, strict=True) if score
+            row.id: row
+            for (row, status, _), (_, score) in zip(stored, docs, strict=True)
+            if score and status != "stale"
         }
         if not to_score:
             repo.set_delivery_state(session=session, keys=done_keys, state="done")
@@ -98,7 +118,10 @@ def ingest_batch(
             top = top_of(session=session, ctx=ctx, rows=rows)
     results = []
     scored_once: set[int] = set()
-    for (row, status, embedded), (_, score) in zip(stored, docs, strict=True):
+    for (row, status, embedded), (doc, score) in zip(stored, docs, strict=True):
+        if status == "stale":
+            results.append(stale_result(row, doc))
+            continue
         # A document twice in one batch: its matches count for its first message.
         scored = per_doc[row.id] if score and row.id not in scored_once else 0
         scored_once.add(row.id)
@@ -113,3 +136,13 @@ def ingest_batch(
             )
         )
     return results
+
+
+def stale_result(row: DocumentRow, doc: Document) -> IngestResult:
+    """The answer to a stale message: not applied, and why."""
+    return IngestResult(
+        status="stale",
+        document_id=row.external_id,
+        reason=f"revision {doc.revision} is not newer than the stored revision {row.revision}"
+        " (README: Revisions): not applied",
+    )

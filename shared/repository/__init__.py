@@ -14,6 +14,7 @@ from jobfit.shared.repository.documents import (
     get_document,
     list_documents,
     parse_document,
+    stale_counts,
     upsert_document,
     upsert_documents,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "set_delivery_state",
     "set_metrics",
     "split_parts",
+    "stale_counts",
     "stale_vector_ids",
     "top_matches",
     "upsert_document",

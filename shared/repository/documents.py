@@ -1,24 +1,34 @@
 """Resumes and jobs as the producers sent them: one row per (kind, external id), the latest
-content; an upsert of the same content writes nothing."""
+content; an upsert of the same content writes nothing.
+
+Revisions (README "Revisions"): a document's ``revision`` is the producer's, optional. The row
+keeps the highest one applied. A message whose revision is older than the row's, or equal to
+it with other content, is stale: not applied (its row, vectors and matches stay as they are)
+and counted in ``stale_revisions``. A message without a revision is applied as before and
+leaves the row's revision as it is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
-from jobfit.shared.orm import DocumentRow, utcnow
+from jobfit.shared.orm import DocumentRow, StaleRevisionRow, utcnow
 from jobfit.shared.repository.chunks import chunked
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
-DocStatus = Literal["created", "updated", "unchanged"]
+DocStatus = Literal["created", "updated", "unchanged", "stale"]
 
 
 def upsert_document(*, session: Session, doc: Document) -> tuple[DocumentRow, DocStatus]:
-    """Store ``doc`` under (kind, external id). Same content: nothing written."""
+    """Store ``doc`` under (kind, external id). Same content: nothing written; an older
+    revision: nothing written but its count in ``stale_revisions``."""
     ((row, status),) = upsert_documents(session=session, docs=[doc])
     return row, status
 
@@ -27,8 +37,9 @@ def upsert_documents(
     *, session: Session, docs: Sequence[Document]
 ) -> list[tuple[DocumentRow, DocStatus]]:
     """``upsert_document`` for many documents in three statements (insert the new ones, lock
-    all of them, update the changed ones), in one lock order (kind, id). A document given
-    twice is applied in order: each occurrence gets the status it would get alone."""
+    all of them, update the changed ones; a fourth counts the stale ones), in one lock order
+    (kind, id). A document given twice is applied in order: each occurrence gets the status
+    it would get alone, after the ones before it."""
     if not docs:
         return []
     first: dict[tuple[str, str], Document] = {}
@@ -47,6 +58,7 @@ def upsert_documents(
                         "content_hash": doc.content_hash(),
                         "schema_version": doc.schema_version,
                         "payload": doc.model_dump(mode="json"),
+                        "revision": doc.revision,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -67,23 +79,94 @@ def upsert_documents(
         ).scalars()
     }
     out: list[tuple[DocumentRow, DocStatus]] = []
+    stale: dict[int, StaleRevision] = {}
     for doc in docs:
         key = (doc.kind, doc.id)
         row, content_hash = rows[key], doc.content_hash()
         status: DocStatus
         if key in inserted and first[key] is doc:
             status = "created"
-        elif row.content_hash == content_hash:
-            status = "unchanged"
+        elif (
+            doc.revision is not None
+            and row.revision is not None
+            # older, or as old with other content (the same content is a redelivery)
+            and (
+                doc.revision < row.revision
+                or (doc.revision == row.revision and content_hash != row.content_hash)
+            )
+        ):
+            seen = stale.get(row.id)
+            stale[row.id] = StaleRevision(
+                row.id, (seen.messages if seen else 0) + 1, doc.revision, row.revision, now
+            )
+            status = "stale"
         else:
-            row.content_hash = content_hash
-            row.schema_version = doc.schema_version
-            row.payload = doc.model_dump(mode="json")
-            row.updated_at = now
-            status = "updated"
+            if doc.revision is not None:  # not stale: newer than the row's (or it has none)
+                row.revision = doc.revision
+            if row.content_hash == content_hash:
+                status = "unchanged"
+            else:
+                row.content_hash = content_hash
+                row.schema_version = doc.schema_version
+                row.payload = doc.model_dump(mode="json")
+                row.updated_at = now
+                status = "updated"
         out.append((row, status))
     session.flush()
+    _count_stale(session=session, stale=list(stale.values()))
     return out
+
+
+@dataclass(frozen=True)
+class StaleRevision:
+    """A document's stale messages of one batch: how many, the last one's revision and the
+    stored revision it was refused against."""
+
+    document_id: int
+    messages: int
+    last_revision: int
+    stored_revision: int
+    seen_at: datetime
+
+
+def _count_stale(*, session: Session, stale: Sequence[StaleRevision]) -> None:
+    """Add stale messages to their documents' counts (in document order: the documents are
+    locked already, so concurrent batches wait on those locks, never on each other here)."""
+    if not stale:
+        return
+    table = insert(StaleRevisionRow).values(
+        [
+            {
+                "document_id": s.document_id,
+                "messages": s.messages,
+                "last_revision": s.last_revision,
+                "stored_revision": s.stored_revision,
+                "last_seen_at": s.seen_at,
+            }
+            for s in sorted(stale, key=lambda s: s.document_id)
+        ]
+    )
+    session.execute(
+        table.on_conflict_do_update(
+            index_elements=["document_id"],
+            set_={
+                "messages": StaleRevisionRow.messages + table.excluded.messages,
+                "last_revision": table.excluded.last_revision,
+                "stored_revision": table.excluded.stored_revision,
+                "last_seen_at": table.excluded.last_seen_at,
+            },
+        )
+    )
+
+
+def stale_counts(*, session: Session) -> dict[str, int]:
+    """Stale messages counted so far, by document kind (``jobfit metrics``)."""
+    rows = session.execute(
+        select(DocumentRow.kind, func.sum(StaleRevisionRow.messages))
+        .join(DocumentRow, DocumentRow.id == StaleRevisionRow.document_id)
+        .group_by(DocumentRow.kind)
+    )
+    return {kind: int(n) for kind, n in rows}
 
 
 def get_document(*, session: Session, kind: str, external_id: str) -> DocumentRow | None:

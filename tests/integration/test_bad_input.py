@@ -34,7 +34,7 @@ def wait_failed(session_factory, n: int, timeout: float = TIMEOUT) -> list[Faile
 BAD_RESUMES = [
     ({"skills": ["Python"]}, "id: Field required"),
     ({"id": "r-types", "skills": [1, 2]}, "skills.0"),
-    ({"id": "r-version", "schema_version": 2}, "schema_version"),
+    ({"id": "r-version", "schema_version": 3}, "schema_version"),
     ({"id": "r-big", "skills": ["x" * (MAX_FIELD_BYTES + 1)]}, "longer than"),
     ({"id": "r-extra", "hobbies": ["chess"]}, "hobbies: Extra inputs are not permitted"),
     ({"id": "r-nul", "career_objective": "a\x00b"}, "NUL"),

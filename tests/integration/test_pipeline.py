@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
+from jobfit.shared.celery_app import INGEST_RESUME
 from jobfit.shared.client import read_documents
 from jobfit.shared.config import PairType
 from jobfit.shared.fields import field_texts, usable_pairs
@@ -19,6 +20,7 @@ from jobfit.shared.orm import (
     MatchRow,
     ModelVersionRow,
     PairScoreRow,
+    StaleRevisionRow,
 )
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 
@@ -144,6 +146,46 @@ def test_new_content_replaces_document_and_rescores(worker, client, clean_db, se
             select(DocumentRow.payload).where(DocumentRow.external_id == resumes[0]["id"])
         ).scalar_one()
     assert payload["positions"] == ["Welder", "Forklift driver"]
+
+
+def test_revisions_through_a_worker(worker, client, celery_app, clean_db, session_factory):
+    """A stale message is answered "stale" and changes nothing; a newer one is applied; a
+    version 1 message (as an older producer sends it) is still accepted."""
+    resumes, jobs = sample_docs(1, 2)
+    submit_all(client, [], jobs)
+    doc = {**resumes[0], "revision": 10}
+    assert client.submit_resume(doc).get(timeout=TIMEOUT)["status"] == "created"
+    before = snapshot(session_factory)
+    assert len(before) == 2
+
+    welder = {**resumes[0], "positions": ["Welder"]}
+    older = client.submit_resume({**welder, "revision": 9}).get(timeout=TIMEOUT)
+    assert older["status"] == "stale" and older["scored"] == older["embedded"] == 0
+    assert "revision 9" in older["reason"]
+    equal = client.submit_resume({**welder, "revision": 10}).get(timeout=TIMEOUT)
+    assert equal["status"] == "stale"
+    assert client.submit_resume(doc).get(timeout=TIMEOUT)["status"] == "unchanged"
+    assert snapshot(session_factory) == before, "stale: no match or pair score touched"
+    with session_factory() as s:
+        row = s.execute(
+            select(DocumentRow).where(DocumentRow.external_id == doc["id"])
+        ).scalar_one()
+        assert (row.revision, row.payload["positions"]) == (10, doc["positions"])
+        counted = s.execute(
+            select(StaleRevisionRow.messages).where(StaleRevisionRow.document_id == row.id)
+        ).scalar_one()
+    assert counted == 2
+
+    newer = client.submit_resume({**welder, "revision": 11}).get(timeout=TIMEOUT)
+    assert (newer["status"], newer["scored"]) == ("updated", 2)
+    v1 = {**resumes[0], "positions": ["Forklift driver"], "schema_version": 1}
+    sent = celery_app.send_task(INGEST_RESUME, kwargs={"document": v1})
+    assert sent.get(timeout=TIMEOUT)["status"] == "updated"
+    with session_factory() as s:
+        row = s.execute(
+            select(DocumentRow).where(DocumentRow.external_id == doc["id"])
+        ).scalar_one()
+    assert (row.revision, row.payload["positions"]) == (11, ["Forklift driver"])
 
 
 def test_score_tasks_by_request(worker, client, clean_db, session_factory):

@@ -11,9 +11,16 @@ from sqlalchemy import func, select
 
 from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType, ScoringSettings
-from jobfit.shared.orm import FieldEmbeddingRow, MatchRow, PairScoreRow
+from jobfit.shared.orm import (
+    DocumentRow,
+    DocumentVectorRow,
+    FieldEmbeddingRow,
+    MatchRow,
+    PairScoreRow,
+    StaleRevisionRow,
+)
 from jobfit.shared.repository import chunks
-from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.shared.schemas import IngestResult, JobDocument, ResumeDocument
 from jobfit.workers import matching, service
 from jobfit.workers.embedding import ModelContext
 
@@ -145,3 +152,115 @@ def test_a_batch_of_documents_in_one_call_applies_them_in_order(session_factory,
     with session_factory.begin() as s:
         again = service.ingest_documents(session=s, ctx=ctx, docs=[v2, other])
     assert [status for _, status, _ in again] == ["unchanged", "unchanged"]
+
+
+def _state(session_factory, kind: str, external_id: str) -> tuple:
+    """A document's row, its vectors and its matches (with their pair scores), as stored."""
+    with session_factory() as s:
+        row = repo.get_document(session=s, kind=kind, external_id=external_id)
+        assert row is not None
+        column = MatchRow.resume_id if kind == "resume" else MatchRow.job_id
+        return (
+            (row.content_hash, row.payload, row.revision, row.schema_version, row.updated_at),
+            s.execute(
+                select(DocumentVectorRow.content_hash, DocumentVectorRow.updated_at).where(
+                    DocumentVectorRow.document_id == row.id
+                )
+            ).all(),
+            s.execute(
+                select(MatchRow.id, MatchRow.score, MatchRow.scored_at, PairScoreRow.score)
+                .join(PairScoreRow, PairScoreRow.match_id == MatchRow.id)
+                .where(column == row.id)
+                .order_by(MatchRow.id, PairScoreRow.pair_type)
+            ).all(),
+        )
+
+
+def _stale_count(session_factory, external_id: str) -> tuple[int, int, int] | None:
+    with session_factory() as s:
+        hit = s.execute(
+            select(
+                StaleRevisionRow.messages,
+                StaleRevisionRow.last_revision,
+                StaleRevisionRow.stored_revision,
+            )
+            .join(DocumentRow, DocumentRow.id == StaleRevisionRow.document_id)
+            .where(DocumentRow.external_id == external_id)
+        ).one_or_none()
+    return None if hit is None else tuple(hit)
+
+
+def test_an_older_revision_is_stale_an_equal_one_ignored_a_newer_one_applied(session_factory, ctx):
+    def ingest(doc: ResumeDocument) -> IngestResult:
+        (out,) = service.ingest_batch(factory=session_factory, ctx=ctx, docs=[(doc, True)])
+        return out
+
+    job = JobDocument(id="j", title="Dev", skills_required=["Go"])
+    service.ingest_batch(factory=session_factory, ctx=ctx, docs=[(job, True)])
+    assert ingest(ResumeDocument(id="r", skills=["Go"], revision=5)).status == "created"
+    stored = _state(session_factory, "resume", "r")
+    assert stored[0][2] == 5 and stored[1] and stored[2], "row, vectors and a match"
+    seen = len(ctx.embedder.seen)
+
+    older = ingest(ResumeDocument(id="r", skills=["Rust"], positions=["Dev"], revision=3))
+    assert older.status == "stale" and (older.embedded, older.scored, older.top) == (0, 0, [])
+    assert older.reason is not None and "revision 3" in older.reason and "5" in older.reason
+    assert _stale_count(session_factory, "r") == (1, 3, 5)
+    same_revision = ingest(ResumeDocument(id="r", skills=["Rust"], revision=5))
+    assert same_revision.status == "stale"
+    assert _stale_count(session_factory, "r") == (2, 5, 5)
+    # Stale: not embedded, and its row, vectors and matches exactly as they were.
+    assert _state(session_factory, "resume", "r") == stored
+    assert len(ctx.embedder.seen) == seen
+    # The stored revision's own content again (a redelivery): unchanged, not stale.
+    assert ingest(ResumeDocument(id="r", skills=["Go"], revision=5)).status == "unchanged"
+    assert _stale_count(session_factory, "r") == (2, 5, 5)
+    with session_factory() as s:
+        assert repo.stale_counts(session=s) == {"resume": 2}
+
+    newer = ingest(ResumeDocument(id="r", skills=["Rust"], revision=6))
+    assert (newer.status, newer.embedded, newer.scored) == ("updated", 1, 1)
+    (content_hash, payload, revision, _, _), vectors, matches = _state(
+        session_factory, "resume", "r"
+    )
+    assert (payload["skills"], revision) == (["Rust"], 6)
+    assert {h for h, _ in vectors} == {content_hash}, "vectors of the new content"
+    assert matches != stored[2], "rescored"
+    # No revision: applied as before, and the stored revision stays the highest one applied.
+    assert ingest(ResumeDocument(id="r", skills=["Python"])).status == "updated"
+    assert _state(session_factory, "resume", "r")[0][2] == 6
+    assert ingest(ResumeDocument(id="r", skills=["Go"], revision=6)).status == "stale"
+    # Same content under a newer revision: nothing to embed or score, the revision recorded.
+    assert ingest(ResumeDocument(id="r", skills=["Python"], revision=9)).status == "unchanged"
+    assert _state(session_factory, "resume", "r")[0][2] == 9
+
+
+def test_revisions_in_one_batch_apply_in_order(session_factory, ctx):
+    docs = [
+        ResumeDocument(id="n", skills=["C"], revision=2),
+        ResumeDocument(id="n", skills=["D"], revision=1),
+        ResumeDocument(id="r", skills=["A"], revision=7),
+        ResumeDocument(id="r", skills=["B"], revision=6),
+        ResumeDocument(id="r", skills=["E"], revision=8),
+        ResumeDocument(id="r", skills=["E"], revision=8),
+        ResumeDocument(id="r", skills=["F"], revision=7),
+    ]
+    out = service.ingest_batch(factory=session_factory, ctx=ctx, docs=[(d, True) for d in docs])
+    assert [o.status for o in out] == [
+        "created",
+        "stale",
+        "created",
+        "stale",
+        "updated",
+        "unchanged",
+        "stale",
+    ]
+    assert "Skills: B" not in ctx.embedder.seen and "Skills: F" not in ctx.embedder.seen
+    with session_factory() as s:
+        rows = {
+            r.external_id: (r.payload["skills"], r.revision)
+            for r in repo.list_documents(session=s, kind="resume")
+        }
+    assert rows == {"n": (["C"], 2), "r": (["E"], 8)}
+    assert _stale_count(session_factory, "n") == (1, 1, 2)
+    assert _stale_count(session_factory, "r") == (2, 7, 8), "counted together, the last kept"

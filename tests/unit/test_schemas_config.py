@@ -26,12 +26,21 @@ def test_content_hash_ignores_key_order_and_sees_content():
     assert a.content_hash() == b.content_hash() != c.content_hash()
 
 
+def test_content_hash_is_that_of_schema_version_1_whatever_the_revision():
+    """Hashes stored before version 2 (documents, and the matches that name them) hold: the
+    same content hashes as it did then, with or without a revision."""
+    content = {"id": "r-1", "skills": ["Python", "SQL"], "career_objective": "Build things"}
+    before_v2 = "7776dea992d151d23383f804b6129702613fd96b184704b5a42010b37c851c4d"
+    for extra in ({}, {"schema_version": 1}, {"schema_version": 2, "revision": 9}):
+        assert ResumeDocument.model_validate(content | extra).content_hash() == before_v2
+
+
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [
         ({}, "id"),
         ({"id": "has space"}, "id"),
-        ({"id": "r", "schema_version": 2}, "schema_version"),
+        ({"id": "r", "schema_version": 3}, "schema_version"),
         ({"id": "r", "skills": [{"deep": ["nesting"]}]}, "skills.0"),
         ({"id": "r", "career_objective": "x" * (MAX_FIELD_BYTES + 1)}, "career_objective"),
         ({"id": "r", "skills": ["x" * 60_000, "y" * 60_000]}, "skills"),
