@@ -42,6 +42,8 @@ READER_TABLES: dict[str, tuple[str, ...] | None] = {
     # per model version.
     "failed_messages": ("reason",),
     "field_embeddings": ("model_version_id",),
+    # `jobfit metrics`: stale messages counted by kind (never their revisions).
+    "stale_revisions": ("document_id", "messages"),
 }
 
 SCHEMA = "public"
