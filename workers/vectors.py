@@ -118,12 +118,21 @@ def _main(
     return np.concatenate([blocks[s] for s in JOB_SLOTS]), total
 
 
-def retrieval_vector(doc: DocumentVectors, weights: Mapping[PairType, float], dim: int) -> Vector:
-    """The document's index entry (module docstring), completed to ``ENTRY_NORM``."""
+def _parts(
+    doc: DocumentVectors, weights: Mapping[PairType, float], dim: int
+) -> tuple[dict[PairType, float], Vector, float, Vector, Vector]:
+    """The normalised weights, the main blocks, the document's weight, and the two
+    correction groups (zeros, to be filled: per job field, per pair type)."""
     w = _normalised(weights)
     main, total = _main(doc, w, dim)
     by_field = np.zeros(len(JOB_SLOTS), dtype=np.float32)
     by_pair = np.zeros(len(PairType), dtype=np.float32)
+    return w, main, total, by_field, by_pair
+
+
+def retrieval_vector(doc: DocumentVectors, weights: Mapping[PairType, float], dim: int) -> Vector:
+    """The document's index entry (module docstring), completed to ``ENTRY_NORM``."""
+    w, main, total, by_field, by_pair = _parts(doc, weights, dim)
     if total > 0.0:
         for p in doc.pair_vectors():
             share = w[p] / total
@@ -142,10 +151,7 @@ def retrieval_vector(doc: DocumentVectors, weights: Mapping[PairType, float], di
 
 def query_vector(doc: DocumentVectors, weights: Mapping[PairType, float], dim: int) -> Vector:
     """The document's query against the other side's entries (module docstring)."""
-    w = _normalised(weights)
-    main, total = _main(doc, w, dim)
-    by_field = np.zeros(len(JOB_SLOTS), dtype=np.float32)
-    by_pair = np.zeros(len(PairType), dtype=np.float32)
+    _, main, total, by_field, by_pair = _parts(doc, weights, dim)
     if total > 0.0:
         if doc.kind == "job":
             for i, s in enumerate(JOB_SLOTS):
