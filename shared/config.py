@@ -188,6 +188,16 @@ class ScoringSettings(BaseModel):
     def check_weights(cls, v: dict[PairType, float] | None) -> dict[PairType, float] | None:
         return None if v is None else complete_weights(v)
 
+    @model_validator(mode="after")
+    def check_hnsw(self) -> ScoringSettings:
+        # pgvector refuses an index whose ef_construction is below twice its m.
+        if self.hnsw_ef_construction < 2 * self.hnsw_m:
+            raise ValueError(
+                f"hnsw_ef_construction ({self.hnsw_ef_construction}) must be at least twice"
+                f" hnsw_m ({self.hnsw_m})"
+            )
+        return self
+
     def served_weights(self, version_weights: Mapping[str, float] | None) -> dict[PairType, float]:
         """The weights a worker scores with: the override, else the version's, else equal."""
         if self.weights is not None:

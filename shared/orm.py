@@ -169,7 +169,7 @@ class MatchRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     resume_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
-    job_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="CASCADE")
     )

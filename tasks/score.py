@@ -110,7 +110,8 @@ def _rebuild_top_k(
     skips the vectors and pairs already written."""
     key, version = ctx.vectors_key, ctx.model_version_id
     with transaction(factory) as session:
-        total = {k: len(repo.list_documents(session=session, kind=k)) for k in ("resume", "job")}
+        ids_of = {k: repo.document_ids(session=session, kind=k) for k in ("resume", "job")}
+    total = {k: len(v) for k, v in ids_of.items()}
     embedded = done = 0
     for kind in ("resume", "job"):
         after = 0
@@ -133,8 +134,7 @@ def _rebuild_top_k(
             report("embedding", done, sum(total.values()), model_version=ctx.version)
     scored = done = 0
     for kind in ("resume", "job"):
-        with transaction(factory) as session:
-            ids = [r.id for r in repo.list_documents(session=session, kind=kind)]
+        ids = ids_of[kind]
         for start in range(0, len(ids), batch_size):
             with transaction(factory) as session:
                 rows = list(

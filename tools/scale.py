@@ -52,9 +52,9 @@ from jobfit.shared.fields import JOB_SLOT, RESUME_SLOT, field_texts
 from jobfit.shared.repository.vectors import Kind
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers.embedding import ModelContext
-from jobfit.workers.matching import match_top_k, score_candidates
-from jobfit.workers.scoring import Vector
-from jobfit.workers.vectors import DocumentVectors
+from jobfit.workers.matching import match_top_k
+from jobfit.workers.scoring import MatchScore, Vector, from_pgvector
+from jobfit.workers.vectors import DocumentVectors, score
 
 FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
 QUICK_SIZES = ((2_000, 200), (10_000, 1_000))
@@ -269,8 +269,6 @@ def exact_scores(
 
 def check_reference(ctx: ModelContext, bases: Bases) -> float:
     """Largest difference between the vectorised reference and ``score_match``."""
-    from jobfit.workers.vectors import score
-
     rs, js = synthetic(bases, "resume", 0, 20, salt=9), synthetic(bases, "job", 0, 20, salt=9)
     worst = 0.0
     for r in rs:
@@ -313,6 +311,24 @@ def exhaustive_top(
 def pct(xs: Sequence[float], q: float) -> float:
     """The q-th percentile of ``xs`` (seconds) in milliseconds."""
     return float(np.percentile(np.asarray(xs, dtype=np.float64) * 1000.0, q))
+
+
+def score_candidates(
+    *, session: Session, ctx: ModelContext, query: DocumentVectors, ids: Sequence[int]
+) -> list[tuple[int, MatchScore]]:
+    """A (new) document's exact scores against stored documents of the other kind (their
+    stored vectors, by row id), best first: its ranking as a reader would get it, nothing
+    written."""
+    stored = repo.load_vectors(
+        session=session, model_version_id=ctx.model_version_id, document_ids=ids
+    )
+    out = []
+    for i, sv in stored.items():
+        other = DocumentVectors.unpack(sv.kind, sv.slots, from_pgvector(sv.fields))
+        r, j = (query, other) if query.kind == "resume" else (other, query)
+        out.append((i, score(r, j, ctx.weights)))
+    out.sort(key=lambda t: (t[1].score is None, -(t[1].score or 0.0), t[0]))
+    return out
 
 
 def query_top(

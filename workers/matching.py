@@ -25,7 +25,7 @@ from jobfit.shared import repository as repo
 from jobfit.shared.orm import DocumentRow
 from jobfit.shared.schemas import TopMatch
 from jobfit.workers.embedding import ModelContext, document_vectors
-from jobfit.workers.scoring import MatchScore, from_pgvector
+from jobfit.workers.scoring import MatchScore
 from jobfit.workers.vectors import DocumentVectors, score
 
 Pair = tuple[int, int]  # (resume row id, job row id)
@@ -142,23 +142,6 @@ def match_top_k(
     )
     todo = {pair: v for pair, v in chosen.items() if pair not in fresh}
     return _write(session, ctx, todo, per_doc), embedded + more
-
-
-def score_candidates(
-    *, session: Session, ctx: ModelContext, query: DocumentVectors, ids: Sequence[int]
-) -> list[tuple[int, MatchScore]]:
-    """A document's exact scores against stored documents of the other kind (their stored
-    vectors, by row id), best first: a ranking computed without writing anything."""
-    stored = repo.load_vectors(
-        session=session, model_version_id=ctx.model_version_id, document_ids=ids
-    )
-    out = []
-    for i, sv in stored.items():
-        other = DocumentVectors.unpack(sv.kind, sv.slots, from_pgvector(sv.fields))
-        r, j = (query, other) if query.kind == "resume" else (other, query)
-        out.append((i, score(r, j, ctx.weights)))
-    out.sort(key=lambda t: (t[1].score is None, -(t[1].score or 0.0), t[0]))
-    return out
 
 
 def _beats(score_: float, kth: float | None) -> bool:

@@ -113,7 +113,10 @@ def ingest_batch(
     if to_score:
         with transaction(factory) as session:
             repo.set_delivery_state(session=session, keys=done_keys, state="done")
-            rows = [to_score[i] for i in sorted(to_score)]
+            # Read again: another worker may have committed a newer version of a document
+            # since (its content, not this message's, is what gets scored).
+            current = repo.documents_by_id(session=session, ids=sorted(to_score))
+            rows = [current[i] for i in sorted(current)]
             score_documents(session=session, ctx=ctx, rows=rows, per_doc=per_doc)
             top = top_of(session=session, ctx=ctx, rows=rows)
     results = []

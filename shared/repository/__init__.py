@@ -10,6 +10,7 @@ below are its public surface.
 from jobfit.shared.repository.deliveries import Delivery, begin_deliveries, set_delivery_state
 from jobfit.shared.repository.documents import (
     DocStatus,
+    document_ids,
     documents_by_id,
     get_document,
     list_documents,
@@ -98,6 +99,7 @@ __all__ = [
     "active_model_version",
     "assign_splits",
     "begin_deliveries",
+    "document_ids",
     "documents_by_id",
     "ensure_index",
     "ensure_model_version",

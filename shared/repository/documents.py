@@ -185,6 +185,12 @@ def list_documents(
     return list(session.execute(stmt).scalars())
 
 
+def document_ids(*, session: Session, kind: str) -> list[int]:
+    """Row ids of every document of one kind, in id order (no payloads read)."""
+    stmt = select(DocumentRow.id).where(DocumentRow.kind == kind).order_by(DocumentRow.id)
+    return list(session.execute(stmt).scalars())
+
+
 def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentRow]:
     """Documents by row id (those that exist). The payload is loaded when first read: a
     retrieval's candidates need only their ids and content hashes."""

@@ -57,7 +57,7 @@ def upsert_vectors(
     *, session: Session, model_version_id: int, key: str, writes: Sequence[VectorWrite]
 ) -> None:
     """Write (or replace) documents' vectors under one version; the same write twice leaves
-    the same row."""
+    the same row, and a write for content the document no longer has replaces nothing."""
     if not writes:
         return
     now = utcnow()
@@ -69,6 +69,12 @@ def upsert_vectors(
             for c in ("kind", "content_hash", "scoring_key", "slots", "fields", "embedding")
         }
         | {"updated_at": now},
+        # Vectors of a version of the document that is no longer stored never replace others
+        # (a slow worker's write after a newer version was committed).
+        where=sql(
+            "excluded.content_hash ="
+            " (SELECT d.content_hash FROM documents d WHERE d.id = excluded.document_id)"
+        ),
     )
     for part in chunked(sorted(writes, key=lambda w: w.document_id)):
         session.execute(

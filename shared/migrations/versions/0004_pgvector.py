@@ -56,8 +56,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_document_vectors_version_kind", "document_vectors", ["model_version_id", "kind"]
     )
+    # (resume_id, job_id, model_version_id) is unique: it serves a resume's lookups; a job's
+    # without a version (``ranked`` choosing one) keep ix_matches_job_id.
     op.drop_index(op.f("ix_matches_resume_id"), table_name="matches")
-    op.drop_index(op.f("ix_matches_job_id"), table_name="matches")
     op.create_index(
         "ix_matches_version_resume_score",
         "matches",
@@ -82,10 +83,13 @@ def _embeddings_to_vector() -> None:
         sa.column("vector", sa.LargeBinary()),
         sa.column("embedding", VECTOR()),
     )
+    after: tuple[int, str] = (0, "")
     while True:
+        # Keyset pages in primary-key order: each page one index range, never a rescan.
         batch = conn.execute(
             sa.select(rows.c.model_version_id, rows.c.text_hash, rows.c.vector)
-            .where(rows.c.embedding.is_(None))
+            .where(sa.tuple_(rows.c.model_version_id, rows.c.text_hash) > sa.tuple_(*after))
+            .order_by(rows.c.model_version_id, rows.c.text_hash)
             .limit(CONVERT_BATCH)
         ).all()
         if not batch:
@@ -99,6 +103,7 @@ def _embeddings_to_vector() -> None:
             .values(embedding=sa.bindparam("e")),
             [{"v": v, "h": h, "e": _floats(raw)} for v, h, raw in batch],
         )
+        after = (batch[-1][0], batch[-1][1])
     op.drop_column("field_embeddings", "vector")
     op.alter_column("field_embeddings", "embedding", new_column_name="vector", nullable=False)
 
@@ -112,7 +117,6 @@ def _floats(raw: bytes) -> list[float]:
 def downgrade() -> None:
     op.drop_index("ix_matches_version_job_score", table_name="matches")
     op.drop_index("ix_matches_version_resume_score", table_name="matches")
-    op.create_index(op.f("ix_matches_job_id"), "matches", ["job_id"], unique=False)
     op.create_index(op.f("ix_matches_resume_id"), "matches", ["resume_id"], unique=False)
     op.drop_table("document_vectors")
     # The embedding cache is rebuilt from the texts on demand: downgrading empties it.

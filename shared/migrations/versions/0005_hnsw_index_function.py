@@ -13,6 +13,7 @@ Revises: 0004
 Create Date: 2026-11-29 13:00:00
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
@@ -24,12 +25,21 @@ FUNCTION = """
 CREATE OR REPLACE FUNCTION jobfit_ensure_hnsw_index(
     version_id integer, doc_kind text, dims integer, m integer, ef_construction integer
 ) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schemas}, pg_temp AS $$
 DECLARE
     name text := format('ix_document_vectors_l2_v%s_%s', version_id, doc_kind);
 BEGIN
     IF doc_kind NOT IN ('resume', 'job') THEN
         RAISE EXCEPTION 'unknown document kind %', doc_kind;
+    END IF;
+    -- Only for a registered version, within pgvector's and sane limits.
+    IF NOT EXISTS (SELECT 1 FROM model_versions WHERE id = version_id) THEN
+        RAISE EXCEPTION 'no model version %', version_id;
+    END IF;
+    IF dims NOT BETWEEN 1 AND 4000 OR m NOT BETWEEN 2 AND 100
+        OR ef_construction NOT BETWEEN 2 * m AND 1000 THEN
+        RAISE EXCEPTION 'HNSW settings out of range (dims %, m %, ef_construction %)',
+            dims, m, ef_construction;
     END IF;
     -- Two workers meeting a new version create it once.
     PERFORM pg_advisory_xact_lock(hashtext(name));
@@ -48,7 +58,22 @@ $$
 
 
 def upgrade() -> None:
-    op.execute(FUNCTION)
+    # The schema pgvector is installed in (public here; elsewhere, e.g. "extensions" on some
+    # managed services) goes on the function's search path with the tables' schema.
+    ext = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+                " WHERE e.extname = 'vector'"
+            )
+        )
+        .scalar_one()
+    )
+    tables = op.get_bind().execute(sa.text("SELECT current_schema()")).scalar_one()
+    quote = op.get_bind().dialect.identifier_preparer.quote
+    schemas = ", ".join(dict.fromkeys(quote(n) for n in (tables, ext)))
+    op.execute(FUNCTION.replace("{schemas}", schemas))
     op.execute(
         "REVOKE ALL ON FUNCTION jobfit_ensure_hnsw_index(integer, text, integer, integer,"
         " integer) FROM PUBLIC"
