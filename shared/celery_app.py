@@ -10,6 +10,7 @@ from kombu.entity import Queue
 
 from jobfit.shared.config import Settings, get_settings
 from jobfit.shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from jobfit.shared.result_backend import BACKEND as REDIS_BACKEND
 
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
@@ -51,13 +52,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options["global_keyprefix"] = broker.key_prefix
     backend_options = dict(transport_options)
     redis_broker = broker.url.startswith(("redis://", "rediss://", "unix://"))
+    backend = broker.backend_url
+    if backend.startswith(("redis://", "rediss://")):
+        backend = f"{REDIS_BACKEND}+{backend}"  # its records bounded (shared.result_backend)
     if not redis_broker:
         transport_options = {}  # Redis-only options (RabbitMQ isolates with vhosts)
     return {
         "broker_url": broker.url,
         # kombu's Redis transport with a fix for broker restarts (see shared.redis_transport)
         "broker_transport": REDIS_TRANSPORT if redis_broker else None,
-        "result_backend": broker.backend_url,
+        "result_backend": backend,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": backend_options,
         "broker_connection_retry_on_startup": True,
@@ -67,7 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Scores live in Postgres; results are small summaries that expire (unread ones do
-        # not pile up in Redis). A result write that hits a broker restart is retried.
+        # not pile up in Redis), bounded whatever the message held (no copy of a refused or
+        # large message's arguments: shared.result_backend). A result write that hits a
+        # broker restart is retried.
         "result_expires": broker.result_expires_s,
         "result_extended": True,
         "result_backend_always_retry": True,

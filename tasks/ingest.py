@@ -24,6 +24,7 @@ from celery import shared_task
 from celery.app.task import Context
 
 from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME
+from jobfit.shared.result_backend import MAX_ERROR_CHARS, cut
 from jobfit.shared.schemas import (
     Document,
     InvalidMessageError,
@@ -92,7 +93,7 @@ class IngestBatch(JobfitTask):
             item.doc = validate_message(self.document_model, arguments["document"])
             item.score = score
         except InvalidMessageError as exc:
-            item.error = MessageRejectedError(str(exc))
+            item.error = MessageRejectedError(cut(str(exc), MAX_ERROR_CHARS))
         return item
 
     def run_batch(self, requests: Sequence[Context]) -> set[str]:
@@ -241,7 +242,8 @@ class IngestBatch(JobfitTask):
                     if kind == "task-started":
                         dispatcher.send("task-started", uuid=it.id)
                     elif it.error is not None:
-                        dispatcher.send("task-failed", uuid=it.id, exception=repr(it.error))
+                        exception = cut(repr(it.error), MAX_ERROR_CHARS)
+                        dispatcher.send("task-failed", uuid=it.id, exception=exception)
                     else:
                         result = "already done: not run" if it.duplicate else it.result
                         dispatcher.send(
