@@ -10,6 +10,7 @@ from kombu.entity import Queue
 
 from jobfit.shared.config import Settings, get_settings
 from jobfit.shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from jobfit.shared.redis_transport import sweep_interval_s
 from jobfit.shared.result_backend import BACKEND as REDIS_BACKEND
 
 EMBED_QUEUE = "embed"
@@ -43,9 +44,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration jobfit runs with (documented choices, one place)."""
     broker = settings.broker
     transport_options: dict[str, Any] = {
+        # A lease: a worker renews the messages it holds (shared.redis_transport); those of
+        # a killed worker come back this long after its last renewal.
         "visibility_timeout": broker.visibility_timeout_s,
-        # Look for messages of killed workers (unacked and older than the visibility
-        # timeout) every 10 s, not every 100 s (kombu's default throttle of 10 sweeps).
+        # Look for them as often as leases are renewed (a sixth of the timeout, 1 to 10 s),
+        # on every sweep (kombu's default throttle skips 9 of 10).
+        "unacked_restore_interval": sweep_interval_s(broker.visibility_timeout_s),
         "unacked_restore_throttle": 1,
     }
     if broker.key_prefix:
@@ -90,7 +94,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Workers reconnect to the broker for as long as it takes.
         "broker_connection_max_retries": None,
         # At-least-once: ack after the rows are committed; a killed worker's task is
-        # redelivered (Redis: after visibility_timeout_s, or at once on a warm shutdown), and
+        # redelivered (Redis: visibility_timeout_s after its worker stopped renewing its lease,
+        # or at once on a warm shutdown; RabbitMQ: when the connection closes), and
         # one that keeps killing workers is dead-lettered after broker.max_deliveries
         # (tasks.delivery). Failed tasks are acked: they are recorded in failed_messages.
         "task_acks_late": True,
