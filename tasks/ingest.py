@@ -35,6 +35,7 @@ from jobfit.shared.schemas import (
 )
 from jobfit.tasks import worker_metrics
 from jobfit.tasks.base import JobfitTask
+from jobfit.tasks.consumer import BATCH_STRATEGY
 from jobfit.tasks.delivery import (
     TRANSIENT,
     Triage,
@@ -77,7 +78,7 @@ class IngestBatch(JobfitTask):
     """A batch task: ingest messages of one kind, run by ``run_batch`` (never one by one)."""
 
     abstract = True
-    Strategy = "jobfit.tasks.consumer:batch_strategy"
+    Strategy = BATCH_STRATEGY
     document_model: type[ResumeDocument] | type[JobDocument]
 
     def parse(self, request: Context) -> Item:
