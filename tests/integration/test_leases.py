@@ -67,16 +67,14 @@ def test_batches_longer_than_the_timeout_are_delivered_once(
     reserved: the later ones wait for the earlier) is delivered each message once."""
     own, app = isolated(settings, "lease")
     env = {"JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "2", "JOBFIT_BATCH__MAX_TASKS": "128"}
+    docs = resumes(512, "lease")
     w = WorkerProcess(own, app, "lease", tmp_path / "lease.log", env=env)
     w.start()
     try:
-        client = JobfitClient(app=app)
-        docs = resumes(512, "lease")
-        results = [client.submit_resume(d, score=False) for d in docs]
-        out = [r.get(timeout=TIMEOUT) for r in results]
+        sent = [JobfitClient(app=app).submit_resume(d, score=False) for d in docs]
+        assert {r.get(timeout=TIMEOUT)["status"] for r in sent} == {"created"}
     finally:
         w.stop()
-    assert {o["status"] for o in out} == {"created"}
     batches = re.findall(
         r"batch of (\d+) jobfit.ingest_resume: .* ([\d.]+)s$", w.log_path.read_text(), re.M
     )
