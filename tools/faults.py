@@ -95,7 +95,7 @@ FULL = Sizes(
 # took over the first one's messages) and a producer that resends sooner, an outage that
 # outlasts several batch retries, a retrain killed mid-step that comes back sooner and trains
 # two steps, 400 hostile messages that cover every hand-written kind many times over, 24 large
-# messages (every kind four times), and a redelivery on a 10 s lease past which a 45 s
+# messages (every kind four times), and a redelivery on a 10 s lease past which a 35 s
 # retrain runs.
 QUICK = Sizes(
     embed_kills=2,
@@ -107,7 +107,7 @@ QUICK = Sizes(
     hostile=400,
     large=24,
     lease_s=10,
-    retrain_budget_s=45.0,
+    retrain_budget_s=35.0,
 )
 LARGE_BYTES = 5_000_000
 # Goals of large_messages: Redis memory after the stream, over before it; any key left.
