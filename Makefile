@@ -35,7 +35,8 @@ test: $(STAMP)
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672
 # The demo and training tests isolate their own workers with Redis key prefixes: not here.
 RABBITMQ_TESTS ?= tests/integration/test_pipeline.py tests/integration/test_bad_input.py \
-  tests/integration/test_concurrency.py tests/integration/test_health.py
+  tests/integration/test_concurrency.py tests/integration/test_health.py \
+  tests/integration/test_bounded_results.py
 test-rabbitmq: $(STAMP)
 	JOBFIT_TEST_BROKER=$(RABBITMQ_URL) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(RABBITMQ_TESTS)
 

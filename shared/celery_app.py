@@ -10,6 +10,8 @@ from kombu.entity import Queue
 
 from jobfit.shared.config import Settings, get_settings
 from jobfit.shared.redis_transport import TRANSPORT as REDIS_TRANSPORT
+from jobfit.shared.redis_transport import sweep_interval_s
+from jobfit.shared.result_backend import BACKEND as REDIS_BACKEND
 
 EMBED_QUEUE = "embed"
 TRAIN_QUEUE = "train"
@@ -42,22 +44,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration jobfit runs with (documented choices, one place)."""
     broker = settings.broker
     transport_options: dict[str, Any] = {
+        # A lease: a worker renews the messages it holds (shared.redis_transport); those of
+        # a killed worker come back this long after its last renewal.
         "visibility_timeout": broker.visibility_timeout_s,
-        # Look for messages of killed workers (unacked and older than the visibility
-        # timeout) every 10 s, not every 100 s (kombu's default throttle of 10 sweeps).
+        # Look for them as often as leases are renewed (a sixth of the timeout, 1 to 10 s),
+        # on every sweep (kombu's default throttle skips 9 of 10).
+        "unacked_restore_interval": sweep_interval_s(broker.visibility_timeout_s),
         "unacked_restore_throttle": 1,
     }
     if broker.key_prefix:
         transport_options["global_keyprefix"] = broker.key_prefix
     backend_options = dict(transport_options)
     redis_broker = broker.url.startswith(("redis://", "rediss://", "unix://"))
+    backend = broker.backend_url
+    if backend.startswith(("redis://", "rediss://")):
+        backend = f"{REDIS_BACKEND}+{backend}"  # its records bounded (shared.result_backend)
     if not redis_broker:
         transport_options = {}  # Redis-only options (RabbitMQ isolates with vhosts)
     return {
         "broker_url": broker.url,
         # kombu's Redis transport with a fix for broker restarts (see shared.redis_transport)
         "broker_transport": REDIS_TRANSPORT if redis_broker else None,
-        "result_backend": broker.backend_url,
+        "result_backend": backend,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": backend_options,
         "broker_connection_retry_on_startup": True,
@@ -67,7 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Scores live in Postgres; results are small summaries that expire (unread ones do
-        # not pile up in Redis). A result write that hits a broker restart is retried.
+        # not pile up in Redis), bounded whatever the message held (no copy of a refused or
+        # large message's arguments: shared.result_backend). A result write that hits a
+        # broker restart is retried.
         "result_expires": broker.result_expires_s,
         "result_extended": True,
         "result_backend_always_retry": True,
@@ -84,7 +94,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Workers reconnect to the broker for as long as it takes.
         "broker_connection_max_retries": None,
         # At-least-once: ack after the rows are committed; a killed worker's task is
-        # redelivered (Redis: after visibility_timeout_s, or at once on a warm shutdown), and
+        # redelivered (Redis: visibility_timeout_s after its worker stopped renewing its lease,
+        # or at once on a warm shutdown; RabbitMQ: when the connection closes), and
         # one that keeps killing workers is dead-lettered after broker.max_deliveries
         # (tasks.delivery). Failed tasks are acked: they are recorded in failed_messages.
         "task_acks_late": True,

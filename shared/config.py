@@ -75,8 +75,10 @@ class BrokerSettings(BaseModel):
     # Prefix for every Redis key of the transport: lets several deployments (or test runs)
     # share one Redis without stealing each other's messages.
     key_prefix: str = ""
-    # Above the longest task (retrain included), or Redis redelivers a running task.
-    visibility_timeout_s: int = 6 * 3600
+    # Redis: a killed worker's messages come back this long after its last lease renewal
+    # (a live worker renews those it holds, every sixth of this: a running retrain of any
+    # length is never delivered twice; shared.redis_transport). Not used on RabbitMQ.
+    visibility_timeout_s: int = Field(default=60, ge=2)
     # A message delivered this many times without finishing (its worker died each time) is
     # dead-lettered to failed_messages instead of being run again.
     max_deliveries: int = Field(default=5, ge=1)

@@ -7,7 +7,17 @@ runs). It now raises Redis's ``ConnectionError``, which both handle: the close i
 the ack is logged as failed, the consumer reconnects, and the unacknowledged messages come
 back from Redis's unacked set after the visibility timeout.
 
-And one change: on a worker's event loop, the acknowledgements made in one turn of the loop
+And two changes. Leases: kombu keeps each delivered, unacknowledged message in a sorted set
+scored by the time it was delivered, and any worker puts back on its queue the messages
+older than the visibility timeout (their worker is presumed dead). One timeout cannot serve
+both a 2-second ingest batch and a 30-minute retrain: here a worker renews, on its event loop
+every ``sweep_interval_s`` (a sixth of the timeout, 1 to 10 s), the score of every message it
+holds (``QoS.renew_leases``). A message comes back only when its worker stopped renewing
+(killed, or its loop stuck) for a whole timeout: a minute by default, however long the task
+runs. Every worker also looks for expired ones at that interval (kombu's
+``unacked_restore_interval``).
+
+And on a worker's event loop, the acknowledgements made in one turn of the loop
 (an ingest batch's, ``tasks.consumer``) are written together, in one pipeline at the next
 turn, instead of one round trip per message (``QoS``).
 
@@ -17,6 +27,7 @@ own transport."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -26,6 +37,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 log = logging.getLogger(__name__)
 
 TRANSPORT = "jobfit.shared.redis_transport:Transport"
+
+
+def sweep_interval_s(visibility_timeout_s: float) -> float:
+    """How often a worker renews its leases and looks for expired ones: a sixth of the
+    visibility timeout, between 1 and 10 s (a renewal late by most of a timeout is needed to
+    lose a lease; an expired one is found at most this long after it expired)."""
+    return min(10.0, max(1.0, visibility_timeout_s / 6))
 
 
 class QoS(kombu_redis.QoS):
@@ -70,6 +88,16 @@ class QoS(kombu_redis.QoS):
         for tag in tags:
             virtual.QoS.ack(self, tag)  # type: ignore[no-untyped-call]
 
+    def renew_leases(self) -> int:
+        """Score every message this channel holds (delivered, not yet acknowledged) with the
+        time now, so no worker puts it back while this one lives; returns how many. ``XX``:
+        a message acknowledged meanwhile is not added back."""
+        tags = list(self._delivered)
+        if tags:
+            with self.channel.conn_or_acquire() as client:
+                client.zadd(self.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
+        return len(tags)
+
     def restore_unacked(self, client: Any = None) -> None:
         """On close: the queued acks first, so finished messages are not put back."""
         self.flush_acks()
@@ -89,7 +117,29 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
     # The worker's event loop, once registered with one (``QoS.ack`` queues acks on it).
     event_loop: Any = None
+    lease_timer: Any = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)  # type: ignore[no-untyped-call]
         self.event_loop = loop
+        if self.lease_timer is not None:
+            self.lease_timer.cancel()
+        timeout = connection.client.transport_options.get(
+            "visibility_timeout", kombu_redis.Channel.visibility_timeout
+        )
+        self.lease_timer = loop.call_repeatedly(sweep_interval_s(timeout), self.renew_leases)
+
+    def renew_leases(self) -> None:
+        """Renew the leases of every open channel's messages (on the event loop, as its acks);
+        a connection that has no channel left (closed: Celery made a new one) stops its timer.
+        A renewal that fails (Redis unreachable) is logged; the next one may succeed."""
+        channels = list(self.channels)
+        if not channels:
+            if self.lease_timer is not None:
+                self.lease_timer.cancel()
+            return
+        for channel in channels:
+            try:
+                channel.qos.renew_leases()
+            except Exception:  # on the event loop: never raise into it
+                log.warning("could not renew the leases of held messages", exc_info=True)

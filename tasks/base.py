@@ -20,6 +20,7 @@ from celery.exceptions import Reject, Retry
 
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import EMBED_QUEUE
+from jobfit.shared.result_backend import MAX_ERROR_CHARS, cut
 from jobfit.shared.schemas import InvalidMessageError, MessageRejectedError
 from jobfit.tasks.delivery import (
     TRANSIENT,
@@ -47,8 +48,8 @@ class JobfitTask(Task):
         in); InvalidMessageError if they do not fit its signature."""
         try:
             bound = self._signature().bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidMessageError(f"TypeError: {exc}") from exc
+        except TypeError as exc:  # its text names the arguments: cut (a name can be megabytes)
+            raise InvalidMessageError(cut(f"TypeError: {exc}", MAX_ERROR_CHARS)) from None
         bound.apply_defaults()
         return dict(bound.arguments)
 
@@ -107,8 +108,9 @@ class JobfitTask(Task):
             self.bind_message(args, kwargs)
             return run(*args, **kwargs)
         except InvalidMessageError as exc:
-            self._record_or_requeue(str(exc), args, kwargs)
-            raise MessageRejectedError(str(exc)) from exc
+            reason = cut(str(exc), MAX_ERROR_CHARS)
+            self._record_or_requeue(reason, args, kwargs)
+            raise MessageRejectedError(reason) from exc
 
     def _record_or_requeue(self, reason: str, args: Any, kwargs: Any) -> None:
         """Record this message in ``failed_messages``; if that cannot be done (the database

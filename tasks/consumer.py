@@ -2,8 +2,12 @@
 ingest tasks.
 
 The consumer records in ``failed_messages`` a message the worker cannot even turn into a task
-(undecodable body, unknown task name, not a Celery message), as well as logging and
-acknowledging it as Celery does; and on a warm shutdown it lets the batch in progress finish.
+(undecodable body, unknown task name, not a Celery message, a body or headers of the wrong
+shape), as well as logging and acknowledging it as Celery does; and on a warm shutdown it lets
+the batch in progress finish. A malformed message is recognised by explicit checks where
+Celery would read it (``task_envelope`` before the task is looked up, ``task_call`` before a
+request is built) and goes through Celery's own rejection paths (``InvalidTaskError``); any
+other error raised while a message is handled is a bug, and stops the worker loudly.
 
 The batching strategy is what Celery calls for each message of a batch task
 (``Task.Strategy``), on the worker's event loop: it decodes the message (task protocol 2:
@@ -35,23 +39,32 @@ from celery.exceptions import ImproperlyConfigured, InvalidTaskError
 from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
 from celery.worker.strategy import hybrid_to_proto2
+from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
 
+from jobfit.shared.result_backend import cut
 from jobfit.tasks.base import serves_embed
 from jobfit.tasks.delivery import failure, record_failures
 from jobfit.workers.batching import BatchPipeline, Job, run_items
 
 log = logging.getLogger(__name__)
 
-# Errors of a message whose body has the wrong shape (e.g. a JSON string where Celery expects
-# [args, kwargs, embed]): raised while Celery builds the request, where Celery lets them
-# through, and the worker stops with "Unrecoverable error".
-MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+BATCH_STRATEGY = f"{__name__}:batch_strategy"
+# How much of a message's argsrepr / kwargsrepr a task event carries (Celery's producers cut
+# them to this; a hand-made message may not).
+MAX_REPR = 1024
 
 
 def _headers(message: Any) -> tuple[str | None, str | None]:
-    headers = getattr(message, "headers", None) or {}
-    return headers.get("task"), headers.get("id")
+    """The task name and id headers, as text (a hostile message may put anything there)."""
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict):
+        return None, None
+    name, task_id = headers.get("task"), headers.get("id")
+    return (
+        None if name is None else str(name),
+        None if task_id is None else str(task_id),
+    )
 
 
 def _body(message: Any) -> str:
@@ -59,6 +72,86 @@ def _body(message: Any) -> str:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body).decode("utf-8", "replace")
     return repr(body)
+
+
+def _repr(given: Any, value: Any) -> str:
+    """A task event's view of arguments: the producer's repr, or ours, at most ``MAX_REPR``."""
+    if given:
+        return cut(str(given), MAX_REPR)
+    return cut(saferepr(value, maxlen=MAX_REPR), MAX_REPR)
+
+
+# --- what a task message must hold ----------------------------------------------------------
+
+
+def task_envelope(message: Any) -> str | None:
+    """What is wrong with a message's task name or id where Celery's consumer reads them
+    (the headers; the body of a protocol 1 message), or None. Celery looks the name up in a
+    dict and reports an unknown task by its id: a name that is not a string, or a missing
+    id, raised there. Headers that are not an object, an undecodable body, a body with no
+    task name: Celery rejects those itself (None here)."""
+    headers = message.headers
+    if not isinstance(headers, dict):
+        return None
+    if "task" in headers:
+        fields = headers
+    else:  # protocol 1: the task name and id are in the body
+        try:
+            fields = message.decode()
+        except (DecodeError, ContentDisallowed):
+            return None
+        if not isinstance(fields, dict) or "task" not in fields:
+            return None
+    if not isinstance(fields["task"], str):
+        return f"the task name is a {type(fields['task']).__name__}, not a string"
+    task_id = fields.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return "the message has no task id (a non-empty string)"
+    return None
+
+
+def task_call(
+    message: Any, body: Any
+) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A task message's args, kwargs, embedded options and headers (task protocol 2; a
+    protocol 1 or hybrid body converted as Celery converts it), checked for what Celery's
+    request and its execution read from them. ``InvalidTaskError`` if the message cannot be
+    a task call (Celery's consumer records and rejects it); an undecodable body raises
+    kombu's ``DecodeError`` or ``ContentDisallowed``, which it handles too."""
+    if body is None:  # protocol 2: the body is decoded here (kombu keeps it for Celery)
+        body = message.decode()
+        if isinstance(body, dict) and "args" not in body:
+            raise InvalidTaskError("the body is an object without args (not [args, kwargs, embed])")
+    if isinstance(body, dict):  # protocol 1, or a hybrid: Celery's own conversion
+        body, headers, _, _ = hybrid_to_proto2(message, body)
+    else:
+        headers = message.headers
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        raise InvalidTaskError(f"the body is a {type(body).__name__}, not [args, kwargs, embed]")
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise InvalidTaskError("task arguments must be a list and keyword arguments an object")
+    if embed is not None and not isinstance(embed, dict):
+        raise InvalidTaskError("the body's options (its third item) must be an object")
+    if not isinstance(headers.get("id"), str) or not headers["id"]:
+        raise InvalidTaskError("the message has no task id (a non-empty string)")
+    retries = headers.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        raise InvalidTaskError("retries must be a non-negative integer")
+    limits = headers.get("timelimit")
+    if limits and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(t is None or type(t) in (int, float) for t in limits)
+    ):
+        raise InvalidTaskError("timelimit must be [hard, soft] seconds")
+    return list(args), kwargs, embed or {}, headers
+
+
+def checked_message(strategy: Callable[..., Any], message: Any, body: Any, *args: Any) -> Any:
+    """Celery's strategy for a task, for a message that passed ``task_call``."""
+    task_call(message, body)
+    return strategy(message, body, *args)
 
 
 class RecordingConsumer(Consumer):
@@ -73,15 +166,25 @@ class RecordingConsumer(Consumer):
         handler = super().create_task_handler(promise)
 
         def on_task_received(message: Any) -> Any:
-            try:
+            reason = task_envelope(message)
+            if reason is None:
                 return handler(message)
-            except MALFORMED as exc:
-                reason = f"malformed task message: {type(exc).__name__}: {exc}"
-                if self._recorded(message, reason) and not message.acknowledged:
-                    message.ack()
-                return None
+            # Celery would raise looking the task up, or reporting it unknown: rejected here.
+            reason = f"malformed task message: {reason}"
+            if self._recorded(message, reason):
+                log.error("%s: rejected", reason)
+                message.reject_log_error(log, self.connection_errors)
+            return None
 
         return on_task_received
+
+    def update_strategies(self) -> None:
+        """Every task's strategy checks a message's shape before Celery builds its request
+        (``task_call``); a batch task's strategy builds its requests with that check."""
+        super().update_strategies()
+        for name, task in self.app.tasks.items():
+            if task.Strategy != BATCH_STRATEGY:
+                self.strategies[name] = partial(checked_message, self.strategies[name])
 
     def _recorded(self, message: Any, reason: str) -> bool:
         """Record the message; if that cannot be done (database down after the retries),
@@ -114,31 +217,21 @@ class RecordingConsumer(Consumer):
 
 
 def message_request(message: Any, body: Any, hostname: str) -> Context:
-    """A decoded task message as its task's request context (what ``Task.request`` is for a
-    task Celery runs itself): headers, the body's embedded options, args and kwargs."""
-    if isinstance(body, dict):  # protocol 1, or a hybrid: Celery's own conversion
-        body, headers, _, _ = hybrid_to_proto2(message, body)
-    else:
-        headers = message.headers
-    try:
-        args, kwargs, embed = body
-    except (TypeError, ValueError) as exc:
-        raise InvalidTaskError(f"the body is not [args, kwargs, embed]: {exc}") from exc
-    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
-        raise InvalidTaskError("task arguments must be a list and keyword arguments an object")
-    if not headers.get("id"):
-        raise InvalidTaskError("the message has no task id")
+    """A task message as its task's request context (what ``Task.request`` is for a task
+    Celery runs itself): headers, the body's embedded options, args and kwargs. Raises as
+    ``task_call`` does."""
+    args, kwargs, embed, headers = task_call(message, body)
     props = message.properties or {}
     return Context(
         {
             **headers,
-            **(embed if isinstance(embed, dict) else {}),
-            "args": list(args),
+            **embed,
+            "args": args,
             "kwargs": kwargs,
             "delivery_info": message.delivery_info,
             "hostname": hostname,
             "reply_to": props.get("reply_to"),
-            "correlation_id": props.get("correlation_id") or headers.get("id"),
+            "correlation_id": props.get("correlation_id") or headers["id"],
             "called_directly": False,
         }
     )
@@ -169,13 +262,10 @@ class Batcher:
         """Celery's per-message call (``ack``/``reject``: promises that act on the loop)."""
         consumer = self.consumer
         try:
-            if body is None:  # protocol 2: Celery leaves decoding to the strategy
-                body = message.decode()
-        except Exception as exc:  # not JSON, or a content type not accepted (pickle)
+            request = message_request(message, body, consumer.hostname)
+        except (DecodeError, ContentDisallowed) as exc:  # not JSON, or not accepted (pickle)
             consumer.on_decode_error(message, exc)
             return
-        try:
-            request = message_request(message, body, consumer.hostname)
         except InvalidTaskError as exc:
             consumer.on_invalid_task(body, message, exc)
             return
@@ -223,8 +313,8 @@ class Batcher:
                 "task-received",
                 uuid=request.id,
                 name=self.task.name,
-                args=getattr(request, "argsrepr", None) or saferepr(request.args),
-                kwargs=getattr(request, "kwargsrepr", None) or saferepr(request.kwargs),
+                args=_repr(getattr(request, "argsrepr", None), request.args),
+                kwargs=_repr(getattr(request, "kwargsrepr", None), request.kwargs),
                 retries=request.retries or 0,
             )
 

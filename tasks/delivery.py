@@ -34,6 +34,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from jobfit.shared import repository as repo
 from jobfit.shared.db import transaction
+from jobfit.shared.result_backend import MAX_ERROR_CHARS, cut
 from jobfit.workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,15 @@ def with_retries(fn: Callable[[], R], what: str = "task", backoff: Backoff = BAC
 
 
 def failure(reason: str, payload: Any, task_name: str | None, task_id: str | None) -> repo.Failure:
-    """A rejected message as ``failed_messages`` stores it (the payload as short JSON)."""
+    """A rejected message as ``failed_messages`` stores it (the payload as short JSON, the
+    reason cut as a result's error is)."""
     try:
         text = json.dumps(payload, default=repr, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         text = repr(payload)
-    return repo.Failure(reason, text[: repo.MAX_FAILED_PAYLOAD], task_name, task_id)
+    return repo.Failure(
+        cut(reason, MAX_ERROR_CHARS), text[: repo.MAX_FAILED_PAYLOAD], task_name, task_id
+    )
 
 
 def record_failures(app: Any, failures: Sequence[repo.Failure]) -> bool:

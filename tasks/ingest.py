@@ -24,6 +24,7 @@ from celery import shared_task
 from celery.app.task import Context
 
 from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME
+from jobfit.shared.result_backend import MAX_ERROR_CHARS, cut
 from jobfit.shared.schemas import (
     Document,
     InvalidMessageError,
@@ -34,6 +35,7 @@ from jobfit.shared.schemas import (
 )
 from jobfit.tasks import worker_metrics
 from jobfit.tasks.base import JobfitTask
+from jobfit.tasks.consumer import BATCH_STRATEGY
 from jobfit.tasks.delivery import (
     TRANSIENT,
     Triage,
@@ -76,7 +78,7 @@ class IngestBatch(JobfitTask):
     """A batch task: ingest messages of one kind, run by ``run_batch`` (never one by one)."""
 
     abstract = True
-    Strategy = "jobfit.tasks.consumer:batch_strategy"
+    Strategy = BATCH_STRATEGY
     document_model: type[ResumeDocument] | type[JobDocument]
 
     def parse(self, request: Context) -> Item:
@@ -92,7 +94,7 @@ class IngestBatch(JobfitTask):
             item.doc = validate_message(self.document_model, arguments["document"])
             item.score = score
         except InvalidMessageError as exc:
-            item.error = MessageRejectedError(str(exc))
+            item.error = MessageRejectedError(cut(str(exc), MAX_ERROR_CHARS))
         return item
 
     def run_batch(self, requests: Sequence[Context]) -> set[str]:
@@ -241,7 +243,8 @@ class IngestBatch(JobfitTask):
                     if kind == "task-started":
                         dispatcher.send("task-started", uuid=it.id)
                     elif it.error is not None:
-                        dispatcher.send("task-failed", uuid=it.id, exception=repr(it.error))
+                        exception = cut(repr(it.error), MAX_ERROR_CHARS)
+                        dispatcher.send("task-failed", uuid=it.id, exception=exception)
                     else:
                         result = "already done: not run" if it.duplicate else it.result
                         dispatcher.send(

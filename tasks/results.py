@@ -9,7 +9,8 @@ for the Redis result backend: the same record Celery stores (``result_meta``: st
 date done, and with ``result_extended`` the task's name, arguments, worker, retries and
 queue), read back by ``AsyncResult`` like any other, under the backend's own key, expiry and
 publish (which wakes a client waiting in ``AsyncResult.get``); the stored results are read
-with one MGET, a SUCCESS already there is kept, as Celery keeps it.
+with one MGET, a SUCCESS already there is kept, as Celery keeps it. The arguments are kept
+as jobfit's backend keeps them (``shared.result_backend``: not when they are large).
 
 Other backends, failures (Celery serialises the exception) and chord members go through
 Celery's own ``mark_as_done`` / ``mark_as_failure``, one at a time.
@@ -24,6 +25,8 @@ from typing import Any
 from celery import states
 from celery.app.task import Context
 from celery.backends.redis import RedisBackend
+
+from jobfit.shared.result_backend import result_arguments
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,11 @@ def result_meta(app: Any, request: Context, result: Any, date_done: str) -> dict
             meta[name] = value
     if app.conf.find_value_for_key("extended", "result"):
         delivery = getattr(request, "delivery_info", None) or {}
+        args, kwargs = result_arguments(states.SUCCESS, request)
         meta.update(
             name=getattr(request, "task", None),
-            args=getattr(request, "args", None),
-            kwargs=getattr(request, "kwargs", None),
+            args=args,
+            kwargs=kwargs,
             worker=getattr(request, "hostname", None),
             retries=getattr(request, "retries", None),
             queue=delivery.get("routing_key"),

@@ -107,6 +107,9 @@ def bench_faults(
         str, typer.Option(help="Comma-separated scenario names (default: all).")
     ] = "",
     hostile: Annotated[int, typer.Option(help="Hostile messages to send.")] = 10_000,
+    quick: Annotated[
+        bool, typer.Option(help="The quick draw make test runs (faults.QUICK), not FULL.")
+    ] = False,
 ) -> None:
     """Faults on real processes (kill -9 workers, Redis and Postgres outages, hostile
     messages): sent, scored, lost, duplicated, crashed (JSON; see tools/faults.py), at the
@@ -114,13 +117,13 @@ def bench_faults(
     worker_env()
     from dataclasses import replace
 
-    from tools.faults import FULL, report
+    from tools.faults import FULL, QUICK, report
     from tools.postgres import pgvector_settings
 
     settings, database = pgvector_settings(get_settings(), "postgres")
     err.print(database)
     names = [n.strip() for n in scenarios.split(",") if n.strip()] or None
-    size = replace(FULL, hostile=hostile)
+    size = QUICK if quick else replace(FULL, hostile=hostile)
     result = report(settings, provision(settings, ModelChoice.minilm), err, names, size)
     emit_json(result, out)
     totals = result["totals"]

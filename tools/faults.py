@@ -13,11 +13,18 @@ lost        valid resumes without their full set of match rows (missing rows)
 duplicated  rows beyond one per key: matches per (resume, job, version), documents per
             (kind, id), embeddings per (version, text hash)
 crashed     worker processes that exited without being killed by the scenario
+
+Two scenarios measure more: ``large_messages`` (Redis ``used_memory`` before, at its peak and
+after a stream of 5 MB hostile messages, and the largest key they leave) and
+``kill_embed_during_retrain`` (how long after a ``kill -9`` an embed worker's messages are
+delivered again, on the default visibility timeout, while a retrain on another worker runs
+past that time and must be delivered once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 from kombu.connection import Connection
 from kombu.entity import Exchange
@@ -37,10 +45,11 @@ from rich.console import Console
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_RESUME, create_celery_app
+from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_RESUME, TRAIN_QUEUE, create_celery_app
 from jobfit.shared.client import JobfitClient, await_or_resend, read_documents
 from jobfit.shared.config import Settings
 from jobfit.shared.orm import DocumentRow, FailedMessageRow, FieldEmbeddingRow, MatchRow
+from jobfit.shared.redis_transport import sweep_interval_s
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
 from tools import hostile
 from tools.bench import Stage, fresh_stage
@@ -64,6 +73,10 @@ class Sizes:
     train_steps: int  # fine-tune steps of the retrain whose worker is killed
     train_redelivery_s: int  # the train queue's visibility timeout: when the retrain comes back
     hostile: int  # hostile messages (80 % hypothesis draws, 20 % every hand-written kind)
+    large: int  # hostile messages of large_bytes each (every kind of hostile.large_kinds)
+    # the visibility timeout of kill_embed_during_retrain (None: the settings', by default 60 s)
+    lease_s: int | None
+    retrain_budget_s: float  # its retrain's fine-tuning time: runs past the redelivery
 
 
 FULL = Sizes(
@@ -74,11 +87,16 @@ FULL = Sizes(
     train_steps=40,
     train_redelivery_s=40,
     hostile=10_000,
+    large=200,
+    lease_s=None,
+    retrain_budget_s=150.0,
 )
 # Each check still fails when its behaviour breaks: two kills (the second hits a worker that
 # took over the first one's messages) and a producer that resends sooner, an outage that
 # outlasts several batch retries, a retrain killed mid-step that comes back sooner and trains
-# two steps, and 400 hostile messages that cover every hand-written kind many times over.
+# two steps, 400 hostile messages that cover every hand-written kind many times over, 24 large
+# messages (every kind four times), and a redelivery on a 10 s lease past which a 25 s
+# retrain runs.
 QUICK = Sizes(
     embed_kills=2,
     embed_resumes=80,
@@ -87,7 +105,16 @@ QUICK = Sizes(
     train_steps=2,
     train_redelivery_s=20,
     hostile=400,
+    large=24,
+    lease_s=10,
+    retrain_budget_s=25.0,
 )
+LARGE_BYTES = 5_000_000
+# Goals of large_messages: Redis memory after the stream, over before it; any key left.
+LARGE_AFTER_OVER_BEFORE_MB = 50
+LARGE_KEY_LIMIT_BYTES = 100_000
+# Goal of kill_embed_during_retrain on the default settings.
+REDELIVERY_GOAL_S = 90
 
 
 # --- private services --------------------------------------------------------------------
@@ -95,9 +122,11 @@ QUICK = Sizes(
 
 class PrivateRedis:
     """A redis-server of the scenario's own: append-only file fsynced on every write (so a
-    kill -9 loses nothing it acknowledged) and a password, as production should run it."""
+    kill -9 loses nothing it acknowledged) and a password, as production should run it
+    (``persistent=False``: no append-only file, for a scenario that measures memory)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = True) -> None:
+        self.persistent = persistent
         self.dir = workdir / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -110,13 +139,13 @@ class PrivateRedis:
 
     def start(self) -> None:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        if self.persistent:
+            cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        cmd += ["--save", ""]
         cmd += ["--dir", str(self.dir), "--requirepass", self.password]
         log = (self.dir / "redis.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        import redis
-
-        client = redis.Redis.from_url(self.url)
+        client = self.client()
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(redis.exceptions.RedisError):
@@ -125,6 +154,9 @@ class PrivateRedis:
             if time.monotonic() > deadline:
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.1)
+
+    def client(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.url)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -517,6 +549,127 @@ def hostile_messages(
         }
 
 
+class MemoryWatch:
+    """Redis ``used_memory``, sampled every 0.1 s in a thread, and its highest value (Redis's
+    own ``used_memory_peak`` catches what falls between samples; the scenario's Redis is its
+    own, so that peak is the scenario's)."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self.client = client
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def used(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(redis.RedisError):
+                self.peak = max(self.peak, self.used())
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        info = self.client.info("memory")
+        self.peak = max(self.peak, int(info["used_memory_peak"]))
+
+
+def key_sizes(client: redis.Redis[bytes], prefix: str) -> dict[str, int]:
+    """Every key under ``prefix`` (SCAN) and its ``MEMORY USAGE`` in bytes."""
+    sizes = {}
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        sizes[key.decode()] = int(client.memory_usage(key, samples=0) or 0)
+    return sizes
+
+
+def wait_drained(client: redis.Redis[bytes], prefix: str, timeout: float = 60.0) -> None:
+    """Until no message is queued or unacknowledged under ``prefix`` (kombu's keys)."""
+    deadline = time.monotonic() + timeout
+    keys = [f"{prefix}{q}" for q in (EMBED_QUEUE, TRAIN_QUEUE)] + [f"{prefix}unacked"]
+    while any(client.exists(k) for k in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def large_messages(
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
+) -> dict[str, Any]:
+    """``size.large`` hostile messages of 5 MB each (every kind of ``hostile.large_kinds``),
+    with valid resumes among them, to one embed worker, on a Redis of the scenario's own (no
+    append-only file: memory is what is measured). Redis ``used_memory`` before, at its peak
+    and after (every message answered, nothing queued or unacknowledged); every key left
+    under the run's prefix (SCAN + MEMORY USAGE). Goals: after <= before + 50 MB, no key over
+    100 kB; each message refused and recorded, the valid ones scored."""
+    redis_ = PrivateRedis(workdir, persistent=False)
+    redis_.start()
+    own = settings.model_copy(deep=True)
+    own.broker.url = own.broker.result_backend = redis_.url
+    bad = hostile.large_messages(size.large, LARGE_BYTES)
+    resumes, jobs = stream_documents(max(size.large // 4, 6))
+    good = [
+        hostile.Message(f"good-{r['id']}", INGEST_RESUME, kwargs={"document": r}) for r in resumes
+    ]
+    mixed = list(bad)
+    for i, m in enumerate(good):  # spread among the large ones
+        mixed.insert(i * len(bad) // len(good) + i, m)
+    try:
+        with scenario(own, model_path, workdir) as run:
+            run.worker("embed")
+            client = JobfitClient(app=run.stage.app)
+            for j in jobs:
+                client.submit_job(j).get(timeout=WAIT_S)
+            prefix = run.stage.settings.broker.key_prefix
+            r = redis_.client()
+            before = MemoryWatch(r).used()
+            t0 = time.monotonic()
+            with MemoryWatch(r) as watch:
+                console.print(f"sending {len(bad)} messages of {LARGE_BYTES:,} bytes")
+                publish_all(run, mixed)
+                ids = {m.id for m in bad}
+                deadline = time.monotonic() + WAIT_S
+                while len(recorded := recorded_ids(run.factory, ids)) < len(ids):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                counts = wait_scored(run.factory, {r_["id"] for r_ in resumes}, len(jobs), 120)
+                wait_drained(r, prefix)
+            seconds = time.monotonic() - t0
+            after = watch.used()
+            sizes = key_sizes(r, prefix)
+            results = [run.stage.app.AsyncResult(m.id) for m in bad if m.task is not None]
+            run.check_alive()
+            largest = max(sizes.items(), key=lambda kv: kv[1], default=("", 0))
+            return {
+                "sent": len(mixed) + len(jobs),
+                "large": len(bad),
+                "large_bytes": LARGE_BYTES,
+                "rejected_recorded": len(recorded),
+                "failure_results": sum(res.state == "FAILURE" for res in results),
+                "task_results": len(results),
+                "valid_resumes": len(resumes),
+                **counts,
+                "crashed": run.crashed,
+                "worker_alive": all(w.alive() for w in run.workers),
+                "redis_used_memory_mb": {
+                    "before": round(before / 2**20, 1),
+                    "peak": round(watch.peak / 2**20, 1),
+                    "after": round(after / 2**20, 1),
+                },
+                "after_over_before_mb": round((after - before) / 2**20, 1),
+                "keys_left": len(sizes),
+                "largest_key": largest[0].removeprefix(prefix),
+                "largest_key_bytes": largest[1],
+                "keys_over_100kb": sum(v > LARGE_KEY_LIMIT_BYTES for v in sizes.values()),
+                "seconds": round(seconds, 1),
+            }
+    finally:
+        redis_.stop()
+
+
 def recorded_ids(factory: sessionmaker[Session], ids: set[str]) -> set[str]:
     with factory() as s:
         rows = s.execute(
@@ -565,6 +718,32 @@ def reason_counts(factory: sessionmaker[Session]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:15])
 
 
+def training_data(client: JobfitClient) -> list[tuple[str, str, float]]:
+    """A few sample documents and their labels, stored (what a retrain trains on)."""
+    resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")[:12]
+    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")[:6]
+    results = [client.submit_job(j) for j in jobs] + [client.submit_resume(r) for r in resumes]
+    for res in results:
+        res.get(timeout=WAIT_S)
+    rids, jids = {r["id"] for r in resumes}, {j["id"] for j in jobs}
+    labels = [
+        (r, j, y)
+        for (r, j), y in load_labels(SAMPLE_DIR / "labels.csv").items()
+        if r in rids and j in jids
+    ]
+    for res in [client.submit_label(r, j, y, source="faults") for r, j, y in labels]:
+        res.get(timeout=WAIT_S)
+    return labels
+
+
+def wait_fine_tuning(retrain: AsyncResult) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not (isinstance(retrain.info, dict) and retrain.info.get("stage") == "fine-tuning"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the retrain never reported fine-tuning")
+        time.sleep(0.2)
+
+
 def kill_train_worker(
     settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
@@ -574,8 +753,6 @@ def kill_train_worker(
     then gets the retrain again (after the visibility timeout) and finishes it once."""
     from jobfit.shared import repository as repo
 
-    resumes = read_documents(SAMPLE_DIR / "resumes.jsonl")[:12]
-    jobs = read_documents(SAMPLE_DIR / "jobs.jsonl")[:6]
     store = workdir / "store"  # trained versions go here, not to the user's model store
     env = {
         "JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": str(size.train_redelivery_s),
@@ -586,17 +763,7 @@ def kill_train_worker(
         run.worker("embed")
         trainer = run.worker("train", queues="train")
         client = JobfitClient(app=run.stage.app)
-        results = [client.submit_job(j) for j in jobs] + [client.submit_resume(r) for r in resumes]
-        for res in results:
-            res.get(timeout=WAIT_S)
-        rids, jids = {r["id"] for r in resumes}, {j["id"] for j in jobs}
-        labels = [
-            (r, j, y)
-            for (r, j), y in load_labels(SAMPLE_DIR / "labels.csv").items()
-            if r in rids and j in jids
-        ]
-        for res in [client.submit_label(r, j, y, source="faults") for r, j, y in labels]:
-            res.get(timeout=WAIT_S)
+        labels = training_data(client)
 
         def registry_state() -> tuple[str, int]:
             with run.factory() as s:
@@ -606,11 +773,7 @@ def kill_train_worker(
         before = registry_state()
         dirs = set(os.listdir(store)) if store.is_dir() else set()
         retrain = client.retrain(mode="full", max_steps=size.train_steps)
-        deadline = time.monotonic() + WAIT_S
-        while not (isinstance(retrain.info, dict) and retrain.info.get("stage") == "fine-tuning"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the retrain never reported fine-tuning")
-            time.sleep(0.2)
+        wait_fine_tuning(retrain)
         console.print("kill -9 the train worker mid fine-tuning")
         run.kill(trainer)
         after_kill = registry_state()
@@ -632,6 +795,104 @@ def kill_train_worker(
         }
 
 
+def held_messages(client: redis.Redis[bytes], prefix: str, queue: str) -> dict[str, float]:
+    """The unacknowledged messages of ``queue`` (kombu's unacked hash and its index of
+    delivery times): delivery tag -> the time it was delivered, or its lease last renewed."""
+    index = client.zrange(f"{prefix}unacked_index", 0, -1, withscores=True)
+    if not index:
+        return {}
+    raws = client.hmget(f"{prefix}unacked", [tag for tag, _ in index])
+    return {
+        tag.decode(): float(score)
+        for (tag, score), raw in zip(index, raws, strict=True)
+        if raw is not None and json.loads(raw)[2] == queue
+    }
+
+
+def task_deliveries(run: Run, task_id: str) -> int:
+    """How many times the workers logged receiving this task (Celery logs each delivery)."""
+    return run.logs().count(f"[{task_id}] received")
+
+
+def kill_embed_during_retrain(
+    settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
+) -> dict[str, Any]:
+    """An embed worker holding a batch is killed (-9) while a retrain runs on a train worker,
+    on the default visibility timeout (``size.lease_s`` in the quick draw). Measured: how
+    long after the kill every message the killed worker held is delivered again (put back
+    on its queue, for the embed worker started after the kill, as compose's restart policy
+    does; goal on the defaults: 90 s), whether the retrain is still running then, and how
+    many times the retrain was delivered (goal: once). The resumes are all scored, once."""
+    store = workdir / "store"
+    env = {"JOBFIT_TRAIN__DEVICE": "cpu", "JOBFIT_MODEL__STORE": str(store)}
+    if size.lease_s is not None:
+        env["JOBFIT_BROKER__VISIBILITY_TIMEOUT_S"] = str(size.lease_s)
+    resumes, jobs = stream_documents(min(size.embed_resumes, 120))
+    with scenario(settings, model_path, workdir, **env) as run:
+        lease_s = int(
+            env.get("JOBFIT_BROKER__VISIBILITY_TIMEOUT_S", settings.broker.visibility_timeout_s)
+        )
+        embed = run.worker("embed")
+        run.worker("train", queues="train")
+        client = JobfitClient(app=run.stage.app)
+        labels = training_data(client)
+        retrain = client.retrain(
+            mode="full", max_steps=1_000_000, time_budget_s=size.retrain_budget_s, promote=False
+        )
+        wait_fine_tuning(retrain)
+        t_retrain = time.monotonic()
+        for j in jobs:
+            client.submit_job(j)
+        sent = {r["id"]: client.submit_resume(r) for r in resumes}
+        r = redis.Redis.from_url(run.stage.settings.broker.url)
+        prefix = run.stage.settings.broker.key_prefix
+        deadline = time.monotonic() + WAIT_S
+        while not (held := held_messages(r, prefix, EMBED_QUEUE)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the embed worker never held a message")
+            time.sleep(0.05)
+        console.print(f"kill -9 the embed worker holding {len(held)} message(s)")
+        run.kill(embed)
+        t_kill = time.monotonic()
+        held = held_messages(r, prefix, EMBED_QUEUE)  # what it held when it died
+        # its replacement starts meanwhile (as compose's restart policy starts one)
+        restart = threading.Thread(target=run.worker, args=("embed",), daemon=True)
+        restart.start()
+        back: dict[str, float] = {}  # tag -> seconds after the kill it was put back
+        deadline = t_kill + WAIT_S
+        while len(back) < len(held) and time.monotonic() < deadline:
+            now = held_messages(r, prefix, EMBED_QUEUE)
+            for tag, score in held.items():
+                if tag not in back and now.get(tag) != score:  # restored (and taken again)
+                    back[tag] = time.monotonic() - t_kill
+            time.sleep(0.2)
+        redelivered_s = max(back.values(), default=None)
+        running_then = not retrain.ready()
+        console.print(
+            f"delivered again after {redelivered_s} s; the retrain still runs: {running_then}"
+        )
+        outcome_ = retrain.get(timeout=WAIT_S + size.retrain_budget_s)
+        retrain_s = time.monotonic() - t_retrain
+        restart.join()
+        # a message lost in transit at the kill (see stream_report) is re-sent once the
+        # killed worker's messages have had time to come back and be answered
+        report_ = stream_report(run, resumes, jobs, sent, resend_after_s=1.5 * lease_s + 15)
+        time.sleep(2 * sweep_interval_s(lease_s))  # a second delivery of the retrain would show now
+        return {
+            **report_,
+            "visibility_timeout_s": lease_s,
+            "labels": len(labels),
+            "held_at_kill": len(held),
+            "redelivered": len(back),
+            "redelivered_s": None if redelivered_s is None else round(redelivered_s, 1),
+            "first_redelivered_s": round(min(back.values(), default=0.0), 1),
+            "retrain_running_at_redelivery": running_then,
+            "retrain_s_from_fine_tuning": round(retrain_s, 1),
+            "retrain_status": outcome_.get("status"),
+            "retrain_deliveries": task_deliveries(run, retrain.id),
+        }
+
+
 Scenario = Callable[[Settings, Path, Path, Console, Sizes], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {
     "kill_embed_worker": kill_embed_worker,
@@ -639,6 +900,8 @@ SCENARIOS: dict[str, Scenario] = {
     "stop_postgres": stop_postgres,
     "kill_train_worker": kill_train_worker,
     "hostile_messages": hostile_messages,
+    "large_messages": large_messages,
+    "kill_embed_during_retrain": kill_embed_during_retrain,
 }
 
 

@@ -5,6 +5,7 @@ the report can find what became of it."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -150,6 +151,11 @@ def _raw(body: bytes, task: str | None, content_type: str = "application/json") 
     )
 
 
+def _with_headers(message: Message, **headers: Any) -> Message:
+    message.headers = {**(message.headers or {}), **headers}
+    return message
+
+
 def _call(task: str, document: Any) -> Message:
     return Message(_uid(), task, kwargs={"document": document})
 
@@ -170,7 +176,40 @@ def raw_kinds() -> list[Callable[[], Message]]:
         lambda: _call(INGEST_RESUME, {"id": "many", "skills": ["s"] * 5000}),
         lambda: _call(INGEST_JOB, {"id": "j", "title": ""}),
         lambda: _call(INGEST_RESUME, {"id": "x" * 500}),
+        # scoring tasks run through Celery's own request: shapes it would trip on
+        lambda: _raw(b'"just a string"', SCORE_RESUME),
+        lambda: _raw(b'{"resume_id": "r1"}', SCORE_RESUME),
+        lambda: _raw(b'[["r1"], {}, "not options"]', SCORE_JOB),
+        lambda: _with_headers(_raw(b'[["r1"], {}, {}]', SCORE_RESUME), timelimit="soon"),
+        lambda: _with_headers(_raw(b'[["r1"], {}, {}]', SCORE_JOB), retries="many"),
+        # a task name Celery cannot look up (a list)
+        lambda: _with_headers(_raw(b"[[], {}, {}]", None), task=[INGEST_RESUME]),
     ]
+
+
+def large_kinds(size: int) -> list[Callable[[], Message]]:
+    """Makers of messages of about ``size`` bytes each, one per way a large payload reaches a
+    worker: a field over its limit (the batch path), an argument name of that size (its
+    binding error names it), an oversized id, a scoring call (Celery's own request: a STARTED
+    and a FAILURE record), a body that is not JSON, a JSON string where a task call belongs.
+    The large text is one object shared by every message (the producer holds one copy)."""
+    big = "z" * size
+    not_json = b"{" + big.encode()
+    a_string = json.dumps(big).encode()
+    return [
+        lambda: _call(INGEST_RESUME, {"id": "big-skill", "skills": [big]}),
+        lambda: Message(_uid(), INGEST_JOB, kwargs={"document": {"id": "j"}, big: 1}),
+        lambda: _call(INGEST_JOB, {"id": big, "title": "Engineer"}),
+        lambda: Message(_uid(), SCORE_RESUME, kwargs={"resume_id": big}),
+        lambda: _raw(not_json, INGEST_RESUME),
+        lambda: _raw(a_string, SCORE_JOB),
+    ]
+
+
+def large_messages(n: int, size: int) -> list[Message]:
+    """``n`` messages of about ``size`` bytes, cycling through every kind of ``large_kinds``."""
+    kinds = large_kinds(size)
+    return [kinds[i % len(kinds)]() for i in range(n)]
 
 
 def raw_messages(n: int) -> Iterator[Message]:

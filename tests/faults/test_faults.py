@@ -18,11 +18,6 @@ from tools import faults, hostile
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
-@pytest.fixture(scope="module")
-def size(request: pytest.FixtureRequest) -> faults.Sizes:
-    return faults.FULL if request.config.getoption("--full-faults") else faults.QUICK
-
-
 def run(
     name: str, settings: Settings, minilm_path: Path, tmp_path: Path, size: faults.Sizes
 ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from kombu import Connection, Exchange
 from sqlalchemy import select
 
-from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_JOB, INGEST_RESUME
+from jobfit.shared.celery_app import EMBED_QUEUE, INGEST_JOB, INGEST_RESUME, SCORE_JOB, SCORE_RESUME
 from jobfit.shared.orm import DocumentRow, FailedMessageRow
 from jobfit.shared.schemas import MAX_FIELD_BYTES, InvalidMessageError, MessageRejectedError
 
@@ -120,6 +120,48 @@ def test_undecodable_and_unknown_messages(worker, settings, clean_db, session_fa
     assert set(by_id) >= {"raw-garbage", "raw-unknown", "raw-pickle"}, by_id
     assert "unknown task name 'jobfit.no_such_task'" in by_id["raw-unknown"]
     assert "x-python-serialize" in by_id["raw-pickle"]
+    assert worker.alive() and worker.ping()
+
+
+MALFORMED = [
+    # (body, headers beyond the id, what the recorded reason says): each raised inside
+    # Celery's request or its task lookup before, caught by a net over the whole handler
+    (b'"just a string"', {"task": SCORE_RESUME}, "not [args, kwargs, embed]"),
+    (b'{"resume_id": "r1"}', {"task": SCORE_RESUME}, "an object without args"),
+    (b'[["r1"], {}, "options"]', {"task": SCORE_JOB}, "options"),
+    (b'[["r1"], {}, {}]', {"task": SCORE_RESUME, "timelimit": "soon"}, "timelimit"),
+    (b'[["r1"], {}, {}]', {"task": SCORE_JOB, "retries": "many"}, "retries"),
+    (b"[[], {}, {}]", {"task": [INGEST_RESUME]}, "task name is a list"),
+    (b'[[{"id": "r1"}], {}, {}]', {"task": INGEST_RESUME, "id": ""}, "no task id"),
+]
+
+
+def test_malformed_task_messages_are_recorded_and_worker_survives(
+    worker, settings, clean_db, session_factory
+):
+    """Messages of the right task names in shapes Celery's request cannot take: recorded
+    with a reason and rejected, through Celery's own paths; the worker keeps serving."""
+    with Connection(
+        settings.broker.url,
+        transport_options={"global_keyprefix": settings.broker.key_prefix},
+    ) as conn:
+        producer = conn.Producer()
+        for i, (body, headers, _) in enumerate(MALFORMED):
+            producer.publish(
+                body,
+                exchange=Exchange(EMBED_QUEUE, type="direct"),
+                routing_key=EMBED_QUEUE,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"id": f"raw-{i}", "lang": "py", **headers},
+                retry=True,
+            )
+    rows = wait_failed(session_factory, len(MALFORMED))
+    by_id = {r.task_id: r.reason for r in rows}
+    for i, (_, headers, expected) in enumerate(MALFORMED):
+        task_id = str(headers.get("id", f"raw-{i}")) or None
+        assert expected in by_id.get(task_id, ""), (i, expected, by_id)
+    assert len(rows) == len(MALFORMED)
     assert worker.alive() and worker.ping()
 
 

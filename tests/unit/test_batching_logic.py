@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery.app.task import Context
 from celery.exceptions import ImproperlyConfigured, InvalidTaskError
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.serialization import loads
 
 from jobfit.shared import repository as repo
 from jobfit.shared.celery_app import INGEST_RESUME, create_celery_app
 from jobfit.shared.config import Settings
 from jobfit.shared.schemas import MessageRejectedError
-from jobfit.tasks.consumer import Batcher, batch_strategy, message_request
+from jobfit.tasks.consumer import (
+    Batcher,
+    RecordingConsumer,
+    batch_strategy,
+    checked_message,
+    message_request,
+    task_call,
+    task_envelope,
+)
 from jobfit.tasks.delivery import sort_deliveries
 from jobfit.workers.embedders.packing import pack_by_tokens
 
@@ -121,16 +133,17 @@ class Message:
 
     def __init__(self, body: Any, task_id: str | None = "t1", **headers: Any) -> None:
         self.body = body
-        self.headers = {"task": INGEST_RESUME, "retries": 0, **headers}
+        self.headers = {"task": INGEST_RESUME, "retries": 0}
         if task_id:
             self.headers["id"] = task_id
+        self.headers.update(headers)
         self.properties = {"correlation_id": task_id}
         self.delivery_info = {"routing_key": "embed"}
         self.content_type = "application/json"
 
     def decode(self) -> Any:
-        if isinstance(self.body, bytes):
-            return json.loads(self.body)
+        if isinstance(self.body, bytes):  # as kombu decodes (DecodeError, ContentDisallowed)
+            return loads(self.body, self.content_type, "utf-8", accept=["application/json"])
         return self.body
 
 
@@ -167,6 +180,95 @@ def test_a_message_without_a_task_id_is_an_invalid_task():
     body = [[GOOD], {}, {}]
     with pytest.raises(InvalidTaskError, match="task id"):
         message_request(Message(body, task_id=None), body, "w@h")
+
+
+@pytest.mark.parametrize(
+    "body,headers,reason",
+    [
+        ("a string", {}, "not [args, kwargs, embed]"),
+        ({"document": GOOD}, {}, "an object without args"),
+        ([[GOOD], {}, "embed"], {}, "options"),
+        ([[GOOD], {}, {}], {"id": ["t1"]}, "task id"),
+        ([[GOOD], {}, {}], {"id": ""}, "task id"),
+        ([[GOOD], {}, {}], {"retries": "2"}, "retries"),
+        ([[GOOD], {}, {}], {"retries": True}, "retries"),
+        ([[GOOD], {}, {}], {"timelimit": "soon"}, "timelimit"),
+        ([[GOOD], {}, {}], {"timelimit": [1, "x"]}, "timelimit"),
+        ([[GOOD], {}, {}], {"timelimit": [1, 2, 3]}, "timelimit"),
+    ],
+)
+def test_what_celery_would_trip_on_is_an_invalid_task(body, headers, reason):
+    """Each of these raised inside Celery's request (or its execution) before: checked first."""
+    msg = Message(json.dumps(body).encode(), **headers)
+    with pytest.raises(InvalidTaskError, match=re.escape(reason)):
+        task_call(msg, None)
+
+
+def test_a_well_formed_call_passes_with_its_parts():
+    msg = Message(json.dumps([[GOOD], {"score": False}, None]).encode(), timelimit=[None, 30])
+    args, kwargs, embed, headers = task_call(msg, None)
+    assert (args, kwargs, embed, headers["id"]) == ([GOOD], {"score": False}, {}, "t1")
+
+
+def test_an_undecodable_body_raises_what_celery_handles():
+    with pytest.raises(DecodeError):
+        task_call(Message(b"{not json"), None)
+    pickled = Message(b"\x80\x04")
+    pickled.content_type = "application/x-python-serialize"
+    with pytest.raises(ContentDisallowed):
+        task_call(pickled, None)
+
+
+@pytest.mark.parametrize(
+    "headers,body,reason",
+    [
+        ({"task": [INGEST_RESUME], "id": "t1"}, b"[[], {}, {}]", "task name is a list"),
+        ({"task": INGEST_RESUME}, b"[[], {}, {}]", "no task id"),
+        ({"task": INGEST_RESUME, "id": {"a": 1}}, b"[[], {}, {}]", "no task id"),
+        ({}, b'{"task": {"x": 1}, "id": "t1", "args": []}', "task name is a dict"),
+        ({}, b'{"task": "jobfit.ingest_resume", "args": []}', "no task id"),
+        ({"task": INGEST_RESUME, "id": "t1"}, b"[[], {}, {}]", None),
+        ({}, b"{not json", None),  # Celery: a decode error
+        ({}, b'{"no": "task"}', None),  # Celery: not a task message
+    ],
+)
+def test_a_task_name_or_id_celery_cannot_look_up_is_malformed(headers, body, reason):
+    msg = Message(body)
+    msg.headers = headers
+    found = task_envelope(msg)
+    assert found is None if reason is None else reason in str(found), found
+
+
+def test_the_strategy_runs_only_for_a_well_formed_call_and_its_errors_are_not_caught():
+    calls: list[Any] = []
+
+    def strategy(message: Any, body: Any, *rest: Any) -> None:
+        calls.append(message)
+        raise RuntimeError("a bug of ours")
+
+    with pytest.raises(InvalidTaskError):
+        checked_message(strategy, Message(b'"a string"'), None, None, None, set())
+    assert calls == []
+    good = Message(json.dumps([[GOOD], {}, {}]).encode())
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        checked_message(strategy, good, None, None, None, set())
+    assert calls == [good]
+
+
+def test_the_consumer_lets_an_error_of_ours_through(monkeypatch):
+    """No net over Celery's handler: only the malformed envelope is rejected before it."""
+
+    def celery_handler(self: Any, promise: Any = None) -> Any:
+        def on_message(message: Any) -> None:
+            raise KeyError("a bug of ours")
+
+        return on_message
+
+    monkeypatch.setattr(CeleryConsumer, "create_task_handler", celery_handler)
+    consumer = RecordingConsumer.__new__(RecordingConsumer)  # no worker: its handler only
+    handler = consumer.create_task_handler()
+    with pytest.raises(KeyError, match="a bug of ours"):
+        handler(Message(json.dumps([[GOOD], {}, {}]).encode()))
 
 
 class Timer:

@@ -6,8 +6,10 @@ tests/integration/test_instant.py."""
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from celery import Celery
 from celery.app.task import Context
 
 from jobfit.shared.config import ModelSettings
-from jobfit.shared.redis_transport import QoS
+from jobfit.shared.redis_transport import QoS, Transport, sweep_interval_s
 from jobfit.tasks.results import Outcome, batchable, result_meta
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.instant import DEFAULT_DIM, InstantEmbedder, model_dim
@@ -128,6 +130,9 @@ class FakeClient:
         self.log.append("restore")
         fn(FakePipe(self.log))
 
+    def zadd(self, key: str, mapping: dict[str, float], xx: bool = False) -> None:
+        self.log.append(("zadd", key, mapping, xx))
+
 
 class FakeLoop:
     def __init__(self) -> None:
@@ -182,6 +187,41 @@ def test_queued_acks_are_written_before_unacknowledged_messages_are_put_back() -
     qos.restore_unacked()  # a closing channel (warm shutdown)
     assert channel.log[:3] == [("zrem", "unacked_index", "a"), ("hdel", "unacked", "a"), "execute"]
     assert "restore" in channel.log[3:], "then kombu's restore finds it acknowledged"
+
+
+def test_a_lease_renewal_rescores_every_held_message_and_adds_none_back() -> None:
+    channel = FakeChannel(FakeLoop())
+    qos = QoS(channel)
+    assert qos.renew_leases() == 0 and channel.log == [], "nothing held: nothing written"
+    for tag in ("a", "b"):
+        qos._delivered[tag] = object()
+    before = time.time()
+    assert qos.renew_leases() == 2
+    [(command, key, scores, xx)] = channel.log
+    assert (command, key, sorted(scores), xx) == ("zadd", "unacked_index", ["a", "b"], True)
+    assert len(set(scores.values())) == 1 and min(scores.values()) >= before
+
+
+@pytest.mark.parametrize("timeout_s,interval_s", [(60, 10.0), (30, 5.0), (10, 10 / 6), (2, 1.0)])
+def test_leases_are_renewed_and_swept_every_sixth_of_the_timeout(timeout_s, interval_s) -> None:
+    assert sweep_interval_s(timeout_s) == pytest.approx(interval_s)
+
+
+def test_a_transport_renews_each_channel_and_stops_once_it_has_none() -> None:
+    renewed: list[str] = []
+
+    def channel(name: str) -> Any:
+        return SimpleNamespace(qos=SimpleNamespace(renew_leases=lambda: renewed.append(name)))
+
+    transport = Transport.__new__(Transport)  # no connection: its timer's callback only
+    transport.lease_timer = SimpleNamespace(cancelled=False)
+    transport.lease_timer.cancel = lambda: setattr(transport.lease_timer, "cancelled", True)
+    transport.channels = [channel("a"), channel("b")]
+    transport.renew_leases()
+    assert renewed == ["a", "b"] and not transport.lease_timer.cancelled
+    transport.channels = []  # the connection was closed (Celery reconnected with a new one)
+    transport.renew_leases()
+    assert transport.lease_timer.cancelled
 
 
 def test_goals_read_the_ceiling_and_the_default_backend() -> None:

@@ -27,7 +27,13 @@ def test_celery_config_is_safe_by_default():
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 2 * Settings().batch.max_tasks  # two batches
     assert conf.worker_send_task_events and conf.task_send_sent_event
-    assert conf.broker_transport_options["visibility_timeout"] >= 3600
+    # A killed worker's messages come back within about a minute (leases: a live worker
+    # renews those it holds, so a long retrain is not delivered twice).
+    options = conf.broker_transport_options
+    assert options["visibility_timeout"] == 60
+    assert options["unacked_restore_interval"] == 10 and options["unacked_restore_throttle"] == 1
+    assert conf.broker_transport == "jobfit.shared.redis_transport:Transport"
+    assert conf.result_backend.startswith("jobfit.shared.result_backend:RedisBackend+redis://")
     assert conf.result_expires <= 24 * 3600
 
 
