@@ -64,6 +64,10 @@ class ModelContext:
         return query_vector(doc, self.weights, self.embedder.dim)
 
 
+# (database URL, model version id, kind) whose HNSW index this process has seen to exist.
+_INDEXED: set[tuple[str, int, str]] = set()
+
+
 def embed_texts(
     *, session: Session, ctx: ModelContext, texts: Iterable[str]
 ) -> tuple[dict[str, Vector], list[str]]:
@@ -118,14 +122,30 @@ def document_vectors(
     vectors, new = embed_texts(
         session=session, ctx=ctx, texts=(t for ft in texts.values() for t in ft.values())
     )
-    made = {
-        i: DocumentVectors.from_pairs(
-            todo[i].kind, {p: vectors[text_hash(t)] for p, t in ft.items()}
-        )
-        for i, ft in texts.items()
-    }
-    store_vectors(session=session, ctx=ctx, rows=list(todo.values()), vectors=made)
+    made = store_text_vectors(
+        session=session,
+        ctx=ctx,
+        docs={i: (todo[i], ft) for i, ft in texts.items()},
+        vectors=vectors,
+    )
     return out | made, len(new)
+
+
+def store_text_vectors(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    docs: Mapping[int, tuple[DocumentRow, Mapping[PairType, str]]],
+    vectors: Mapping[str, Vector],
+) -> dict[int, DocumentVectors]:
+    """Documents' vectors made from their field texts (by row id: the row and its texts by
+    pair type) and the texts' embeddings (by text hash), stored; returned by row id."""
+    made = {
+        i: DocumentVectors.from_pairs(row.kind, {p: vectors[text_hash(t)] for p, t in ft.items()})
+        for i, (row, ft) in docs.items()
+    }
+    store_vectors(session=session, ctx=ctx, rows=[row for row, _ in docs.values()], vectors=made)
+    return made
 
 
 def store_vectors(
@@ -152,7 +172,11 @@ def store_vectors(
                 )
             )
     for kind in sorted({w.kind for w in writes}):
-        repo.ensure_index(
+        # Once per database, version and kind in a process: not a lookup per batch.
+        seen = (str(session.get_bind().engine.url), ctx.model_version_id, kind)
+        if seen in _INDEXED:
+            continue
+        created = repo.ensure_index(
             session=session,
             model_version_id=ctx.model_version_id,
             kind="resume" if kind == "resume" else "job",
@@ -160,6 +184,8 @@ def store_vectors(
             m=ctx.scoring.hnsw_m,
             ef_construction=ctx.scoring.hnsw_ef_construction,
         )
+        if not created:  # it existed, committed; one created here may yet be rolled back
+            _INDEXED.add(seen)
     repo.upsert_vectors(
         session=session, model_version_id=ctx.model_version_id, key=ctx.vectors_key, writes=writes
     )

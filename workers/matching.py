@@ -115,7 +115,9 @@ def match_top_k(
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
-        existing |= repo.partners(session=session, model_version_id=version, side=kind, ids=ids)
+        existing |= repo.stale_partners(
+            session=session, model_version_id=version, side=kind, ids=ids, key=ctx.scoring_key
+        )
     others = repo.documents_by_id(
         session=session, ids=[c for i in candidates for c in candidates[i] | existing[i]]
     )

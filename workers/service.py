@@ -19,9 +19,8 @@ from jobfit.shared.db import transaction
 from jobfit.shared.fields import field_texts, text_hash
 from jobfit.shared.orm import DocumentRow
 from jobfit.shared.schemas import Document, IngestResult, TopMatch
-from jobfit.workers.embedding import ModelContext, embed_texts, store_vectors
+from jobfit.workers.embedding import ModelContext, embed_texts, store_text_vectors
 from jobfit.workers.matching import score_documents, top_of
-from jobfit.workers.vectors import DocumentVectors
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +62,11 @@ def ingest_documents(
         session=session, ctx=ctx, texts=(t for _, _, ft in changed for t in ft.values())
     )
     # A document given twice: its last version's vectors (its row holds that content).
-    latest = {row.id: (row, ft) for _, row, ft in changed}
-    store_vectors(
+    store_text_vectors(
         session=session,
         ctx=ctx,
-        rows=[row for row, _ in latest.values()],
-        vectors={
-            doc_id: DocumentVectors.from_pairs(
-                row.kind, {p: vectors[text_hash(t)] for p, t in ft.items()}
-            )
-            for doc_id, (row, ft) in latest.items()
-        },
+        docs={row.id: (row, ft) for _, row, ft in changed},
+        vectors=vectors,
     )
     first: dict[str, int] = {}
     for i, _, ft in changed:

@@ -132,20 +132,27 @@ def kth_best(
     return out
 
 
-def partners(
-    *, session: Session, model_version_id: int, side: str, ids: Sequence[int]
+def stale_partners(
+    *, session: Session, model_version_id: int, side: str, ids: Sequence[int], key: str
 ) -> dict[int, set[int]]:
-    """Per document of ``side``: the documents of the other kind it has a stored match with
-    under this version (a changed document's rows are rescored, not left stale)."""
-    col, other = (
-        (MatchRow.resume_id, MatchRow.job_id)
+    """Per document of ``side``: the documents of the other kind whose stored match with it
+    under this version was scored on other content of it or under other weights (``key``):
+    a changed document's rows are rescored, not left stale; fresh ones are left alone."""
+    col, other, own_hash = (
+        (MatchRow.resume_id, MatchRow.job_id, MatchRow.resume_hash)
         if side == "resume"
-        else (MatchRow.job_id, MatchRow.resume_id)
+        else (MatchRow.job_id, MatchRow.resume_id, MatchRow.job_hash)
     )
     out: dict[int, set[int]] = {i: set() for i in ids}
     for part in chunked(sorted(set(ids))):
         for i, o in session.execute(
-            select(col, other).where(MatchRow.model_version_id == model_version_id, col.in_(part))
+            select(col, other)
+            .join(DocumentRow, DocumentRow.id == col)
+            .where(
+                MatchRow.model_version_id == model_version_id,
+                col.in_(part),
+                (own_hash != DocumentRow.content_hash) | (MatchRow.scoring_key != key),
+            )
         ):
             out[i].add(o)
     return out
