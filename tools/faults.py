@@ -200,6 +200,24 @@ def scored_ids(factory: sessionmaker[Session], n_jobs: int) -> set[str]:
         return set(rows)
 
 
+def jobs_by_version(factory: sessionmaker[Session], resume_ids: list[str]) -> dict[str, Any]:
+    """Per resume: how many jobs it has matches with, per model version (what a lost
+    resume's report shows)."""
+    r = aliased(DocumentRow)
+    with factory() as s:
+        rows = s.execute(
+            select(r.external_id, MatchRow.model_version_id, func.count(MatchRow.job_id))
+            .select_from(MatchRow)
+            .join(r, r.id == MatchRow.resume_id)
+            .where(r.external_id.in_(resume_ids))
+            .group_by(r.external_id, MatchRow.model_version_id)
+        ).all()
+    out: dict[str, Any] = {}
+    for rid, version, n in rows:
+        out.setdefault(rid, {})[int(version)] = int(n)
+    return out
+
+
 def outcome(factory: sessionmaker[Session], resume_ids: set[str], n_jobs: int) -> dict[str, int]:
     """scored / lost / duplicated, as defined in the module docstring."""
     r, j = aliased(DocumentRow), aliased(DocumentRow)
@@ -344,7 +362,16 @@ def stream_report(
     extra["lost_in_transit"] = sum(1 for r in sent.values() if not r.ready())
     if counts["lost"]:
         missing = sorted(set(sent) - scored_ids(run.factory, len(jobs)))[:10]
-        extra["lost_examples"] = {m: [sent[m].id, sent[m].state] for m in missing}
+        by_version = jobs_by_version(run.factory, missing)
+        extra["lost_examples"] = {
+            m: {
+                "task": sent[m].id,
+                "state": sent[m].state,
+                "result": sent[m].result if sent[m].successful() else None,
+                "jobs_by_version": by_version.get(m, {}),
+            }
+            for m in missing
+        }
     return {
         "sent": len(resumes) + len(jobs),
         "valid_resumes": len(resumes),
