@@ -140,6 +140,13 @@ def bench_scale(
         float, typer.Option(help="Stop before a size that would pass this many seconds.")
     ] = 1800.0,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    noise: Annotated[
+        str,
+        typer.Option(
+            help="real: drawn with the real vectors' covariance; isotropic: over all"
+            " dimensions (a stress case). tools/scale.py."
+        ),
+    ] = "real",
 ) -> None:
     """Top-K retrieval at 10k to 1M resumes (vectors around the real dataset's, written
     directly): time and rows per ingested document, query latency, recall against exact
@@ -147,11 +154,14 @@ def bench_scale(
     worker_env()
     from jobfit.workers.provision import minilm_path
     from tools.postgres import pgvector_settings
-    from tools.scale import run
+    from tools.scale import NOISE_MODELS, run
 
     settings, database = pgvector_settings(get_settings(), "postgres")
     err.print(database)
-    emit_json(run(settings, minilm_path(), dataset, err, quick=quick, budget_s=budget_s), out)
+    if noise not in NOISE_MODELS:
+        raise typer.BadParameter(f"--noise must be one of {', '.join(NOISE_MODELS)}")
+    report = run(settings, minilm_path(), dataset, err, quick=quick, budget_s=budget_s, noise=noise)
+    emit_json(report, out)
 
 
 postgres_app = typer.Typer(help="The embedded Postgres with pgvector (tools/postgres.py).")

@@ -4,16 +4,27 @@ else the embedded one), every figure from one run.
 
 Corpora: documents made around the real dataset's documents (each synthetic document takes a
 random real document of its kind and, per field slot it has, the real MiniLM vector plus
-Gaussian noise of norm ``NOISE``, normalised: clustered like real data, not uniform), written
-straight into ``documents`` and ``document_vectors`` with binary COPY, so the model is not the
-bottleneck. Sizes grow in steps (each step adds to the previous corpus); the HNSW indexes are
-rebuilt after each step's load (a bulk build is faster than inserting into the graph).
+Gaussian noise of norm about ``NOISE``, normalised: clustered like real data, not uniform),
+written straight into ``documents`` and ``document_vectors`` with binary COPY, so the model is
+not the bottleneck. The noise (``--noise``):
+
+real        drawn with the covariance of the real vectors of that kind and slot: a synthetic
+            document differs from its seed the way real documents differ from each other, in
+            the few directions real texts span (the default).
+isotropic   the same norm spread over all 384 dimensions: directions no real text takes,
+            which raise the corpus's intrinsic dimension far above real data's (a stress
+            case for the graph; README "Matching at scale").
+
+Sizes grow in steps (each step adds to the previous corpus); the HNSW indexes are rebuilt
+after each step's load (a bulk build is faster than inserting into the graph).
 
 Per size:
 ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
               (retrieval, exact scoring of the candidates, top K and reverse updates written),
               each in its own transaction, after its row and vectors are stored as ingest's
               first transaction does: seconds and rows written per document.
+              They are deleted after (their rows cascade): the next size's queries and
+              recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
               the index query plus exact rescoring of its candidates, p50/p95 (and the index
               query alone).
@@ -36,7 +47,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +70,14 @@ from jobfit.workers.vectors import DocumentVectors, score
 FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
 QUICK_SIZES = ((2_000, 200), (10_000, 1_000))
 NOISE = 0.6
+NOISE_MODELS = ("real", "isotropic")
 NEW_DOCS = 50  # per kind and size, ingested
 QUERIES = 50  # per kind and size, for latency and recall
 CHUNK = 10_000  # documents written (and regenerated for exact scoring) at a time
 BLOCK = 1_000  # documents of one seed: any range of documents regenerates identically
 DIM = 384  # MiniLM
 SEED = 20261129
+NEW_IDS = 2_000_000_000  # row ids of ingested documents: beyond any corpus (``doc_id``)
 
 
 class NoModel:
@@ -83,17 +96,40 @@ class NoModel:
 
 @dataclass(frozen=True)
 class Bases:
-    """The real documents' vectors by slot, per kind (what synthetic ones are drawn around)."""
+    """The real documents' vectors by slot, per kind (what synthetic ones are drawn around),
+    and per kind and slot the real vectors' spread: centred rows scaled so that a standard
+    normal draw times them has norm about ``NOISE`` (``noise="real"``)."""
 
     resume: list[dict[str, Vector]]
     job: list[dict[str, Vector]]
+    noise: str = "real"
+    spread: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in ("resume", "job"):
+            for slot in sorted({s for d in self.of(kind) for s in d}):
+                rows = np.stack([d[slot] for d in self.of(kind) if slot in d]).astype(np.float64)
+                centred = rows - rows.mean(axis=0)
+                total = float((centred**2).sum())  # E|g @ centred|^2 for standard normal g
+                if len(rows) > 1 and total > 0:
+                    self.spread[(kind, slot)] = (centred * (NOISE / np.sqrt(total))).astype(
+                        np.float32
+                    )
 
     def of(self, kind: str) -> list[dict[str, Vector]]:
         return self.resume if kind == "resume" else self.job
 
+    def draw(self, rng: np.random.Generator, kind: str, slot: str) -> np.ndarray:
+        """One noise vector for a slot of a kind (see the module docstring)."""
+        spread = self.spread.get((kind, slot))
+        if self.noise == "isotropic" or spread is None:
+            return rng.standard_normal(DIM).astype(np.float32) * np.float32(NOISE / np.sqrt(DIM))
+        out: np.ndarray = rng.standard_normal(len(spread)).astype(np.float32) @ spread
+        return out
+
 
 def real_bases(
-    model: Any, dataset: Path
+    model: Any, dataset: Path, noise: str = "real"
 ) -> tuple[Bases, list[DocumentVectors], list[DocumentVectors]]:
     from tools.dataset import read_dataset
 
@@ -112,7 +148,8 @@ def real_bases(
         return DocumentVectors.from_pairs(d.kind, {p: emb[t] for p, t in field_texts(d).items()})
 
     resumes, jobs = [vecs(r) for r in data.resumes], [vecs(j) for j in data.jobs]
-    return Bases([r.slots for r in resumes], [j.slots for j in jobs]), resumes, jobs
+    bases = Bases([r.slots for r in resumes], [j.slots for j in jobs], noise=noise)
+    return bases, resumes, jobs
 
 
 def synthetic(bases: Bases, kind: str, start: int, n: int, salt: int = 0) -> list[DocumentVectors]:
@@ -133,7 +170,7 @@ def _block(bases: Bases, kind: str, block: int, salt: int) -> list[DocumentVecto
     for b in rng.integers(len(pool), size=BLOCK):
         slots = {}
         for s, v in pool[b].items():
-            x = v + rng.standard_normal(DIM).astype(np.float32) * np.float32(NOISE / np.sqrt(DIM))
+            x = v + bases.draw(rng, kind, s)
             slots[s] = (x / np.linalg.norm(x)).astype(np.float32)
         out.append(DocumentVectors(kind, slots))
     return out
@@ -403,7 +440,7 @@ def ingest_new(
     """``n`` new documents of ``kind``: stored, then matched one at a time (as a worker does
     with a batch of one)."""
     docs = synthetic(bases, kind, 0, n, salt=100 + size_no)
-    base = doc_id(kind, 0) + 500_000_000 + size_no * 1000  # ids beyond any corpus
+    base = NEW_IDS + doc_id(kind, 0) + size_no * 1000
     ids = [base + k for k in range(n)]
     copy_documents(factory, ctx=ctx, kind=kind, start=0, docs=docs, ids=ids)
     secs, rows = [], []
@@ -463,6 +500,9 @@ def measure_size(
         )
         console.print(f"  ingest_{kind}: {out[f'ingest_{kind}']}")
     after = table_bytes(factory)
+    # Gone again (their rows cascade): the next size's queries and recall see its corpus only.
+    with factory.begin() as s:
+        s.execute(text("DELETE FROM documents WHERE id >= :lo"), {"lo": NEW_IDS})
     docs = n_resumes + n_jobs
     out["bytes_per_document"] = {
         t: round(before[t] / docs) for t in ("documents", "document_vectors")
@@ -547,16 +587,17 @@ def run(
     quick: bool = False,
     budget_s: float = 1800.0,
     keep: bool = False,
+    noise: str = "real",
 ) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     t_start = time.perf_counter()
     model = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
-    bases, real_resumes, real_jobs = real_bases(model, dataset)
+    bases, real_resumes, real_jobs = real_bases(model, dataset, noise)
     s, drop = fresh_database(settings)
     engine = create_engine(s.db.url, pool_size=2)
     factory = make_session_factory(engine)
-    report: dict[str, Any] = {"noise": NOISE, "dim": DIM, "sizes": []}
+    report: dict[str, Any] = {"noise": {"model": noise, "norm": NOISE}, "dim": DIM, "sizes": []}
     try:
         with factory.begin() as session:
             v = repo.ensure_model_version(
