@@ -26,7 +26,7 @@ from jobfit.shared.orm import DocumentRow
 from jobfit.shared.schemas import TopMatch
 from jobfit.workers.embedding import ModelContext, document_vectors
 from jobfit.workers.scoring import MatchScore
-from jobfit.workers.vectors import DocumentVectors, score
+from jobfit.workers.vectors import DocumentVectors, score, score_many
 
 Pair = tuple[int, int]  # (resume row id, job row id)
 Scored = dict[Pair, tuple[DocumentRow, DocumentRow, MatchScore]]
@@ -157,10 +157,12 @@ def _ranked(
     ctx: ModelContext,
 ) -> list[tuple[Pair, DocumentRow, DocumentRow, MatchScore]]:
     """``row`` scored against each of ``others``, best first (no score last, then by id)."""
+    them = list(others)
+    scores = score_many(vecs[row.id], [vecs[o.id] for o in them], ctx.weights)
     out = []
-    for o in others:
+    for o, m in zip(them, scores, strict=True):
         r, j = (row, o) if row.kind == "resume" else (o, row)
-        out.append(((r.id, j.id), r, j, score(vecs[r.id], vecs[j.id], ctx.weights)))
+        out.append(((r.id, j.id), r, j, m))
     out.sort(key=lambda t: (t[3].score is None, -(t[3].score or 0.0), t[0]))
     return out
 

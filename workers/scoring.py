@@ -34,11 +34,13 @@ def from_pgvector(raw: bytes) -> Vector:
 
 
 def cosine(a: Vector, b: Vector) -> float:
-    """Cosine similarity; exact for any vectors, a dot product for normalised ones."""
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    """Cosine similarity; exact for any vectors, a dot product for normalised ones (in float64,
+    norms too: ``vectors.score_many`` computes the same for many at once)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
     if na == 0.0 or nb == 0.0:
         return 0.0
-    return float(np.dot(a.astype(np.float64), b.astype(np.float64)) / (na * nb))
+    return float(np.dot(a64, b64) / (na * nb))
 
 
 def score_match(

@@ -225,11 +225,16 @@ def _nearest_sql(model_version_id: int, kind: Kind, dims: int, exact: bool = Fal
     serves, so the plan is a scan (a setting such as ``enable_indexscan`` would not do: the
     driver prepares repeated statements, and a prepared plan keeps the settings it was
     planned under)."""
-    distance = f"embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
+    d = int(dims)
+    if exact:
+        order = f" ORDER BY (embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))) + 0"
+    else:
+        order = f" ORDER BY embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))"
     return sql(
         "SELECT document_id FROM document_vectors"  # noqa: S608 (names and ints of ours; values bound)
         f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        f" ORDER BY {f'({distance}) + 0' if exact else distance} LIMIT :n"
+        + order
+        + " LIMIT :n"
     ).bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
 
 

@@ -18,6 +18,7 @@ from jobfit.workers.vectors import (
     retrieval_dims,
     retrieval_vector,
     score,
+    score_many,
 )
 
 DIM = 16
@@ -107,3 +108,28 @@ def test_documents_without_any_weighted_pair_get_zero_vectors():
     entry = retrieval_vector(doc, weights, DIM)
     assert not entry[:-1].any() and entry[-1] == pytest.approx(ENTRY_NORM)  # all completion
     assert not query_vector(doc, weights, DIM).any()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scoring_many_at_once_equals_scoring_each(seed):
+    """A query against its candidates in one go: each candidate's pair scores (same pairs, same
+    order) and match score as ``score`` gives them, with zero vectors, missing fields and
+    weights of 0 among them."""
+    rng = np.random.default_rng(seed)
+    weights = {p: float(rng.choice([0.0, 0.5, 1.0, 2.0])) for p in PairType}
+    for kind, other in (("resume", "job"), ("job", "resume")):
+        doc = random_doc(rng, kind)
+        others = [random_doc(rng, other) for _ in range(40)]
+        others.append(
+            DocumentVectors(other, {s: np.zeros(DIM, np.float32) for s in others[0].slots})
+        )
+        others.append(DocumentVectors(other, {}))
+        for o, m in zip(others, score_many(doc, others, weights), strict=True):
+            r, j = (doc, o) if kind == "resume" else (o, doc)
+            want = score(r, j, weights)
+            assert list(m.pair_scores) == list(want.pair_scores)
+            assert m.pair_scores == pytest.approx(want.pair_scores, abs=1e-12)
+            if want.score is None:
+                assert m.score is None
+            else:
+                assert m.score == pytest.approx(want.score, abs=1e-12)
