@@ -37,7 +37,7 @@ import numpy as np
 
 from jobfit.shared.config import PairType
 from jobfit.shared.fields import JOB_SLOT, JOB_SLOTS, slot_map
-from jobfit.workers.scoring import MatchScore, Vector, score_match, weighted_mean
+from jobfit.workers.scoring import MatchScore, Vector, score_match
 
 
 @dataclass(frozen=True)
@@ -174,11 +174,14 @@ def score_many(
     doc: DocumentVectors, others: Sequence[DocumentVectors], weights: Mapping[PairType, float]
 ) -> list[MatchScore]:
     """``score`` of ``doc`` against each of ``others`` (of the other kind), one matrix product
-    per pair type instead of a cosine per pair: the same values (float64, as ``cosine``) to
-    rounding, the same pair order, about 10x faster on a top-K's candidates."""
+    per pair type instead of a cosine per pair: the same values (float64, as ``cosine``, the
+    mean summed in the same order as ``weighted_mean``) to rounding, the same pair order;
+    measured 2x faster on 200 candidates (20.6 -> 9.5 ms here)."""
     mine = doc.pair_vectors()
     theirs = [o.pair_vectors() for o in others]
-    cosines: dict[PairType, np.ndarray] = {}
+    n = len(others)
+    num, den = np.zeros(n), np.zeros(n)
+    columns: list[tuple[PairType, list[float]]] = []
     for p in PairType:
         rows = [i for i, t in enumerate(theirs) if p in t] if p in mine else []
         if not rows:
@@ -186,13 +189,17 @@ def score_many(
         q = np.asarray(mine[p], dtype=np.float64)
         mat = np.stack([theirs[i][p] for i in rows]).astype(np.float64)
         norms = np.linalg.norm(mat, axis=1) * float(np.linalg.norm(q))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.where(norms > 0.0, (mat @ q) / np.where(norms > 0.0, norms, 1.0), 0.0)
-        column = np.full(len(others), np.nan)
-        column[rows] = cos
-        cosines[p] = column
+        safe = np.where(norms > 0.0, norms, 1.0)
+        cos = np.full(n, np.nan)
+        cos[rows] = np.where(norms > 0.0, (mat @ q) / safe, 0.0)
+        w = weights.get(p, 0.0)
+        present = ~np.isnan(cos)
+        num += np.where(present, w * np.nan_to_num(cos), 0.0)
+        den += np.where(present, w, 0.0)
+        columns.append((p, cos.tolist()))
     out = []
-    for i in range(len(others)):
-        pairs = {p: float(c[i]) for p, c in cosines.items() if not np.isnan(c[i])}
-        out.append(MatchScore(score=weighted_mean(pairs, weights), pair_scores=pairs))
+    for i in range(n):
+        pairs = {p: c[i] for p, c in columns if c[i] == c[i]}  # NaN: the pair is missing
+        mean = float(num[i] / den[i]) if pairs and den[i] > 0.0 else None
+        out.append(MatchScore(score=mean, pair_scores=pairs))
     return out
