@@ -22,6 +22,7 @@ workers    e2e ingest with 1 and with 2 worker processes (threads split between 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import time
@@ -298,6 +299,8 @@ def bench_model(
         out["e2e_ingest_default_backend"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"],
         3,
     )
+    # What the default backend served: the fp32 check's verdict (which graph, what fused).
+    out["default_backend_fp32_check"] = fp32_verdict(spec, settings.model.store)
     docs = len(resumes) + len(jobs)
     out["pipeline_ceiling"] = ceiling(settings, model_path, console, resumes, jobs)
     for label in ("e2e_ingest", "e2e_ingest_default_backend"):
@@ -327,6 +330,15 @@ def bench_model(
     )
     out["e2e_ingest_2_workers"]["threads_per_worker"] = threads
     return out
+
+
+def fp32_verdict(spec: ModelSpec, store: Path) -> dict[str, Any] | None:
+    """The ONNX fp32 check's verdict for ``spec`` in ``store`` (None: none made)."""
+    from jobfit.workers.embedders.export import export_dir
+    from jobfit.workers.embedders.gate import FP32_CHECK_FILE
+
+    path = export_dir(spec, store) / FP32_CHECK_FILE
+    return dict(json.loads(path.read_text("utf-8"))) if path.is_file() else None
 
 
 def drain(stage: Stage, send: Callable[[], list[AsyncResult]]) -> dict[str, float]:

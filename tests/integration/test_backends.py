@@ -1,10 +1,13 @@
-"""ONNX backends: fp32 equals torch and is the CPU default only where its export is exact,
+"""ONNX backends: fp32 equals torch and is the CPU default only where its export is exact
+(the optimised graph too, served where it is exact and faster, the plain one otherwise),
 int8 stays close, serves only past its gate and is judged again on a CPU with other features,
 and a worker serving either names the backend in every row's model version."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,11 @@ from jobfit.shared.repository import ModelStatus
 from jobfit.workers.embedders import gate as gate_module
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.export import (
+    FP32_FILE,
+    OPT_FILE,
     QUANT_FILE,
     cpu_features,
+    export_dir,
     quantization_settings,
     quantize,
     quantized_with,
@@ -31,7 +37,7 @@ from jobfit.workers.embedders.gate import (
     gate,
     sample_check_set,
 )
-from jobfit.workers.embedders.onnx import OnnxEmbedder
+from jobfit.workers.embedders.onnx import OnnxEmbedder, session_options
 from jobfit.workers.embedders.select import make_embedder
 from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 from tests.conftest import isolated
@@ -103,6 +109,79 @@ def test_cpu_default_is_torch_where_the_export_fails(spec, tmp_path, monkeypatch
     assert type(make_embedder(auto, tmp_path)) is SentenceTransformerEmbedder
     verdict = check_fp32(auto, tmp_path)  # recorded once: not tried again at every load
     assert not verdict["exact"] and "cannot be exported" in verdict["error"]
+
+
+def copied_store(spec: ModelSpec, onnx_store: Path, tmp_path: Path) -> Path:
+    """A store with the module's export in it and no fp32 verdict: checked afresh."""
+    store = tmp_path / "store"
+    shutil.copytree(export_dir(spec, onnx_store), export_dir(spec, store))
+    (export_dir(spec, store) / FP32_CHECK_FILE).unlink(missing_ok=True)
+    return store
+
+
+def test_optimised_graph_stays_within_the_exactness_gate(spec, onnx_store, tmp_path):
+    store = copied_store(spec, onnx_store, tmp_path)
+    auto = ModelSpec(**{**spec.__dict__, "backend": "auto"})
+    verdict = check_fp32(auto, store)
+    opt = verdict["graphs"][OPT_FILE]
+    # onnxruntime's fusions took hold of MiniLM's export (eager attention), and stay exact.
+    assert verdict["fused"]["Attention"] == 6 and verdict["fused"]["SkipLayerNormalization"]
+    assert opt["exact"] and opt["cosine_to_torch_min"] >= 0.9999, verdict
+    assert verdict["exact"] and verdict["graph"] in (OPT_FILE, FP32_FILE)
+    assert ("optimized" in verdict) == (verdict["graph"] == FP32_FILE)
+    served = make_embedder(auto, store)
+    assert isinstance(served, OnnxEmbedder) and served.graph == verdict["graph"]
+    # Where it serves (faster on the check set), the worker runs the optimised graph.
+    path = export_dir(spec, store) / FP32_CHECK_FILE
+    path.write_text(json.dumps({**verdict, "graph": OPT_FILE}), encoding="utf-8")
+    served = make_embedder(auto, store)
+    assert isinstance(served, OnnxEmbedder) and served.graph == OPT_FILE
+    texts = sample_check_set().texts[:40]
+    cos = np.sum(served.encode(texts) * SentenceTransformerEmbedder(spec).encode(texts), axis=1)
+    assert cos.min() >= 0.9999
+    # Its threads sleep while they wait: the worker's event loop shares the cores.
+    assert session_options(spec).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_failed_optimisation_serves_the_plain_export_and_says_why(
+    spec, onnx_store, tmp_path, monkeypatch, caplog
+):
+    def broken(*_: object) -> dict[str, int]:
+        raise RuntimeError("fusion went wrong")
+
+    monkeypatch.setattr(gate_module, "optimize", broken)
+    store = copied_store(spec, onnx_store, tmp_path)
+    auto = ModelSpec(**{**spec.__dict__, "backend": "auto"})
+    with caplog.at_level(logging.WARNING, logger=gate_module.__name__):
+        verdict = check_fp32(auto, store)
+    assert verdict["exact"] and verdict["graph"] == FP32_FILE, verdict
+    assert "fusion went wrong" in verdict["optimized"]["reason"]
+    assert "fusion went wrong" in verdict["graphs"][OPT_FILE]["error"]
+    assert any(
+        "not served" in r.getMessage() and "fusion went wrong" in r.getMessage()
+        for r in caplog.records
+    )
+    served = make_embedder(auto, store)
+    assert isinstance(served, OnnxEmbedder) and served.graph == FP32_FILE
+
+
+def test_exact_verdict_naming_no_graph_is_checked_again(spec, onnx_store, tmp_path, monkeypatch):
+    store = copied_store(spec, onnx_store, tmp_path)
+    path = export_dir(spec, store) / FP32_CHECK_FILE
+    old = {"exact": True, "cosine_to_torch_mean": 1.0}  # as written before the optimised graph
+    path.write_text(json.dumps(old), encoding="utf-8")
+    checked: list[int] = []
+
+    def check(*_: object) -> dict[str, object]:
+        checked.append(1)
+        return {"exact": True, "graph": FP32_FILE}
+
+    monkeypatch.setattr(gate_module, "_check_graphs", check)
+    auto = ModelSpec(**{**spec.__dict__, "backend": "auto"})
+    assert check_fp32(auto, store)["graph"] == FP32_FILE and checked == [1]
+    assert check_fp32(auto, store)["graph"] == FP32_FILE and checked == [1]  # kept
+    path.write_text(json.dumps({"exact": False, "error": "x"}), encoding="utf-8")
+    assert check_fp32(auto, store) == {"exact": False, "error": "x"}  # refusals stay
 
 
 def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):

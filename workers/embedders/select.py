@@ -28,7 +28,8 @@ def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     if spec.backend == "auto":
         verdict = check_fp32(spec, store)
         if verdict["exact"]:
-            return OnnxEmbedder(spec, export_dir(spec, store), int8=False)
+            graph = verdict.get("graph")  # a verdict that names none: the plain export
+            return OnnxEmbedder(spec, export_dir(spec, store), int8=False, graph=graph)
         log.warning(
             "ONNX fp32 not served for %s (%s): serving torch",
             version_of(spec.path),
