@@ -219,6 +219,21 @@ def test_pair_cosines_from_the_grid_equal_the_rows_dot_products():
     assert torch.allclose(ungridded.cosines(z), (z[ungridded.a] * z[ungridded.b]).sum(-1))
 
 
+def test_the_head_optimiser_gives_the_pair_weights_their_own_rate_and_no_decay():
+    torch = pytest.importorskip("torch")
+    from jobfit.workers.training.trainers import TrainParams, head_optimizer
+
+    head = torch.nn.Linear(4, 4)
+    log_w = torch.zeros(len(PairType), requires_grad=True)
+    params = TrainParams(head_learning_rate=1e-3, head_weights_learning_rate=3e-2)
+    body, weights = head_optimizer(head, log_w, params).param_groups
+    assert body["lr"] == 1e-3 and body["weight_decay"] == params.head_weight_decay
+    assert weights["params"] == [log_w]
+    assert weights["lr"] == 3e-2 and weights["weight_decay"] == 0.0
+    fixed = head_optimizer(head, log_w, TrainParams(learn_weights=False)).param_groups
+    assert len(fixed) == 1
+
+
 def test_a_candidate_better_on_resumes_but_worse_on_jobs_is_refused_by_the_job_check():
     rule = {
         "primary": "resume",
