@@ -183,6 +183,57 @@ def test_match_scores_are_weighted_means_of_pair_cosines():
     assert float(scores[0]) == pytest.approx(0.75)
 
 
+def test_pair_cosines_from_the_grid_equal_the_rows_dot_products():
+    """The head's pair cosines come from one product of the distinct resume rows with the
+    distinct job rows; each is the dot product of its two rows, and the grid is skipped
+    where it would be much larger than the pairs."""
+    torch = pytest.importorskip("torch")
+    from jobfit.workers.training import match_loss
+    from jobfit.workers.training.match_loss import MatchTensors, pair_grid
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(9, 4, generator=gen), dim=-1)
+    texts = [f"t{i}" for i in range(9)]
+    index = {t: i for i, t in enumerate(texts)}
+    matches = [
+        m(f"r{r}", f"j{j}", 0.1 * r, [(S, texts[r], texts[6 + j]), (P, texts[3 + r], texts[6])])
+        for r in range(3)
+        for j in range(3)
+    ]
+    t = MatchTensors.build(matches, index)
+    assert t.grid is not None
+    rows = (z[t.a] * z[t.b]).sum(-1)
+    assert torch.allclose(t.cosines(z), rows, atol=1e-6)
+    log_w = torch.tensor([0.3 * i for i in range(len(PairType))])
+    by_rows = match_loss.weighted_match_scores(rows, t.kind, t.match, len(matches), log_w)
+    assert torch.allclose(t.scores(z, log_w), by_rows, atol=1e-6)
+    # Two pairs of four distinct texts: a 2 x 2 grid is 2 cells a pair, allowed; with a
+    # bound of 1 cell a pair, the rows' dot products are used instead.
+    a, b = torch.tensor([0, 1]), torch.tensor([2, 3])
+    assert pair_grid(a, b) is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(match_loss, "GRID_CELLS_PER_PAIR", 1)
+        assert pair_grid(a, b) is None
+        ungridded = MatchTensors.build([matches[0], matches[4]], index)  # 8 cells, 4 pairs
+    assert ungridded.grid is None
+    assert torch.allclose(ungridded.cosines(z), (z[ungridded.a] * z[ungridded.b]).sum(-1))
+
+
+def test_the_head_optimiser_gives_the_pair_weights_their_own_rate_and_no_decay():
+    torch = pytest.importorskip("torch")
+    from jobfit.workers.training.trainers import TrainParams, head_optimizer
+
+    head = torch.nn.Linear(4, 4)
+    log_w = torch.zeros(len(PairType), requires_grad=True)
+    params = TrainParams(head_learning_rate=1e-3, head_weights_learning_rate=3e-2)
+    body, weights = head_optimizer(head, log_w, params).param_groups
+    assert body["lr"] == 1e-3 and body["weight_decay"] == params.head_weight_decay
+    assert weights["params"] == [log_w]
+    assert weights["lr"] == 3e-2 and weights["weight_decay"] == 0.0
+    fixed = head_optimizer(head, log_w, TrainParams(learn_weights=False)).param_groups
+    assert len(fixed) == 1
+
+
 def test_a_candidate_better_on_resumes_but_worse_on_jobs_is_refused_by_the_job_check():
     rule = {
         "primary": "resume",

@@ -6,6 +6,11 @@ sentence-transformers loss over all of a batch of matches' texts at once (``full
 
 Pair types are indexed in ``PairType`` order; one more index, with a fixed weight of 1, is
 for generic pair-file examples (a one-pair match of no pair type).
+
+The pair cosines come from one matrix product of the distinct resume-side rows with the
+distinct job-side rows (``pair_grid``): matches share few texts on each side (9.5k matches,
+58k pairs, ~2k resume texts x ~140 job texts), so the product replaces a gather of two rows of
+the embedding table per pair, the cost of each training step of the head.
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ from jobfit.workers.training.data import MatchExample
 
 KIND = {p: i for i, p in enumerate(PairType)}
 EXTRA = len(PairType)  # the kind of a pair-file example
+# The grid of distinct (resume row, job row) cosines is used while it has at most this many
+# cells per pair; beyond it (e.g. many pair-file examples with texts of their own) each pair
+# is a dot product of its two rows.
+GRID_CELLS_PER_PAIR = 16
+
+
+def pair_grid(
+    a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(distinct ``a`` rows, distinct ``b`` rows, each pair's cell in their flattened grid),
+    or None where the grid would exceed ``GRID_CELLS_PER_PAIR`` cells per pair."""
+    left, row = torch.unique(a, return_inverse=True)
+    right, col = torch.unique(b, return_inverse=True)
+    if len(left) * len(right) > GRID_CELLS_PER_PAIR * max(len(a), 1):
+        return None
+    return left, right, row * len(right) + col
 
 
 def weighted_match_scores(
@@ -42,6 +63,7 @@ class MatchTensors:
     kind: torch.Tensor  # per pair: pair type index
     match: torch.Tensor  # per pair: which match
     labels: torch.Tensor  # per match
+    grid: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # ``pair_grid(a, b)``
 
     @classmethod
     def build(
@@ -64,17 +86,26 @@ class MatchTensors:
             kind.append(EXTRA)
             match.append(len(labels))
             labels.append(float(y))
+        ta, tb = torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long)
         return cls(
-            torch.tensor(a, dtype=torch.long),
-            torch.tensor(b, dtype=torch.long),
+            ta,
+            tb,
             torch.tensor(kind, dtype=torch.long),
             torch.tensor(match, dtype=torch.long),
             torch.tensor(labels, dtype=torch.float32),
+            pair_grid(ta, tb),
         )
+
+    def cosines(self, z: torch.Tensor) -> torch.Tensor:
+        """Each pair's cosine from normalised embeddings ``z`` (rows as in the index)."""
+        if self.grid is None:
+            return (z[self.a] * z[self.b]).sum(-1)
+        left, right, cell = self.grid
+        return (z[left] @ z[right].T).reshape(-1)[cell]
 
     def scores(self, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
         """Match scores from normalised embeddings ``z`` (rows as in the index)."""
-        cos = (z[self.a] * z[self.b]).sum(-1)
+        cos = self.cosines(z)
         return weighted_match_scores(cos, self.kind, self.match, len(self.labels), log_w)
 
 
