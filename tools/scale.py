@@ -74,6 +74,7 @@ NOISE = 0.6
 NOISE_MODELS = ("real", "isotropic")
 NEW_DOCS = 50  # per kind and size, ingested
 QUERIES = 50  # per kind and size, for latency and recall
+EF_SWEEP = (200, 400, 1000)  # hnsw.ef_search values measured besides the configured one
 CHUNK = 10_000  # documents written (and regenerated for exact scoring) at a time
 BLOCK = 1_000  # documents of one seed: any range of documents regenerates identically
 DIM = 384  # MiniLM
@@ -408,14 +409,22 @@ def table_bytes(factory: sessionmaker[Session]) -> dict[str, int]:
         }
 
 
+KINDS: tuple[Kind, ...] = ("resume", "job")
+
+
+def drop_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> None:
+    with factory.begin() as s:
+        for kind in KINDS:
+            s.execute(text(f"DROP INDEX IF EXISTS {repo.index_name(ctx.model_version_id, kind)}"))
+
+
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
+    drop_indexes(factory, ctx)
     out: dict[str, float] = {}
-    kinds: tuple[Kind, ...] = ("resume", "job")
-    for kind in kinds:
+    for kind in KINDS:
         with factory.begin() as s:
             s.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
             s.execute(text("SET LOCAL max_parallel_maintenance_workers = 1"))
-            s.execute(text(f"DROP INDEX IF EXISTS {repo.index_name(ctx.model_version_id, kind)}"))
             t0 = time.perf_counter()
             repo.ensure_index(
                 session=s,
@@ -467,6 +476,30 @@ def ingest_new(
     }
 
 
+def query_figures(
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    queries: Sequence[DocumentVectors],
+    want: Sequence[Sequence[int]],
+) -> dict[str, float]:
+    """Latency of the queries' top 10 (index query, and with exact rescoring) and recall of
+    their top 10 and 100 against ``want`` (exhaustive)."""
+    got, index_s, whole_s = [], [], []
+    for q in queries:
+        ids, a, b = query_top(factory, ctx, q, 100)
+        got.append(ids)
+        index_s.append(a)
+        whole_s.append(b)
+    return {
+        "index_ms_p50": round(pct(index_s, 50), 1),
+        "index_ms_p95": round(pct(index_s, 95), 1),
+        "top10_ms_p50": round(pct(whole_s, 50), 1),
+        "top10_ms_p95": round(pct(whole_s, 95), 1),
+        "recall_at_10": round(recall(got, want, 10), 4),
+        "recall_at_100": round(recall(got, want, min(100, len(want[0]))), 4),
+    }
+
+
 def measure_size(
     factory: sessionmaker[Session],
     ctx: ModelContext,
@@ -481,23 +514,17 @@ def measure_size(
     for kind in ("resume", "job"):
         qs = synthetic(bases, kind, 0, QUERIES, salt=200 + size_no)
         other, other_total = ("job", n_jobs) if kind == "resume" else ("resume", n_resumes)
-        got, index_s, whole_s = [], [], []
-        for q in qs:
-            ids, a, b = query_top(factory, ctx, q, 100)
-            got.append(ids)
-            index_s.append(a)
-            whole_s.append(b)
         want = exhaustive_top(ctx, bases=bases, queries=qs, kind=other, total=other_total, k=100)
         key = f"{kind}_queries"  # a new resume asks for jobs, a new job for resumes
-        out[key] = {
-            "queries": len(qs),
-            "index_ms_p50": round(pct(index_s, 50), 1),
-            "index_ms_p95": round(pct(index_s, 95), 1),
-            "top10_ms_p50": round(pct(whole_s, 50), 1),
-            "top10_ms_p95": round(pct(whole_s, 95), 1),
-            "recall_at_10": round(recall(got, want, 10), 4),
-            "recall_at_100": round(recall(got, want, min(100, other_total)), 4),
-        }
+        out[key] = {"queries": len(qs)} | query_figures(factory, ctx, qs, want)
+        # Narrower searches: what ef_search buys (recall) and costs (latency) at this size.
+        out[key]["by_ef_search"] = {}
+        for ef in EF_SWEEP:
+            if ef != ctx.scoring.ef_search:
+                narrow = ctx.scoring.model_copy(update={"ef_search": ef})
+                out[key]["by_ef_search"][ef] = query_figures(
+                    factory, bench_context(ctx.model_version_id, narrow), qs, want
+                )
         console.print(f"  {key}: {out[key]}")
     before = table_bytes(factory)
     for kind in ("resume", "job"):
@@ -641,6 +668,7 @@ def run(
                 break
             t0 = time.perf_counter()
             console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
+            drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
             for kind, total in (("resume", n_resumes), ("job", n_jobs)):
                 for start, docs in chunks(bases, kind, total):
                     if start + len(docs) > have[kind]:
