@@ -181,7 +181,7 @@ def score_many(
     theirs = [o.pair_vectors() for o in others]
     n = len(others)
     num, den = np.zeros(n), np.zeros(n)
-    columns: list[tuple[PairType, list[float]]] = []
+    columns: list[tuple[PairType, list[float], list[bool]]] = []
     for p in PairType:
         rows = [i for i, t in enumerate(theirs) if p in t] if p in mine else []
         if not rows:
@@ -189,17 +189,18 @@ def score_many(
         q = np.asarray(mine[p], dtype=np.float64)
         mat = np.stack([theirs[i][p] for i in rows]).astype(np.float64)
         norms = np.linalg.norm(mat, axis=1) * float(np.linalg.norm(q))
-        safe = np.where(norms > 0.0, norms, 1.0)
-        cos = np.full(n, np.nan)
-        cos[rows] = np.where(norms > 0.0, (mat @ q) / safe, 0.0)
-        w = weights.get(p, 0.0)
-        present = ~np.isnan(cos)
-        num += np.where(present, w * np.nan_to_num(cos), 0.0)
-        den += np.where(present, w, 0.0)
-        columns.append((p, cos.tolist()))
+        present = np.zeros(n, dtype=bool)
+        present[rows] = True
+        cos = np.zeros(n)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # as ``cosine``: 0 where a norm is 0, anything else (NaN too) divided through
+            cos[rows] = np.where(norms == 0.0, 0.0, (mat @ q) / np.where(norms == 0.0, 1.0, norms))
+            num += np.where(present, weights.get(p, 0.0) * cos, 0.0)
+        den += np.where(present, weights.get(p, 0.0), 0.0)
+        columns.append((p, cos.tolist(), present.tolist()))
     out = []
     for i in range(n):
-        pairs = {p: c[i] for p, c in columns if c[i] == c[i]}  # NaN: the pair is missing
+        pairs = {p: c[i] for p, c, has in columns if has[i]}
         mean = float(num[i] / den[i]) if pairs and den[i] > 0.0 else None
         out.append(MatchScore(score=mean, pair_scores=pairs))
     return out

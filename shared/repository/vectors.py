@@ -159,8 +159,8 @@ def ensure_index(
     model_version_id: int,
     kind: Kind,
     dims: int,
-    m: int = 16,
-    ef_construction: int = 64,
+    m: int,
+    ef_construction: int,
 ) -> bool:
     """Create the HNSW index of (version, kind) if it is missing; True if it was created
     (``jobfit_ensure_hnsw_index``, migration 0005: serialised by an advisory lock, two workers
@@ -215,7 +215,17 @@ def nearest(
         # the fault harness's resume variants, tests/integration/test_nearest.py). An exact
         # scan answers either way, and is cheap where the kind is that small.
         exact = _nearest_sql(model_version_id, kind, dims, exact=True)
+        short = len(found)
         found = list(session.execute(exact, params).scalars())
+        if len(found) >= limit:  # not a small kind: the index missed entries of a large one
+            log.warning(
+                "the HNSW index of version %d's %ss returned %d of %d rows: answered by an"
+                " exact scan (entries unreachable in its graph, or many dead ones: REINDEX)",
+                model_version_id,
+                kind,
+                short,
+                limit,
+            )
     return found
 
 
@@ -225,17 +235,22 @@ def _nearest_sql(model_version_id: int, kind: Kind, dims: int, exact: bool = Fal
     serves, so the plan is a scan (a setting such as ``enable_indexscan`` would not do: the
     driver prepares repeated statements, and a prepared plan keeps the settings it was
     planned under)."""
-    d = int(dims)
+    v, k, d = int(model_version_id), _kind(kind), int(dims)
     if exact:
-        order = f" ORDER BY (embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))) + 0"
+        stmt = sql(
+            "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
+            f" WHERE model_version_id = {int(v)} AND kind = '{_kind(k)}'"
+            f" ORDER BY (embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))) + 0"
+            " LIMIT :n"
+        )
     else:
-        order = f" ORDER BY embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))"
-    return sql(
-        "SELECT document_id FROM document_vectors"  # noqa: S608 (names and ints of ours; values bound)
-        f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        + order
-        + " LIMIT :n"
-    ).bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
+        stmt = sql(
+            "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
+            f" WHERE model_version_id = {int(v)} AND kind = '{_kind(k)}'"
+            f" ORDER BY embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))"
+            " LIMIT :n"
+        )
+    return stmt.bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
 
 
 def _kind(kind: str) -> str:

@@ -46,6 +46,12 @@ from tools.procs import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def one_timing_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graphs' timing decides which serves, not what these tests check: one round."""
+    monkeypatch.setattr(gate_module, "TIMING_ROUNDS", 1)
+
+
 @pytest.fixture(scope="module")
 def spec(minilm_path: Path) -> ModelSpec:
     return ModelSpec(path=minilm_path, name="minilm", device="cpu", batch_size=16)
@@ -131,11 +137,23 @@ def test_optimised_graph_stays_within_the_exactness_gate(spec, onnx_store, tmp_p
     assert ("optimized" in verdict) == (verdict["graph"] == FP32_FILE)
     served = make_embedder(auto, store)
     assert isinstance(served, OnnxEmbedder) and served.graph == verdict["graph"]
-    # Where it serves (faster on the check set), the worker runs the optimised graph.
-    path = export_dir(spec, store) / FP32_CHECK_FILE
+    directory = export_dir(spec, store)
+    # An optimised graph that does not serve is not kept (a second model-sized file).
+    assert (directory / OPT_FILE).is_file() == (verdict["graph"] == OPT_FILE)
+    # Where it serves (faster on the check set), the worker runs the optimised graph, and
+    # caches its vectors under a version of their own.
+    gate_module.optimize(spec, store)
+    path = directory / FP32_CHECK_FILE
     path.write_text(json.dumps({**verdict, "graph": OPT_FILE}), encoding="utf-8")
     served = make_embedder(auto, store)
     assert isinstance(served, OnnxEmbedder) and served.graph == OPT_FILE
+    assert served.version.endswith("+onnx-opt")
+    # A verdict naming anything else, or a graph that is not there: the plain export.
+    for graph in ("../../elsewhere.onnx", "model_int8.onnx"):
+        path.write_text(json.dumps({**verdict, "graph": graph}), encoding="utf-8")
+        plain = make_embedder(auto, store)
+        assert isinstance(plain, OnnxEmbedder) and plain.graph == FP32_FILE
+        assert plain.version.endswith("+onnx")
     texts = sample_check_set().texts[:40]
     cos = np.sum(served.encode(texts) * SentenceTransformerEmbedder(spec).encode(texts), axis=1)
     assert cos.min() >= 0.9999

@@ -110,6 +110,7 @@ def test_documents_without_any_weighted_pair_get_zero_vectors():
     assert not query_vector(doc, weights, DIM).any()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN reference
 @pytest.mark.parametrize("seed", range(5))
 def test_scoring_many_at_once_equals_scoring_each(seed):
     """A query against its candidates in one go: each candidate's pair scores (same pairs, same
@@ -124,12 +125,15 @@ def test_scoring_many_at_once_equals_scoring_each(seed):
             DocumentVectors(other, {s: np.zeros(DIM, np.float32) for s in others[0].slots})
         )
         others.append(DocumentVectors(other, {}))
+        # not finite: the same NaN scores as ``score`` (never a dropped pair or a 0)
+        others.append(DocumentVectors(other, {s: v * np.nan for s, v in others[0].slots.items()}))
+        others.append(DocumentVectors(other, {s: v * np.inf for s, v in others[0].slots.items()}))
         for o, m in zip(others, score_many(doc, others, weights), strict=True):
             r, j = (doc, o) if kind == "resume" else (o, doc)
             want = score(r, j, weights)
             assert list(m.pair_scores) == list(want.pair_scores)
-            assert m.pair_scores == pytest.approx(want.pair_scores, abs=1e-12)
+            assert m.pair_scores == pytest.approx(want.pair_scores, abs=1e-12, nan_ok=True)
             if want.score is None:
                 assert m.score is None
             else:
-                assert m.score == pytest.approx(want.score, abs=1e-12)
+                assert m.score == pytest.approx(want.score, abs=1e-12, nan_ok=True)

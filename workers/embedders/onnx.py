@@ -19,7 +19,7 @@ import numpy as np
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
-from jobfit.workers.embedders.export import FP32_FILE, INT8_FILE
+from jobfit.workers.embedders.export import FP32_FILE, INT8_FILE, OPT_FILE
 from jobfit.workers.embedders.packing import pack_by_tokens
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,13 @@ class OnnxEmbedder(BaseEmbedder):
         super().__init__()
         self.spec = spec
         self._base = version_of(spec.path)
-        self.backend = "onnx-int8" if int8 else "onnx"
+        self.graph = graph or (INT8_FILE if int8 else FP32_FILE)
+        # The optimised graph's vectors differ from the plain one's in the last bits, and
+        # which of the two serves is measured per store: each caches under its own version.
+        self.backend = "onnx-int8" if int8 else "onnx-opt" if self.graph == OPT_FILE else "onnx"
         self._version = f"{self._base}+{self.backend}"
         self._names: list[str] = json.loads((directory / "inputs.json").read_text("utf-8"))
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
-        self.graph = graph or (INT8_FILE if int8 else FP32_FILE)
         self._session = ort.InferenceSession(
             str(directory / self.graph),
             sess_options=session_options(spec),

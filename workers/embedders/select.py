@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
-from jobfit.workers.embedders.export import export, export_dir, quantize
+from jobfit.workers.embedders.export import FP32_FILE, OPT_FILE, export, export_dir, quantize
 from jobfit.workers.embedders.gate import check_fp32, gate, refusal
 from jobfit.workers.embedders.instant import InstantEmbedder
 from jobfit.workers.embedders.onnx import OnnxEmbedder
@@ -28,8 +28,13 @@ def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     if spec.backend == "auto":
         verdict = check_fp32(spec, store)
         if verdict["exact"]:
+            directory = export_dir(spec, store)
             graph = verdict.get("graph")  # a verdict that names none: the plain export
-            return OnnxEmbedder(spec, export_dir(spec, store), int8=False, graph=graph)
+            if graph not in (None, FP32_FILE, OPT_FILE) or not (directory / str(graph)).is_file():
+                if graph is not None:
+                    log.warning("ONNX fp32 verdict names %r, not a graph here: plain", graph)
+                graph = FP32_FILE
+            return OnnxEmbedder(spec, directory, int8=False, graph=graph)
         log.warning(
             "ONNX fp32 not served for %s (%s): serving torch",
             version_of(spec.path),

@@ -67,6 +67,10 @@ class TrainParams:
     # serving see them whole): validation 0.669 -> 0.675.
     head_dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), not {self.head_dropout}")
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
