@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 from kombu.connection import Connection
 from kombu.entity import Exchange
@@ -771,6 +772,21 @@ def wait_fine_tuning(retrain: AsyncResult) -> None:
         time.sleep(0.2)
 
 
+def wait_retrain(retrain: AsyncResult, quiet_s: float = WAIT_S) -> Any:
+    """The retrain's result, however long it trains, as long as it moves: a timeout only
+    after ``quiet_s`` seconds without a change of its state or progress (a full fine-tune on
+    a busy 2-core machine can take longer than any fixed wait and still be progressing)."""
+    seen, since = None, time.monotonic()
+    while True:
+        with contextlib.suppress(ResultTimeout):
+            return retrain.get(timeout=5.0)
+        now_ = (retrain.state, json.dumps(retrain.info, sort_keys=True, default=str))
+        if now_ != seen:
+            seen, since = now_, time.monotonic()
+        elif time.monotonic() - since > quiet_s:
+            raise TimeoutError(f"the retrain made no progress for {quiet_s:.0f} s: {now_}")
+
+
 def kill_train_worker(
     settings: Settings, model_path: Path, workdir: Path, console: Console, size: Sizes
 ) -> dict[str, Any]:
@@ -807,7 +823,7 @@ def kill_train_worker(
         left = (set(os.listdir(store)) if store.is_dir() else set()) - dirs
         run.worker("train", queues="train")
         console.print("waiting for the retrain to be delivered again and finish")
-        outcome_ = retrain.get(timeout=WAIT_S)
+        outcome_ = wait_retrain(retrain)
         run.check_alive()
         return {
             "labels": len(labels),
@@ -898,7 +914,7 @@ def kill_embed_during_retrain(
         console.print(
             f"delivered again after {redelivered_s} s; the retrain still runs: {running_then}"
         )
-        outcome_ = retrain.get(timeout=WAIT_S + size.retrain_budget_s)
+        outcome_ = wait_retrain(retrain)
         retrain_s = time.monotonic() - t_retrain
         restart.join()
         # a message lost in transit at the kill (see stream_report) is re-sent once the
