@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -141,7 +142,30 @@ class DocumentVectorRow(Base):
     slots: Mapped[list[str]] = mapped_column(JsonType)
     fields: Mapped[Any] = mapped_column(VECTOR())
     embedding: Mapped[Any] = mapped_column(HALFVEC())
+    # The retrieval vector projected on its (version, kind)'s basis (``IndexBasisRow``), what
+    # the HNSW index holds; NULL until that basis is fitted (the fit fills every row's).
+    index_entry: Mapped[Any | None] = mapped_column(HALFVEC(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexBasisRow(Base):
+    """The basis a (version, kind)'s retrieval vectors are projected on for its HNSW index
+    (``workers.index_basis``): ``basis`` is a float32 matrix of ``source_dims`` rows and
+    ``dims`` orthonormal columns, fitted once on ``fitted_on`` of its stored vectors, which
+    it keeps ``energy`` of (their summed squared norms). Never changed once written."""
+
+    __tablename__ = "index_bases"
+
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    source_dims: Mapped[int] = mapped_column(Integer)
+    dims: Mapped[int] = mapped_column(Integer)
+    basis: Mapped[bytes] = mapped_column(LargeBinary)
+    fitted_on: Mapped[int] = mapped_column(Integer)
+    energy: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class MatchRow(Base):

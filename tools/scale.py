@@ -63,8 +63,9 @@ from jobfit.shared.db import ensure_database, make_session_factory, upgrade
 from jobfit.shared.fields import JOB_SLOT, RESUME_SLOT, field_texts
 from jobfit.shared.repository.vectors import Kind
 from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext
-from jobfit.workers.matching import match_top_k
+from jobfit.workers.matching import match_top_k, nearest
 from jobfit.workers.scoring import MatchScore, Vector, from_pgvector
 from jobfit.workers.vectors import DocumentVectors, score, score_many
 
@@ -206,7 +207,8 @@ def copy_documents(
     docs: Sequence[DocumentVectors],
     ids: Sequence[int] | None = None,
 ) -> None:
-    """Rows and vectors of these documents in two binary COPYs (one transaction)."""
+    """Rows and vectors of these documents in two binary COPYs (one transaction), their index
+    entries too where their kind has a basis (as a worker writes them)."""
     from pgvector import HalfVector
     from pgvector import Vector as PgVector
     from pgvector.psycopg import register_vector
@@ -217,6 +219,10 @@ def copy_documents(
     try:
         conn = raw.driver_connection
         register_vector(conn)
+        with factory() as s:
+            basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
+        embeddings = [ctx.retrieval_vector(d) for d in docs]
+        entries = index_basis.entries_for(basis, embeddings)
         ids = ids or [doc_id(kind, start + k) for k in range(len(docs))]
         names = [external_id(kind, i - doc_id(kind, 0)) for i in ids]
         with conn.cursor() as cur:
@@ -241,7 +247,8 @@ def copy_documents(
                     cp.write_row((i, kind, name, name, 1, Jsonb({"id": name}), now, now))
             with cur.copy(
                 "COPY document_vectors (document_id, model_version_id, kind, content_hash,"
-                " scoring_key, slots, fields, embedding, updated_at) FROM STDIN (FORMAT BINARY)"
+                " scoring_key, slots, fields, embedding, index_entry, updated_at)"
+                " FROM STDIN (FORMAT BINARY)"
             ) as cp:
                 cp.set_types(
                     [
@@ -253,10 +260,11 @@ def copy_documents(
                         "jsonb",
                         "vector",
                         "halfvec",
+                        "halfvec",
                         "timestamptz",
                     ]
                 )
-                for i, name, d in zip(ids, names, docs, strict=True):
+                for i, name, d, e, x in zip(ids, names, docs, embeddings, entries, strict=True):
                     slots, fields = d.packed()
                     cp.write_row(
                         (
@@ -267,7 +275,8 @@ def copy_documents(
                             ctx.vectors_key,
                             Jsonb(slots),
                             PgVector(fields),
-                            HalfVector(ctx.retrieval_vector(d)),
+                            HalfVector(e),
+                            None if x is None else HalfVector(x),
                             now,
                         )
                     )
@@ -376,18 +385,9 @@ def query_top(
 ) -> tuple[list[int], float, float]:
     """A new document's top ``k`` ids (index query + exact rescoring), with the seconds of the
     index query alone and of the whole."""
-    other: Kind = "job" if q.kind == "resume" else "resume"
     with factory() as session:
         t0 = time.perf_counter()
-        ids = repo.nearest(
-            session=session,
-            model_version_id=ctx.model_version_id,
-            kind=other,
-            query=ctx.query_vector(q),
-            dims=ctx.retrieval_dims,
-            limit=max(ctx.scoring.candidates, k),
-            ef_search=ctx.scoring.ef_search,
-        )
+        ids = nearest(session=session, ctx=ctx, doc=q, limit=max(ctx.scoring.candidates, k))
         t1 = time.perf_counter()
         ranked = score_candidates(session=session, ctx=ctx, query=q, ids=ids)
         t2 = time.perf_counter()
@@ -418,11 +418,32 @@ def drop_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> None:
             s.execute(text(f"DROP INDEX IF EXISTS {repo.index_name(ctx.model_version_id, kind)}"))
 
 
+def fit_bases(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
+    """Each kind's index basis, where it has none and enough documents (as the first worker
+    write past ``scoring.index_fit_at`` does: every stored vector projected, the index built):
+    seconds per kind fitted."""
+    out: dict[str, float] = {}
+    for kind in KINDS:
+        t0 = time.perf_counter()
+        if index_basis.fit(
+            engine=factory.kw["bind"],
+            model_version_id=ctx.model_version_id,
+            kind=kind,
+            scoring=ctx.scoring,
+        ):
+            out[kind] = round(time.perf_counter() - t0, 2)
+    return out
+
+
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
+    """Each kind's HNSW index over its projected entries, rebuilt (kinds with a basis)."""
     drop_indexes(factory, ctx)
     out: dict[str, float] = {}
     for kind in KINDS:
         with factory.begin() as s:
+            basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
+            if basis is None:
+                continue
             s.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
             s.execute(text("SET LOCAL max_parallel_maintenance_workers = 1"))
             t0 = time.perf_counter()
@@ -430,12 +451,23 @@ def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str
                 session=s,
                 model_version_id=ctx.model_version_id,
                 kind=kind,
-                dims=ctx.retrieval_dims,
+                dims=basis.width,
                 m=ctx.scoring.hnsw_m,
                 ef_construction=ctx.scoring.hnsw_ef_construction,
             )
             secs = time.perf_counter() - t0
         out[kind] = round(secs, 2)
+    return out
+
+
+def bases_dims(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, int]:
+    """Width of each kind's index entries (kinds with a basis)."""
+    out: dict[str, int] = {}
+    with factory() as s:
+        for kind in KINDS:
+            basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
+            if basis is not None:
+                out[kind] = basis.width
     return out
 
 
@@ -581,6 +613,42 @@ def real_recall(
     return out
 
 
+def load_size(
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    *,
+    bases: Bases,
+    have: dict[str, int],
+    n_resumes: int,
+    n_jobs: int,
+    console: Console,
+) -> dict[str, Any]:
+    """Grow the corpus to this size (``have``: how many of each kind are loaded), fit the
+    bases a kind now has enough documents for, rebuild the indexes; the step's figures."""
+    t0 = time.perf_counter()
+    console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
+    drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
+    for kind, total in (("resume", n_resumes), ("job", n_jobs)):
+        for start, docs in chunks(bases, kind, total):
+            if start + len(docs) > have[kind]:
+                skip = max(0, have[kind] - start)
+                copy_documents(factory, ctx=ctx, kind=kind, start=start + skip, docs=docs[skip:])
+        have[kind] = total
+    load_s = time.perf_counter() - t0
+    fitted = fit_bases(factory, ctx)
+    with factory.begin() as session:
+        session.execute(text("ANALYZE documents"))
+        session.execute(text("ANALYZE document_vectors"))
+    build = build_indexes(factory, ctx)
+    console.print(f"  loaded in {load_s:.0f} s, bases fitted {fitted}, indexes built in {build}")
+    return {
+        "load_s": round(load_s, 1),
+        "basis_fit_s": fitted,
+        "index_dims": bases_dims(factory, ctx),
+        "index_build_s": build,
+    }
+
+
 def bench_context(model_version_id: int, scoring: ScoringSettings) -> ModelContext:
     return ModelContext(NoModel(), model_version_id, dict.fromkeys(PairType, 1.0), scoring)
 
@@ -667,23 +735,15 @@ def run(
                 }
                 break
             t0 = time.perf_counter()
-            console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
-            drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
-            for kind, total in (("resume", n_resumes), ("job", n_jobs)):
-                for start, docs in chunks(bases, kind, total):
-                    if start + len(docs) > have[kind]:
-                        skip = max(0, have[kind] - start)
-                        copy_documents(
-                            factory, ctx=ctx, kind=kind, start=start + skip, docs=docs[skip:]
-                        )
-                have[kind] = total
-            load_s = time.perf_counter() - t0
-            with factory.begin() as session:
-                session.execute(text("ANALYZE documents"))
-                session.execute(text("ANALYZE document_vectors"))
-            build = build_indexes(factory, ctx)
-            console.print(f"  loaded in {load_s:.0f} s, indexes built in {build}")
-            entry = {"load_s": round(load_s, 1), "index_build_s": build}
+            entry = load_size(
+                factory,
+                ctx,
+                bases=bases,
+                have=have,
+                n_resumes=n_resumes,
+                n_jobs=n_jobs,
+                console=console,
+            )
             entry |= measure_size(
                 factory,
                 ctx,

@@ -14,6 +14,7 @@ from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType, ScoringSettings
 from jobfit.shared.fields import field_texts, text_hash
 from jobfit.shared.orm import DocumentRow
+from jobfit.workers import index_basis
 from jobfit.workers.embedders.base import Embedder
 from jobfit.workers.scoring import Vector, from_pgvector
 from jobfit.workers.vectors import (
@@ -62,10 +63,6 @@ class ModelContext:
     def query_vector(self, doc: DocumentVectors) -> Vector:
         """A document's query against the other kind's index."""
         return query_vector(doc, self.weights, self.embedder.dim)
-
-
-# (database URL, model version id, kind) whose HNSW index this process has seen to exist.
-_INDEXED: set[tuple[str, int, str]] = set()
 
 
 def embed_texts(
@@ -156,36 +153,32 @@ def store_vectors(
     vectors: Mapping[int, DocumentVectors],
 ) -> None:
     """Write these documents' vectors (a document without any field text has none: nothing
-    to retrieve it by) and make sure their kinds' indexes exist under this version."""
+    to retrieve it by), each with its index entry where its (version, kind) has a basis
+    (``workers.index_basis``: else the fit that follows projects it)."""
+    made = [(row, *vectors[row.id].packed()) for row in rows]
+    made = [(row, names, fields) for row, names, fields in made if names]
     writes = []
-    for row in rows:
-        names, fields = vectors[row.id].packed()
-        if names:
-            writes.append(
-                repo.VectorWrite(
-                    document_id=row.id,
-                    kind=row.kind,
-                    content_hash=row.content_hash,
-                    slots=names,
-                    fields=fields,
-                    embedding=ctx.retrieval_vector(vectors[row.id]),
-                )
-            )
-    for kind in sorted({w.kind for w in writes}):
-        # Once per database, version and kind in a process: not a lookup per batch.
-        seen = (str(session.get_bind().engine.url), ctx.model_version_id, kind)
-        if seen in _INDEXED:
-            continue
-        created = repo.ensure_index(
-            session=session,
-            model_version_id=ctx.model_version_id,
-            kind="resume" if kind == "resume" else "job",
-            dims=ctx.retrieval_dims,
-            m=ctx.scoring.hnsw_m,
-            ef_construction=ctx.scoring.hnsw_ef_construction,
+    for kind in sorted({row.kind for row, _, _ in made}):
+        mine = [(row, names, fields) for row, names, fields in made if row.kind == kind]
+        embeddings = [ctx.retrieval_vector(vectors[row.id]) for row, _, _ in mine]
+        basis = index_basis.for_writing(
+            session=session, model_version_id=ctx.model_version_id, kind=kind, scoring=ctx.scoring
         )
-        if not created:  # it existed, committed; one created here may yet be rolled back
-            _INDEXED.add(seen)
+        entries = index_basis.entries_for(basis, embeddings)
+        writes += [
+            repo.VectorWrite(
+                document_id=row.id,
+                kind=row.kind,
+                content_hash=row.content_hash,
+                slots=names,
+                fields=fields,
+                embedding=embedding,
+                index_entry=entry,
+            )
+            for (row, names, fields), embedding, entry in zip(
+                mine, embeddings, entries, strict=True
+            )
+        ]
     repo.upsert_vectors(
         session=session, model_version_id=ctx.model_version_id, key=ctx.vectors_key, writes=writes
     )

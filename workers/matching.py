@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from jobfit.shared import repository as repo
 from jobfit.shared.orm import DocumentRow
 from jobfit.shared.schemas import TopMatch
+from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext, document_vectors
 from jobfit.workers.scoring import MatchScore
 from jobfit.workers.vectors import DocumentVectors, score, score_many
@@ -102,14 +103,8 @@ def match_top_k(
         if not own[row.id].slots:
             candidates[row.id] = set()
             continue
-        found = repo.nearest(
-            session=session,
-            model_version_id=version,
-            kind="job" if row.kind == "resume" else "resume",
-            query=ctx.query_vector(own[row.id]),
-            dims=ctx.retrieval_dims,
-            limit=max(ctx.scoring.candidates, k),
-            ef_search=ctx.scoring.ef_search,
+        found = nearest(
+            session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
         )
         candidates[row.id] = set(found)
     existing: dict[int, set[int]] = {}
@@ -144,6 +139,29 @@ def match_top_k(
     )
     todo = {pair: v for pair, v in chosen.items() if pair not in fresh}
     return _write(session, ctx, todo, per_doc), embedded + more
+
+
+def nearest(*, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int) -> list[int]:
+    """Row ids of the ``limit`` documents of the other kind whose stored vectors rank first
+    for ``doc``'s query: through the HNSW index on their projected entries where their kind
+    has a basis, else (and where the index comes back short) by an exact scan."""
+    kind: repo.Kind = "job" if doc.kind == "resume" else "resume"
+    query = ctx.query_vector(doc)
+    entry_query, entry_dims = index_basis.query_entry(
+        session=session, model_version_id=ctx.model_version_id, kind=kind, query=query
+    )
+    return repo.nearest(
+        session=session,
+        model_version_id=ctx.model_version_id,
+        kind=kind,
+        query=query,
+        dims=ctx.retrieval_dims,
+        limit=limit,
+        ef_search=ctx.scoring.ef_search,
+        entry_query=entry_query,
+        entry_dims=entry_dims,
+        oversample=ctx.scoring.index_oversample,
+    )
 
 
 def _beats(score_: float, kth: float | None) -> bool:

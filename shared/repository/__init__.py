@@ -7,6 +7,17 @@ CLI) owns the transaction. The package is used as one namespace,
 below are its public surface.
 """
 
+from jobfit.shared.repository.bases import (
+    StoredBasis,
+    get_basis,
+    has_at_least,
+    insert_basis,
+    lock_for_fitting,
+    lock_for_writing,
+    sample_vectors,
+    set_index_entries,
+    vector_page,
+)
 from jobfit.shared.repository.deliveries import Delivery, begin_deliveries, set_delivery_state
 from jobfit.shared.repository.documents import (
     DocStatus,
@@ -71,6 +82,7 @@ from jobfit.shared.repository.registry import (
     set_metrics,
 )
 from jobfit.shared.repository.vectors import (
+    Kind,
     StoredVectors,
     VectorWrite,
     ensure_index,
@@ -88,11 +100,13 @@ __all__ = [
     "Delivery",
     "DocStatus",
     "Failure",
+    "Kind",
     "LabelIn",
     "MatchWrite",
     "ModelInfo",
     "ModelStatus",
     "RankedMatch",
+    "StoredBasis",
     "StoredVectors",
     "TopRow",
     "VectorWrite",
@@ -106,9 +120,12 @@ __all__ = [
     "ensure_served_version",
     "failure_counts",
     "fresh_match_keys",
+    "get_basis",
     "get_document",
     "get_version",
+    "has_at_least",
     "index_name",
+    "insert_basis",
     "insert_embeddings",
     "insert_model_version",
     "kth_best",
@@ -120,6 +137,8 @@ __all__ = [
     "list_versions",
     "load_embeddings",
     "load_vectors",
+    "lock_for_fitting",
+    "lock_for_writing",
     "lock_texts",
     "nearest",
     "pair_hash",
@@ -133,8 +152,10 @@ __all__ = [
     "record_failed_messages",
     "record_load_error",
     "record_promotion",
+    "sample_vectors",
     "scoring_key",
     "set_delivery_state",
+    "set_index_entries",
     "set_metrics",
     "split_parts",
     "stale_counts",
@@ -147,4 +168,5 @@ __all__ = [
     "upsert_matches",
     "upsert_pair_labels",
     "upsert_vectors",
+    "vector_page",
 ]

@@ -1,12 +1,13 @@
-"""Document vectors (``document_vectors``): per (document, model version) its field vectors and
-its retrieval vector, and the nearest documents of the other kind by inner product through an
-HNSW index per (version, kind).
+"""Document vectors (``document_vectors``): per (document, model version) its field vectors,
+its retrieval vector and its projected index entry, and the nearest documents of the other
+kind by inner product through an HNSW index per (version, kind).
 
-The index is partial (``WHERE model_version_id = v AND kind = k``) over the retrieval vector
-cast to the version's width (``halfvec(d)``), so each version has its own, built while it
-fills, and a promotion's rebuild never touches the serving version's. Queries name the
-version and kind as literals (the planner proves the partial predicate only from constants)
-and order by the same cast expression.
+The index is partial (``WHERE model_version_id = v AND kind = k``) over the projected entry
+cast to its basis's width (``halfvec(d)``; ``repository.bases``), so each version has its
+own, built when its basis is fitted, and a promotion's rebuild never touches the serving
+version's. Queries name the version and kind as literals (the planner proves the partial
+predicate only from constants) and order by the same cast expression. A (version, kind)
+without a basis yet (fewer documents than ``scoring.index_fit_at``) is scanned exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class VectorWrite:
     slots: list[str]
     fields: Any  # float sequence: numpy array or list
     embedding: Any
+    index_entry: Any = None  # its projection (None: the (version, kind) has no basis yet)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,15 @@ def upsert_vectors(
         index_elements=["document_id", "model_version_id"],
         set_={
             c: ins.excluded[c]
-            for c in ("kind", "content_hash", "scoring_key", "slots", "fields", "embedding")
+            for c in (
+                "kind",
+                "content_hash",
+                "scoring_key",
+                "slots",
+                "fields",
+                "embedding",
+                "index_entry",
+            )
         }
         | {"updated_at": now},
         # Vectors of a version of the document that is no longer stored never replace others
@@ -89,6 +99,7 @@ def upsert_vectors(
                     "slots": w.slots,
                     "fields": w.fields,
                     "embedding": w.embedding,
+                    "index_entry": w.index_entry,
                     "updated_at": now,
                 }
                 for w in part
@@ -150,7 +161,7 @@ def stale_vector_ids(
 
 
 def index_name(model_version_id: int, kind: Kind) -> str:
-    return f"ix_document_vectors_l2_v{model_version_id}_{kind}"
+    return f"ix_document_vectors_entry_v{model_version_id}_{kind}"
 
 
 def ensure_index(
@@ -162,10 +173,9 @@ def ensure_index(
     m: int,
     ef_construction: int,
 ) -> bool:
-    """Create the HNSW index of (version, kind) if it is missing; True if it was created
-    (``jobfit_ensure_hnsw_index``, migration 0005: serialised by an advisory lock, two workers
-    meeting a new version create it once). On an empty or small partition it is instant; a
-    bulk load (the scale bench) builds it after."""
+    """Create the HNSW index of (version, kind) over its entries of ``dims`` (its basis's
+    width) if it is missing; True if it was created (``jobfit_ensure_hnsw_index``, migrations
+    0005 and 0007: serialised by an advisory lock, two workers create it once)."""
     if dims > HNSW_HALFVEC_MAX_DIMS:
         log.warning(
             "retrieval vectors of %d dimensions exceed pgvector's HNSW limit for halfvec (%d):"
@@ -195,61 +205,83 @@ def nearest(
     dims: int,
     limit: int,
     ef_search: int | None = None,
+    entry_query: Any = None,
+    entry_dims: int | None = None,
+    oversample: int = 1,
 ) -> list[int]:
     """Ids of the ``limit`` documents of ``kind`` with the largest inner product with
-    ``query``: the nearest by Euclidean distance, every entry having one norm
-    (``workers.vectors``); approximate through the HNSW index, exact by a scan where it is
-    missing or returns fewer than ``limit`` rows."""
-    ef = min(MAX_EF_SEARCH, max(ef_search or 0, limit, 40))
-    session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-    # The planner prices a distance on a 2,000-wide vector like any operator and picks a
-    # scan and sort over the ordered HNSW scan (measured: 620 ms instead of milliseconds at
-    # 100,000 rows). Without a sort the index is the way; with no index the sort still runs.
-    session.execute(sql("SET LOCAL enable_sort = off"))
-    params = {"q": query, "n": int(limit)}
-    found = list(session.execute(_nearest_sql(model_version_id, kind, dims), params).scalars())
-    session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
-    if len(found) < limit:
-        # Fewer than asked: the kind has fewer entries, or the graph left some unreachable
-        # (near-duplicates prune each other out of their neighbours' lists; measured on
-        # the fault harness's resume variants, tests/integration/test_nearest.py). An exact
-        # scan answers either way, and is cheap where the kind is that small.
-        exact = _nearest_sql(model_version_id, kind, dims, exact=True)
-        short = len(found)
-        found = list(session.execute(exact, params).scalars())
-        if len(found) >= limit:  # not a small kind: the index missed entries of a large one
+    ``query`` (``dims`` wide): the nearest by Euclidean distance, every entry having one norm
+    (``workers.vectors``). With ``entry_query`` (the query projected on the kind's basis,
+    ``entry_dims`` wide) approximate through the HNSW index: its nearest ``oversample`` times
+    ``limit`` entries, of which the ``limit`` nearest by the full vectors (the projection
+    decides which are looked at, not their order); exact by a scan of the full vectors where
+    there is no basis, or where the index returns fewer than ``limit`` rows."""
+    params: dict[str, Any] = {"n": int(limit), "q": query}
+    if entry_query is not None and entry_dims is not None:
+        pool = min(MAX_EF_SEARCH, max(int(limit), int(limit) * max(1, int(oversample))))
+        ef = min(MAX_EF_SEARCH, max(ef_search or 0, pool, 40))
+        session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+        # The planner prices a distance like any operator and may pick a scan and sort over
+        # the ordered HNSW scan (measured: 620 ms instead of milliseconds at 100,000 rows).
+        # Without a sort the index is the way; with no index the sort still runs.
+        session.execute(sql("SET LOCAL enable_sort = off"))
+        found = list(
+            session.execute(
+                _index_sql(model_version_id, kind, entry_dims, dims),
+                params | {"e": entry_query, "pool": pool},
+            ).scalars()
+        )
+        session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
+        if len(found) >= limit:
+            return found
+        # Fewer than asked: the graph left some entries unreachable (near-duplicates prune
+        # each other out of their neighbours' lists; measured on the fault harness's resume
+        # variants, tests/integration/test_nearest.py), or many are dead. The exact scan
+        # answers.
+        exact = list(session.execute(_exact_sql(model_version_id, kind, dims), params).scalars())
+        if len(exact) > len(found):
             log.warning(
                 "the HNSW index of version %d's %ss returned %d of %d rows: answered by an"
                 " exact scan (entries unreachable in its graph, or many dead ones: REINDEX)",
                 model_version_id,
                 kind,
-                short,
+                len(found),
                 limit,
             )
-    return found
+        return exact
+    return list(session.execute(_exact_sql(model_version_id, kind, dims), params).scalars())
 
 
-def _nearest_sql(model_version_id: int, kind: Kind, dims: int, exact: bool = False) -> Any:
-    """The nearest-documents query: literals for the partial index's predicate (ints and a
-    checked kind; the query vector is bound). ``exact`` orders by an expression no index
-    serves, so the plan is a scan (a setting such as ``enable_indexscan`` would not do: the
-    driver prepares repeated statements, and a prepared plan keeps the settings it was
-    planned under)."""
-    v, k, d = int(model_version_id), _kind(kind), int(dims)
-    if exact:
-        stmt = sql(
-            "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
-            f" WHERE model_version_id = {int(v)} AND kind = '{_kind(k)}'"
-            f" ORDER BY (embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))) + 0"
-            " LIMIT :n"
-        )
-    else:
-        stmt = sql(
-            "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
-            f" WHERE model_version_id = {int(v)} AND kind = '{_kind(k)}'"
-            f" ORDER BY embedding::halfvec({int(d)}) <-> CAST(:q AS halfvec({int(d)}))"
-            " LIMIT :n"
-        )
+def _index_sql(model_version_id: int, kind: Kind, entry_dims: int, dims: int) -> Any:
+    """The index query: the ``pool`` nearest entries (literals for the partial index's
+    predicate and its expression: ints and a checked kind; vectors are bound), of which the
+    ``n`` nearest by the full vectors."""
+    stmt = sql(
+        "SELECT document_id FROM (SELECT document_id, embedding FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
+        f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
+        f" ORDER BY index_entry::halfvec({int(entry_dims)})"
+        f" <-> CAST(:e AS halfvec({int(entry_dims)})) LIMIT :pool) AS pool"
+        f" ORDER BY embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
+        " LIMIT :n"
+    )
+    return stmt.bindparams(
+        bindparam("e", type_=HALFVEC()),
+        bindparam("q", type_=HALFVEC()),
+        bindparam("pool"),
+        bindparam("n"),
+    )
+
+
+def _exact_sql(model_version_id: int, kind: Kind, dims: int) -> Any:
+    """The exact scan over the full retrieval vectors (no index is on them; the driver
+    prepares repeated statements and a prepared plan keeps the settings it was planned under,
+    so the expression, not a setting, decides the plan)."""
+    stmt = sql(
+        "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
+        f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
+        f" ORDER BY embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
+        " LIMIT :n"
+    )
     return stmt.bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
 
 

@@ -147,7 +147,9 @@ def test_a_worker_writes_as_the_writer_and_the_read_path_reads_as_the_reader(
 ) -> None:
     own, app = isolated(settings, "roles")
     own.db.url = roles.url(roles.writer)
-    w = WorkerProcess(own, app, "roles", tmp_path / "roles.log")
+    # the worker fits each kind's index basis (and builds its index) as the writer
+    fit_early = {"JOBFIT_SCORING__INDEX_FIT_AT": "2"}
+    w = WorkerProcess(own, app, "roles", tmp_path / "roles.log", env=fit_early)
     w.start()
     try:
         client = JobfitClient(app=app)
@@ -165,12 +167,14 @@ def test_a_worker_writes_as_the_writer_and_the_read_path_reads_as_the_reader(
             assert r.get(timeout=TIMEOUT)["scored"] >= 1
     finally:
         w.stop()
-    # The new version's HNSW indexes: created through the function, owned by the owner.
+    # The new version's HNSW indexes: created through the function, owned by the owner,
+    # with the bases the writer fitted.
     indexes = owner_sql(
         roles,
         "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
-        " WHERE c.relname LIKE 'ix_document_vectors_l2_v%'",
+        " WHERE c.relname LIKE 'ix_document_vectors_entry_v%'",
     )
+    assert {k for (k,) in owner_sql(roles, "SELECT kind FROM index_bases")} == {"job", "resume"}
     assert {n.rsplit("_", 1)[1] for n, _ in indexes} == {"job", "resume"}
     assert {o for _, o in indexes} == {make_url(roles.owner_url).username}
     expected = owner_sql(

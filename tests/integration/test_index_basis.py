@@ -1,0 +1,156 @@
+"""The index basis's lifecycle on real Postgres with pgvector (``workers.index_basis``): no
+basis below ``index_fit_at`` (exact scans), then one fit that projects every stored vector
+and builds the HNSW index, writes projected from then on, and a fit that waits for a write
+that did not project."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, text
+
+from jobfit.shared import repository as repo
+from jobfit.shared.client import read_documents
+from jobfit.shared.config import PairType, ScoringSettings
+from jobfit.shared.fields import field_texts
+from jobfit.shared.orm import DocumentVectorRow
+from jobfit.shared.sample import SAMPLE_DIR
+from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.workers import index_basis
+from jobfit.workers.embedding import ModelContext, store_vectors
+from jobfit.workers.matching import nearest
+from jobfit.workers.vectors import DocumentVectors
+from tools.faults import stream_documents
+from tools.scale import NoModel
+
+pytestmark = pytest.mark.integration
+
+
+def version(session_factory, tag: str, scoring: ScoringSettings) -> ModelContext:
+    with session_factory.begin() as s:
+        row = repo.ensure_model_version(
+            session=s, model=repo.ModelInfo(f"{NoModel.version}-{tag}", "minilm", "-", 384)
+        )
+    return ModelContext(NoModel(), row.id, dict.fromkeys(PairType, 1.0), scoring)
+
+
+def unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(384).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture()
+def corpus(session_factory, clean_db):
+    """The sample's jobs and resumes and the fault harness's resume variants, stored, with
+    random field vectors for the fields each has (no model: the index sees only vectors):
+    (resume rows, job rows, their vectors)."""
+    resumes = [
+        ResumeDocument.model_validate(d) for d in read_documents(SAMPLE_DIR / "resumes.jsonl")
+    ]
+    variants = [ResumeDocument.model_validate(d) for d in stream_documents(80)[0]]
+    jobs = [JobDocument.model_validate(d) for d in read_documents(SAMPLE_DIR / "jobs.jsonl")]
+    docs = [*jobs, *resumes, *variants]
+    rng = np.random.default_rng(7)
+    with session_factory.begin() as s:
+        rows = [row for row, _ in repo.upsert_documents(session=s, docs=docs)]
+    vecs = {
+        row.id: DocumentVectors.from_pairs(row.kind, {p: unit(rng) for p in field_texts(doc)})
+        for row, doc in zip(rows, docs, strict=True)
+    }
+    return [r for r in rows if r.kind == "resume"], [r for r in rows if r.kind == "job"], vecs
+
+
+def entries(session_factory, ctx: ModelContext, kind: str) -> tuple[int, int]:
+    """(stored vectors, of them with an index entry) of the (version, kind)."""
+    dv = DocumentVectorRow
+    with session_factory() as s:
+        return s.execute(
+            select(func.count(), func.count(dv.index_entry)).where(
+                dv.model_version_id == ctx.model_version_id, dv.kind == kind
+            )
+        ).one()
+
+
+def index_exists(session_factory, ctx: ModelContext, kind: str) -> bool:
+    with session_factory() as s:
+        name = repo.index_name(ctx.model_version_id, kind)
+        return s.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
+
+
+def test_fitted_at_the_threshold_then_every_write_projected(session_factory, corpus) -> None:
+    resumes, jobs, vecs = corpus
+    n = len(resumes)
+    # Fitted on all of them at once (the batch that reaches the threshold is the last), on as
+    # many directions as there are vectors: the projection is exact, so the index's answers
+    # are the exact ones up to halfvec rounding.
+    ctx = version(session_factory, "fit", ScoringSettings(index_fit_at=n - 4, index_dims=n))
+    for i in range(0, n, 8):
+        with session_factory.begin() as s:
+            store_vectors(session=s, ctx=ctx, rows=resumes[i : i + 8], vectors=vecs)
+        stored, projected = entries(session_factory, ctx, "resume")
+        if stored < n - 4:
+            assert projected == 0
+            assert not index_exists(session_factory, ctx, "resume")
+        else:  # the commit that reached the threshold fitted the basis
+            assert projected == stored
+            assert index_exists(session_factory, ctx, "resume")
+    with session_factory() as s:
+        stored_basis = repo.get_basis(
+            session=s, model_version_id=ctx.model_version_id, kind="resume"
+        )
+    assert stored_basis is not None
+    assert (stored_basis.source_dims, stored_basis.fitted_on) == (ctx.retrieval_dims, n)
+    # A document changed after the fit: its new vectors are written with their entry.
+    with session_factory.begin() as s:
+        store_vectors(
+            session=s, ctx=ctx, rows=resumes[:1], vectors={resumes[0].id: vecs[resumes[1].id]}
+        )
+    assert entries(session_factory, ctx, "resume") == (n, n)
+    vecs = vecs | {resumes[0].id: vecs[resumes[1].id]}
+    full = np.stack([ctx.retrieval_vector(vecs[r.id]) for r in resumes]).astype(np.float64)
+    ids = [r.id for r in resumes]
+    with session_factory.begin() as s:
+        for job in jobs:
+            found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
+            assert len(found) == 10
+            ip = full @ ctx.query_vector(vecs[job.id]).astype(np.float64)
+            tenth = np.sort(ip)[-10]
+            got = ip[[ids.index(i) for i in found]]
+            assert got.min() >= tenth - 1e-2, (job.external_id, got.min(), tenth)
+
+
+def test_the_fit_waits_for_a_write_that_did_not_project(session_factory, corpus) -> None:
+    resumes, _, vecs = corpus
+    ctx = version(session_factory, "lock", ScoringSettings(index_fit_at=10))
+    with session_factory.begin() as s:
+        store_vectors(session=s, ctx=ctx, rows=resumes[:6], vectors=vecs)
+    fitted: list[bool] = []
+    engine = session_factory.kw["bind"]
+    fitter = threading.Thread(
+        target=lambda: fitted.append(
+            index_basis.fit(
+                engine=engine,
+                model_version_id=ctx.model_version_id,
+                kind="resume",
+                scoring=ctx.scoring,
+            )
+        )
+    )
+    with session_factory() as writer:
+        writer.begin()
+        # no basis: this transaction holds the kind's lock shared until it ends
+        store_vectors(session=writer, ctx=ctx, rows=resumes[6:14], vectors=vecs)
+        fitter.start()
+        time.sleep(1.5)
+        assert fitter.is_alive(), "the fit did not wait for the write in progress"
+        writer.commit()  # its own fit, after commit, finds the basis there or fits it
+    fitter.join(timeout=60)
+    assert entries(session_factory, ctx, "resume") == (14, 14)
+    assert index_exists(session_factory, ctx, "resume")
+    with session_factory() as s:
+        basis = repo.get_basis(session=s, model_version_id=ctx.model_version_id, kind="resume")
+    assert basis is not None
+    assert basis.fitted_on == 14

@@ -1,0 +1,64 @@
+"""The index basis's arithmetic (``workers.index_basis``): projected entries and queries keep
+the inner products of vectors in the basis's span, entries keep one norm, the stored form and
+pgvector's binary halfvec read back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobfit.workers.index_basis import Basis, fit_basis, from_halfvec
+from jobfit.workers.vectors import ENTRY_NORM
+
+
+def in_span(rng: np.random.Generator, n: int, rank: int, width: int) -> np.ndarray:
+    """``n`` vectors of norm ``ENTRY_NORM`` in a random ``rank``-dimensional subspace."""
+    x = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, width))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True) * ENTRY_NORM).astype(np.float32)
+
+
+def test_projection_keeps_inner_products_within_the_span() -> None:
+    rng = np.random.default_rng(1)
+    x = in_span(rng, 200, 12, 300)
+    basis, energy = fit_basis(x, 12)
+    assert basis.width == 13
+    assert energy == pytest.approx(1.0, abs=1e-6)
+    queries = in_span(rng, 10, 12, 300) * 0.3
+    full = x.astype(np.float64) @ queries.T.astype(np.float64)
+    projected = basis.entries(x).astype(np.float64) @ np.stack(
+        [basis.query(q) for q in queries]
+    ).T.astype(np.float64)
+    assert np.abs(projected - full).max() < 1e-4
+
+
+def test_entries_have_one_norm_and_the_basis_is_orthonormal() -> None:
+    rng = np.random.default_rng(2)
+    x = in_span(rng, 500, 60, 200)
+    basis, energy = fit_basis(x, 16)
+    assert 0.0 < energy < 1.0
+    m = basis.matrix.astype(np.float64)
+    assert np.abs(m.T @ m - np.eye(16)).max() < 1e-5
+    norms = np.linalg.norm(basis.entries(x).astype(np.float64), axis=1)
+    assert np.abs(norms - ENTRY_NORM).max() < 1e-5
+    # the first directions keep the most: a narrower basis keeps less
+    assert fit_basis(x, 4)[1] < energy
+
+
+def test_fewer_vectors_than_dimensions_gives_as_many_directions_as_vectors() -> None:
+    x = in_span(np.random.default_rng(3), 5, 5, 40)
+    basis, energy = fit_basis(x, 16)
+    assert basis.width == 6
+    assert energy == pytest.approx(1.0, abs=1e-6)
+
+
+def test_stored_form_reads_back() -> None:
+    basis, _ = fit_basis(in_span(np.random.default_rng(4), 50, 8, 30), 8)
+    stored = basis.stored(50, 0.9)
+    assert (stored.source_dims, stored.dims, stored.fitted_on) == (30, 8, 50)
+    assert np.array_equal(Basis.from_stored(stored).matrix, basis.matrix)
+
+
+def test_halfvec_binary_form() -> None:
+    values = np.array([0.5, -1.25, 3.0, 0.0009765625], dtype=np.float32)
+    raw = len(values).to_bytes(2, "big") + b"\x00\x00" + values.astype(">f2").tobytes()
+    assert np.array_equal(from_halfvec(raw), values)
