@@ -16,7 +16,9 @@ isotropic   the same norm spread over all 384 dimensions: directions no real tex
             case for the graph; README "Matching at scale").
 
 Sizes grow in steps (each step adds to the previous corpus); the HNSW indexes are rebuilt
-after each step's load (a bulk build is faster than inserting into the graph).
+after each step's load (a bulk build is faster than inserting into the graph). A kind's index
+basis is fitted as a worker fits it: when the kind reaches ``scoring.index_fit_at`` documents,
+on those (``workers.index_basis``); the documents after are written with their entries.
 
 Per size:
 ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
@@ -418,21 +420,40 @@ def drop_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> None:
             s.execute(text(f"DROP INDEX IF EXISTS {repo.index_name(ctx.model_version_id, kind)}"))
 
 
-def fit_bases(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
-    """Each kind's index basis, where it has none and enough documents (as the first worker
-    write past ``scoring.index_fit_at`` does: every stored vector projected, the index built):
-    seconds per kind fitted."""
-    out: dict[str, float] = {}
-    for kind in KINDS:
-        t0 = time.perf_counter()
-        if index_basis.fit(
-            engine=factory.kw["bind"],
-            model_version_id=ctx.model_version_id,
-            kind=kind,
-            scoring=ctx.scoring,
-        ):
-            out[kind] = round(time.perf_counter() - t0, 2)
-    return out
+def load_kind(
+    factory: sessionmaker[Session],
+    ctx: ModelContext,
+    *,
+    bases: Bases,
+    kind: str,
+    have: int,
+    total: int,
+) -> float | None:
+    """Grow a kind from ``have`` to ``total`` documents. As in production, its basis is fitted
+    when it reaches ``scoring.index_fit_at`` documents (on those), and what comes after is
+    written with its entries; the seconds the fit took, if it happened here."""
+    fit_s = None
+    for start, docs in chunks(bases, kind, total):
+        skip = max(0, have - start)
+        if skip >= len(docs):
+            continue
+        lo = start + skip
+        cut = ctx.scoring.index_fit_at - lo  # documents before the fitting point
+        rest = docs[skip:]
+        parts = [rest[:cut], rest[cut:]] if 0 < cut < len(rest) else [rest]
+        for part in parts:
+            copy_documents(factory, ctx=ctx, kind=kind, start=lo, docs=part)
+            lo += len(part)
+            t0 = time.perf_counter()
+            if index_basis.fit(
+                engine=factory.kw["bind"],
+                model_version_id=ctx.model_version_id,
+                kind=kind,
+                scoring=ctx.scoring,
+            ):
+                fit_s = round(time.perf_counter() - t0, 2)
+                drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
+    return fit_s
 
 
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
@@ -628,14 +649,13 @@ def load_size(
     t0 = time.perf_counter()
     console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
     drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
+    fitted: dict[str, float] = {}
     for kind, total in (("resume", n_resumes), ("job", n_jobs)):
-        for start, docs in chunks(bases, kind, total):
-            if start + len(docs) > have[kind]:
-                skip = max(0, have[kind] - start)
-                copy_documents(factory, ctx=ctx, kind=kind, start=start + skip, docs=docs[skip:])
+        fit_s = load_kind(factory, ctx, bases=bases, kind=kind, have=have[kind], total=total)
+        if fit_s is not None:
+            fitted[kind] = fit_s
         have[kind] = total
-    load_s = time.perf_counter() - t0
-    fitted = fit_bases(factory, ctx)
+    load_s = time.perf_counter() - t0 - sum(fitted.values())
     with factory.begin() as session:
         session.execute(text("ANALYZE documents"))
         session.execute(text("ANALYZE document_vectors"))

@@ -4,23 +4,25 @@ retrieval vector (``workers.vectors``, 1,934 dimensions for MiniLM) projected on
 principal directions, uncentred: the inner products are what must survive), completed to one
 norm by a last dimension as the full vectors are. A query is projected on the same basis.
 
-Why: the index searches in a space about 15 times narrower. Measured among 100,000 synthetic
-resumes around the real data (README "Matching at scale"): the projected entries keep the
-exact top 10 of every query (0.998 with exact search on them), a new job's index query takes
-15 ms at p95 instead of 77 and the graph builds in 66 s instead of 145 at the same settings.
-Candidates are still scored exactly on the documents' field vectors.
+Why: the index searches in a space about 15 times narrower. Among 100,000 synthetic resumes
+around the real data (README "Matching at scale"; scratch runs, not in ``docs/bench/``): exact
+search on the projected entries keeps 0.998 of a new job's true top 10, and at the same graph
+settings its index query takes 15 ms at p95 instead of 77, the graph builds in 66 s instead
+of 145. Candidates are still scored exactly on the documents' field vectors.
 
 Lifecycle: a (version, kind) has no basis until it has ``scoring.index_fit_at`` stored
 vectors (its queries scan them exactly: cheap at that size). The first worker to commit a
-write past that fits it in a transaction of its own (``fit``): the basis row, every stored
-vector's entry and the HNSW index, together. ``repository.bases``' lock orders that fit after
-every write that did not project and before every write that will. A basis never changes:
-workers keep it once read.
+write past that fits it (``fit``), after its commit: the basis row and every stored vector's
+entry in one transaction, the HNSW index in the next. ``repository.bases``' lock orders the
+fit after every write that did not project and before every write that will. A basis never
+changes: workers keep it once read (read committed: a writer that waited for the lock sees
+the fit's commit).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +104,8 @@ def from_halfvec(raw: bytes) -> np.ndarray:
 
 # (database URL, model version id, kind) -> its basis, once seen (a basis never changes).
 _BASES: dict[tuple[str, int, str], Basis] = {}
+# (database URL, model version id, kind) whose HNSW index this process has seen to exist.
+_INDEXED: set[tuple[str, int, str]] = set()
 
 
 def _key(session: Session, model_version_id: int, kind: str) -> tuple[str, int, str]:
@@ -126,29 +130,32 @@ def for_writing(
     """The basis to project this transaction's writes of (version, kind) with. None: not
     fitted yet; then this transaction holds the kind's lock shared (the fit waits for it to
     end, and projects its writes), and if the kind has enough vectors once it commits, a fit
-    runs then, in a transaction of its own (``fit``)."""
-    basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
-    if basis is not None:
-        return basis
-    repo.lock_for_writing(session=session, model_version_id=model_version_id, kind=kind)
+    runs then, in a transaction of its own (``fit``). A basis whose index is missing (the fit
+    stopped between its two transactions) gets it built the same way."""
     basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
     if basis is None:
-        _fit_after_commit(session, model_version_id, kind, scoring)
+        repo.lock_for_writing(session=session, model_version_id=model_version_id, kind=kind)
+        basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
+    key = _key(session, model_version_id, kind)
+    if basis is None or key not in _INDEXED:
+        if basis is not None and repo.index_exists(
+            session=session, model_version_id=model_version_id, kind=kind
+        ):
+            _INDEXED.add(key)
+        else:
+            _fit_after_commit(session, model_version_id, kind, scoring)
     return basis
 
 
 def _fit_after_commit(
     session: Session, model_version_id: int, kind: str, scoring: ScoringSettings
 ) -> None:
+    # Kept over a rollback: the session's next commit, if any, tries it (a fit checks
+    # everything again, so one tried for nothing costs a lookup).
     due: dict[tuple[int, str], ScoringSettings] = session.info.setdefault("jobfit_fit_due", {})
     if not due:
         event.listen(session, "after_commit", _run_due, once=True)
-        event.listen(session, "after_rollback", _drop_due, once=True)
     due[(model_version_id, kind)] = scoring
-
-
-def _drop_due(session: Session) -> None:
-    session.info.pop("jobfit_fit_due", None)
 
 
 def _run_due(session: Session) -> None:
@@ -168,20 +175,56 @@ def _run_due(session: Session) -> None:
 
 def fit(*, engine: Engine, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:
     """Fit the (version, kind)'s basis if it has ``scoring.index_fit_at`` vectors and none
-    yet: the basis, every stored vector's entry and the HNSW index in one transaction, after
-    every write that did not project (``repository.bases``). True if it fitted one."""
+    yet: the basis and every stored vector's entry in one transaction, after every write that
+    did not project (``repository.bases``), then the HNSW index in another (building it takes
+    a lock on the whole table: never while holding the kind's). Where the basis exists, only
+    the index if it is missing. True if it fitted a basis."""
+    fitted = None
+    if _due(engine, model_version_id, kind, scoring):  # checked first without the lock
+        with Session(engine) as session, session.begin():
+            session.execute(
+                text("SELECT set_config('lock_timeout', :t, true)"), {"t": FIT_LOCK_TIMEOUT}
+            )
+            repo.lock_for_fitting(session=session, model_version_id=model_version_id, kind=kind)
+            if _due(session, model_version_id, kind, scoring):
+                fitted = _fit_locked(session, model_version_id, kind, scoring)
     with Session(engine) as session, session.begin():
-        session.execute(
-            text("SELECT set_config('lock_timeout', :t, true)"), {"t": FIT_LOCK_TIMEOUT}
-        )
-        repo.lock_for_fitting(session=session, model_version_id=model_version_id, kind=kind)
-        if repo.get_basis(session=session, model_version_id=model_version_id, kind=kind):
-            return False
-        if not repo.has_at_least(
-            session=session, model_version_id=model_version_id, kind=kind, n=scoring.index_fit_at
-        ):
-            return False
-        return _fit_locked(session, model_version_id, kind, scoring) is not None
+        basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
+        if basis is not None:
+            t0 = time.perf_counter()
+            if repo.ensure_index(
+                session=session,
+                model_version_id=model_version_id,
+                kind="resume" if kind == "resume" else "job",
+                dims=basis.width,
+                m=scoring.hnsw_m,
+                ef_construction=scoring.hnsw_ef_construction,
+            ):
+                log.info(
+                    "HNSW index of version %d's %ss built in %.1f s",
+                    model_version_id,
+                    kind,
+                    time.perf_counter() - t0,
+                )
+    return fitted is not None
+
+
+def _due(
+    bind: Engine | Session, model_version_id: int, kind: str, scoring: ScoringSettings
+) -> bool:
+    """No basis yet and enough stored vectors for one."""
+    if isinstance(bind, Session):
+        return _due_in(bind, model_version_id, kind, scoring)
+    with Session(bind) as session:
+        return _due_in(session, model_version_id, kind, scoring)
+
+
+def _due_in(session: Session, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:
+    if repo.get_basis(session=session, model_version_id=model_version_id, kind=kind):
+        return False
+    return repo.has_at_least(
+        session=session, model_version_id=model_version_id, kind=kind, n=scoring.index_fit_at
+    )
 
 
 def _fit_locked(
@@ -200,17 +243,9 @@ def _fit_locked(
         basis=basis.stored(len(sample), energy),
     )
     projected = project_stored(session, model_version_id, kind, basis)
-    repo.ensure_index(
-        session=session,
-        model_version_id=model_version_id,
-        kind="resume" if kind == "resume" else "job",
-        dims=basis.width,
-        m=scoring.hnsw_m,
-        ef_construction=scoring.hnsw_ef_construction,
-    )
     log.info(
         "index basis of version %d's %ss: %d dimensions keep %.4f of %d vectors' energy;"
-        " %d entries projected, HNSW index built",
+        " %d entries projected",
         model_version_id,
         kind,
         basis.width - 1,

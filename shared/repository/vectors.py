@@ -160,8 +160,14 @@ def stale_vector_ids(
     return list(session.execute(stmt).scalars())
 
 
-def index_name(model_version_id: int, kind: Kind) -> str:
+def index_name(model_version_id: int, kind: str) -> str:
     return f"ix_document_vectors_entry_v{model_version_id}_{kind}"
+
+
+def index_exists(*, session: Session, model_version_id: int, kind: str) -> bool:
+    """Whether the HNSW index of (version, kind) exists."""
+    name = index_name(model_version_id, _kind(kind))
+    return session.execute(sql("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
 
 
 def ensure_index(
@@ -185,8 +191,7 @@ def ensure_index(
             model_version_id,
         )
         return False
-    name = index_name(model_version_id, kind)
-    if session.execute(sql("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None:
+    if index_exists(session=session, model_version_id=model_version_id, kind=kind):
         return False
     # As the tables' owner (migration 0005): a worker's role needs only EXECUTE on it.
     created = session.execute(

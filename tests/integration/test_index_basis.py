@@ -86,12 +86,13 @@ def test_fitted_at_the_threshold_then_every_write_projected(session_factory, cor
     # Fitted on all of them at once (the batch that reaches the threshold is the last), on as
     # many directions as there are vectors: the projection is exact, so the index's answers
     # are the exact ones up to halfvec rounding.
-    ctx = version(session_factory, "fit", ScoringSettings(index_fit_at=n - 4, index_dims=n))
+    fit_at = (n - 1) // 8 * 8 + 1  # reached by the last batch of 8, whatever n
+    ctx = version(session_factory, "fit", ScoringSettings(index_fit_at=fit_at, index_dims=n))
     for i in range(0, n, 8):
         with session_factory.begin() as s:
             store_vectors(session=s, ctx=ctx, rows=resumes[i : i + 8], vectors=vecs)
         stored, projected = entries(session_factory, ctx, "resume")
-        if stored < n - 4:
+        if stored < fit_at:
             assert projected == 0
             assert not index_exists(session_factory, ctx, "resume")
         else:  # the commit that reached the threshold fitted the basis
@@ -122,17 +123,28 @@ def test_fitted_at_the_threshold_then_every_write_projected(session_factory, cor
             assert got.min() >= tenth - 1e-2, (job.external_id, got.min(), tenth)
 
 
-def test_the_fit_waits_for_a_write_that_did_not_project(session_factory, corpus) -> None:
+def waiting_for_advisory_lock(session_factory) -> int:
+    with session_factory() as s:
+        return s.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        ).scalar_one()
+
+
+def test_the_fit_waits_for_a_write_that_did_not_project(
+    session_factory, corpus, monkeypatch
+) -> None:
     resumes, _, vecs = corpus
     ctx = version(session_factory, "lock", ScoringSettings(index_fit_at=10))
+    # Writers do not fit here (their after-commit fit would project everything anyway): the
+    # fit below is the only one, so what it projects shows what it waited for.
+    monkeypatch.setattr(index_basis, "_run_due", lambda session: None)
     with session_factory.begin() as s:
-        store_vectors(session=s, ctx=ctx, rows=resumes[:6], vectors=vecs)
+        store_vectors(session=s, ctx=ctx, rows=resumes[:12], vectors=vecs)
     fitted: list[bool] = []
-    engine = session_factory.kw["bind"]
     fitter = threading.Thread(
         target=lambda: fitted.append(
             index_basis.fit(
-                engine=engine,
+                engine=session_factory.kw["bind"],
                 model_version_id=ctx.model_version_id,
                 kind="resume",
                 scoring=ctx.scoring,
@@ -142,15 +154,40 @@ def test_the_fit_waits_for_a_write_that_did_not_project(session_factory, corpus)
     with session_factory() as writer:
         writer.begin()
         # no basis: this transaction holds the kind's lock shared until it ends
-        store_vectors(session=writer, ctx=ctx, rows=resumes[6:14], vectors=vecs)
+        store_vectors(session=writer, ctx=ctx, rows=resumes[12:20], vectors=vecs)
         fitter.start()
-        time.sleep(1.5)
-        assert fitter.is_alive(), "the fit did not wait for the write in progress"
-        writer.commit()  # its own fit, after commit, finds the basis there or fits it
+        deadline = time.monotonic() + 30
+        while not waiting_for_advisory_lock(session_factory):
+            assert fitter.is_alive() and time.monotonic() < deadline, "the fit did not wait"
+            time.sleep(0.05)
+        writer.commit()
     fitter.join(timeout=60)
-    assert entries(session_factory, ctx, "resume") == (14, 14)
+    assert fitted == [True]
+    # the 8 rows committed while it waited are projected too
+    assert entries(session_factory, ctx, "resume") == (20, 20)
     assert index_exists(session_factory, ctx, "resume")
     with session_factory() as s:
         basis = repo.get_basis(session=s, model_version_id=ctx.model_version_id, kind="resume")
     assert basis is not None
-    assert basis.fitted_on == 14
+    assert basis.fitted_on == 20
+
+
+def test_a_missing_index_is_built_and_a_wrong_width_refused(session_factory, corpus) -> None:
+    resumes, _, vecs = corpus
+    ctx = version(session_factory, "rebuild", ScoringSettings(index_fit_at=10))
+    with session_factory.begin() as s:
+        store_vectors(session=s, ctx=ctx, rows=resumes[:12], vectors=vecs)
+    assert index_exists(session_factory, ctx, "resume")
+    # as if the fit had stopped between its two transactions
+    with session_factory.begin() as s:
+        s.execute(text(f"DROP INDEX {repo.index_name(ctx.model_version_id, 'resume')}"))
+    index_basis._INDEXED.clear()
+    with session_factory.begin() as s:
+        store_vectors(session=s, ctx=ctx, rows=resumes[12:13], vectors=vecs)
+    assert index_exists(session_factory, ctx, "resume")
+    # a caller that states another width (a worker from before migration 0007) is refused
+    with pytest.raises(Exception, match="no index basis"), session_factory.begin() as s:
+        s.execute(
+            text("SELECT jobfit_ensure_hnsw_index(:v, 'resume', :d, 16, 64)"),
+            {"v": ctx.model_version_id, "d": ctx.retrieval_dims},
+        )

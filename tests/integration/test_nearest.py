@@ -33,7 +33,8 @@ def version(session_factory, embedder: MiniLM, tag: str) -> ModelContext:
         row = repo.ensure_model_version(
             session=s, model=repo.ModelInfo(f"{embedder.version}-{tag}", "minilm", "-", 384)
         )
-    # The index from the 20th resume on (its basis fitted then): the graph is what is tested.
+    # The index from the 20th resume on (its basis fitted then): every later resume goes into
+    # a graph, and the query asks for more than the kind holds, which the exact scan answers.
     scoring = ScoringSettings(index_fit_at=20)
     return ModelContext(embedder, row.id, dict.fromkeys(PairType, 1.0), scoring)
 

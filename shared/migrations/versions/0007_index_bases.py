@@ -43,6 +43,7 @@ BEGIN
         RAISE EXCEPTION 'HNSW settings out of range (dims %, m %, ef_construction %)',
             dims, m, ef_construction;
     END IF;
+{check}
     PERFORM pg_advisory_xact_lock(hashtext(name));
     IF to_regclass(name) IS NOT NULL THEN
         RETURN false;
@@ -72,7 +73,19 @@ $$
 """
 
 
-def _function(prefix: str, column: str) -> str:
+# The entries' width is the basis's: a caller that says otherwise (a worker of the code before
+# this migration, during a rolling upgrade) is refused instead of building an index no entry
+# fits.
+CHECK_BASIS = """
+    IF NOT EXISTS (SELECT 1 FROM index_bases b
+                   WHERE b.model_version_id = version_id AND b.kind = doc_kind
+                     AND b.dims + 1 = jobfit_ensure_hnsw_index.dims) THEN
+        RAISE EXCEPTION 'no index basis of version % for %s of % dimensions (index entries'
+            ' are made by workers of migration 0007 on)', version_id, doc_kind, dims;
+    END IF;"""
+
+
+def _function(prefix: str, column: str, check: str = "") -> str:
     """The function for indexes named ``prefix`` on ``column``, on the search path 0005 set:
     the tables' schema and pgvector's."""
     bind = op.get_bind()
@@ -89,6 +102,7 @@ def _function(prefix: str, column: str) -> str:
         FUNCTION.replace("{schemas}", schemas)
         .replace("{prefix}", prefix)
         .replace("{column}", column)
+        .replace("{check}", check)
     )
 
 
@@ -113,7 +127,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("model_version_id", "kind", name=op.f("pk_index_bases")),
     )
     op.execute(DROP_INDEXES.replace("{prefix}", "l2"))
-    op.execute(_function("entry", "index_entry"))
+    op.execute(_function("entry", "index_entry", CHECK_BASIS))
 
 
 def downgrade() -> None:
