@@ -444,6 +444,12 @@ def load_kind(
         for part in parts:
             copy_documents(factory, ctx=ctx, kind=kind, start=lo, docs=part)
             lo += len(part)
+            with factory() as s:
+                fitted = index_basis.lookup(
+                    session=s, model_version_id=ctx.model_version_id, kind=kind
+                )
+            if fitted is not None:  # (a fit would also build the index we dropped)
+                continue
             t0 = time.perf_counter()
             if index_basis.fit(
                 engine=factory.kw["bind"],
