@@ -245,7 +245,10 @@ def serve_one(settings, store: Path, backend: str, log_path: Path) -> dict:
 
 def test_worker_on_auto_serves_onnx_fp32(settings, clean_db, spec, onnx_store, tmp_path):
     out = serve_one(settings, onnx_store, "auto", tmp_path / "auto.log")
-    assert out["model_version"] == f"{version_of(spec.path)}+onnx"
+    # Either exact fp32 graph: the optimised one serves where it timed >= 5 % faster on this
+    # machine at export (it did in one clean-clone CI run, not in others).
+    base = version_of(spec.path)
+    assert out["model_version"] in (f"{base}+onnx", f"{base}+onnx-opt")
 
 
 def test_worker_on_int8_names_the_backend(
