@@ -132,11 +132,11 @@ def for_writing(
     end, and projects its writes), and if the kind has enough vectors once it commits, a fit
     runs then, in a transaction of its own (``fit``). A basis whose index is missing (the fit
     stopped between its two transactions) gets it built the same way."""
-    basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
-    if basis is None:
+    key = _key(session, model_version_id, kind)
+    basis = _BASES.get(key)
+    if basis is None:  # not seen yet: read under the lock (a basis never goes away again)
         repo.lock_for_writing(session=session, model_version_id=model_version_id, kind=kind)
         basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
-    key = _key(session, model_version_id, kind)
     if basis is None or key not in _INDEXED:
         if basis is not None and repo.index_exists(
             session=session, model_version_id=model_version_id, kind=kind
@@ -180,7 +180,9 @@ def fit(*, engine: Engine, model_version_id: int, kind: str, scoring: ScoringSet
     a lock on the whole table: never while holding the kind's). Where the basis exists, only
     the index if it is missing. True if it fitted a basis."""
     fitted = None
-    if _due(engine, model_version_id, kind, scoring):  # checked first without the lock
+    with Session(engine) as session:  # checked first without the lock
+        due = _due(session, model_version_id, kind, scoring)
+    if due:
         with Session(engine) as session, session.begin():
             session.execute(
                 text("SELECT set_config('lock_timeout', :t, true)"), {"t": FIT_LOCK_TIMEOUT}
@@ -209,17 +211,8 @@ def fit(*, engine: Engine, model_version_id: int, kind: str, scoring: ScoringSet
     return fitted is not None
 
 
-def _due(
-    bind: Engine | Session, model_version_id: int, kind: str, scoring: ScoringSettings
-) -> bool:
+def _due(session: Session, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:
     """No basis yet and enough stored vectors for one."""
-    if isinstance(bind, Session):
-        return _due_in(bind, model_version_id, kind, scoring)
-    with Session(bind) as session:
-        return _due_in(session, model_version_id, kind, scoring)
-
-
-def _due_in(session: Session, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:
     if repo.get_basis(session=session, model_version_id=model_version_id, kind=kind):
         return False
     return repo.has_at_least(
