@@ -1,7 +1,8 @@
 """Field embeddings: one vector per (model version, text hash), shared by every document
 that has the text, in a pgvector ``vector`` column. Read back in pgvector's binary form
-(``vector_send``: no text parsing; ``workers.scoring.from_pgvector`` decodes it), written
-from float sequences (numpy arrays or lists)."""
+(``vector_send``, over the binary wire format: ``repository.binary``; no text parsing;
+``workers.scoring.from_pgvector`` decodes it), written from float sequences (numpy arrays or
+lists)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from jobfit.shared.orm import FieldEmbeddingRow, utcnow
+from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
 
 
@@ -24,11 +26,12 @@ def load_embeddings(
     """Stored vectors (pgvector's binary form) for those text hashes under one model version."""
     out: dict[str, bytes] = {}
     for part in chunked(sorted(set(text_hashes))):
-        rows = session.execute(
+        rows = binary_rows(
+            session,
             select(FieldEmbeddingRow.text_hash, func.vector_send(FieldEmbeddingRow.vector)).where(
                 FieldEmbeddingRow.model_version_id == model_version_id,
                 FieldEmbeddingRow.text_hash.in_(part),
-            )
+            ),
         )
         out.update((h, bytes(v)) for h, v in rows)
     return out

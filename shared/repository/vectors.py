@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from jobfit.shared.orm import DocumentRow, DocumentVectorRow, utcnow
+from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
 
 Kind = Literal["resume", "job"]
@@ -114,7 +115,8 @@ def load_vectors(
     out: dict[int, StoredVectors] = {}
     t = DocumentVectorRow
     for part in chunked(sorted(set(document_ids))):
-        rows = session.execute(
+        rows = binary_rows(
+            session,
             select(
                 t.document_id,
                 t.kind,
@@ -122,7 +124,7 @@ def load_vectors(
                 t.scoring_key,
                 t.slots,
                 func.vector_send(t.fields),
-            ).where(t.model_version_id == model_version_id, t.document_id.in_(part))
+            ).where(t.model_version_id == model_version_id, t.document_id.in_(part)),
         )
         for doc_id, kind, content_hash, key, slots, fields in rows:
             out[doc_id] = StoredVectors(doc_id, kind, content_hash, key, list(slots), bytes(fields))

@@ -23,6 +23,7 @@ from jobfit.shared.repository import chunks
 from jobfit.shared.schemas import IngestResult, JobDocument, ResumeDocument
 from jobfit.workers import matching, service
 from jobfit.workers.embedding import ModelContext
+from jobfit.workers.scoring import from_pgvector
 
 ALL = ScoringSettings(mode="all")
 
@@ -69,6 +70,30 @@ def test_a_text_is_embedded_once_for_every_document_that_has_it(session_factory,
     with session_factory() as s:
         n = s.execute(select(func.count()).select_from(FieldEmbeddingRow)).scalar_one()
     assert n == len(set(ctx.embedder.seen))
+
+
+def test_vectors_read_in_binary_are_what_the_text_format_reads(session_factory, ctx):
+    """``repository.binary``: the reads that carry vectors go over psycopg's binary cursor,
+    outside SQLAlchemy's execute; they give the bytes its (text-format) read gives, and see
+    the session's unflushed writes as its execute would."""
+    with session_factory.begin() as s:
+        for i in range(3):
+            doc = ResumeDocument(id=f"r{i}", skills=[f"S{i}", "SQL"], degrees=["BSc"])
+            service.ingest_document(session=s, ctx=ctx, doc=doc)
+    dv, v = DocumentVectorRow, ctx.model_version_id
+    with session_factory() as s:
+        ids = list(s.execute(select(dv.document_id)).scalars())
+        got = repo.load_vectors(session=s, model_version_id=v, document_ids=ids)
+        want = s.execute(select(dv.document_id, dv.slots, func.vector_send(dv.fields))).all()
+        assert {i: (g.slots, g.fields) for i, g in got.items()} == {
+            i: (slots, bytes(raw)) for i, slots, raw in want
+        }
+        s.add(
+            FieldEmbeddingRow(model_version_id=v, text_hash="h", text="t", dim=2, vector=[0.6, 0.8])
+        )
+        raw = repo.load_embeddings(session=s, model_version_id=v, text_hashes=["h"])["h"]
+        assert from_pgvector(raw).tolist() == pytest.approx([0.6, 0.8])
+        s.rollback()
 
 
 def test_one_job_against_many_resumes_in_chunks(session_factory, ctx, monkeypatch):
