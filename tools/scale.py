@@ -681,13 +681,17 @@ def load_size(
     }
 
 
+def shared_buffers(factory: sessionmaker[Session]) -> str:
+    with factory() as s:
+        return str(s.execute(text("SHOW shared_buffers")).scalar())
+
+
 def prewarm(factory: sessionmaker[Session]) -> float:
     """Read ``document_vectors`` (its heap, its TOAST table, its indexes) into Postgres's
-    shared buffers with ``pg_prewarm``, as a serving database has them; seconds. A bulk load
-    writes through a small ring of buffers and leaves the rows in the kernel's page cache,
-    which this machine evicts within seconds of last use (DAMON reclaim): the queries would
-    otherwise measure disk reads (a new job's top-10 p95 100 ms cold, about 60 warm, at
-    100,000 resumes in this session's runs)."""
+    shared buffers with ``pg_prewarm``, as a serving database has them; seconds. The queries
+    then measure a database whose working set is in memory, whatever the load and the build
+    left there (what is not in shared buffers is read through the kernel's page cache, which
+    this machine evicts within seconds of last use: DAMON reclaim)."""
     t0 = time.perf_counter()
     with factory.begin() as s:
         s.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
@@ -758,6 +762,7 @@ def run(
         "noise": {"model": noise, "norm": NOISE},
         "dim": DIM,
         "cpu": cpu_model(),
+        "shared_buffers": shared_buffers(factory),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "sizes": [],
     }
