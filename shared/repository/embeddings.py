@@ -10,7 +10,6 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -19,6 +18,12 @@ from jobfit.shared.orm import FieldEmbeddingRow, utcnow
 from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
 
+# Stored vectors of texts: one statement text whatever the hashes (``repository.binary``).
+_LOAD_EMBEDDINGS = (
+    "SELECT text_hash, vector_send(vector) FROM field_embeddings"
+    " WHERE model_version_id = %(v)s AND text_hash = ANY(%(hashes)s::varchar[])"
+)
+
 
 def load_embeddings(
     *, session: Session, model_version_id: int, text_hashes: Iterable[str]
@@ -26,13 +31,7 @@ def load_embeddings(
     """Stored vectors (pgvector's binary form) for those text hashes under one model version."""
     out: dict[str, bytes] = {}
     for part in chunked(sorted(set(text_hashes))):
-        rows = binary_rows(
-            session,
-            select(FieldEmbeddingRow.text_hash, func.vector_send(FieldEmbeddingRow.vector)).where(
-                FieldEmbeddingRow.model_version_id == model_version_id,
-                FieldEmbeddingRow.text_hash.in_(part),
-            ),
-        )
+        rows = binary_rows(session, _LOAD_EMBEDDINGS, {"v": model_version_id, "hashes": list(part)})
         out.update((h, bytes(v)) for h, v in rows)
     return out
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pgvector.sqlalchemy import HALFVEC
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -108,24 +108,21 @@ def upsert_vectors(
         )
 
 
+# A candidate pool's stored vectors: one statement text whatever the ids (``repository.binary``).
+_LOAD_VECTORS = (
+    "SELECT document_id, kind, content_hash, scoring_key, slots, vector_send(fields)"
+    " FROM document_vectors"
+    " WHERE model_version_id = %(v)s AND document_id = ANY(%(ids)s::bigint[])"
+)
+
+
 def load_vectors(
     *, session: Session, model_version_id: int, document_ids: Iterable[int]
 ) -> dict[int, StoredVectors]:
     """Stored vectors of those documents under one version (fresh or not: see the hashes)."""
     out: dict[int, StoredVectors] = {}
-    t = DocumentVectorRow
     for part in chunked(sorted(set(document_ids))):
-        rows = binary_rows(
-            session,
-            select(
-                t.document_id,
-                t.kind,
-                t.content_hash,
-                t.scoring_key,
-                t.slots,
-                func.vector_send(t.fields),
-            ).where(t.model_version_id == model_version_id, t.document_id.in_(part)),
-        )
+        rows = binary_rows(session, _LOAD_VECTORS, {"v": model_version_id, "ids": list(part)})
         for doc_id, kind, content_hash, key, slots, fields in rows:
             out[doc_id] = StoredVectors(doc_id, kind, content_hash, key, list(slots), bytes(fields))
     return out
