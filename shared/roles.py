@@ -4,9 +4,11 @@ one-shot ``migrate`` runs ``jobfit db upgrade --grant``: after every upgrade).
 
 - writer: SELECT, INSERT, UPDATE, DELETE on jobfit's tables (SELECT only on
   ``alembic_version``), USAGE on their sequences, EXECUTE on ``WRITER_FUNCTIONS``
-  (``jobfit_ensure_hnsw_index``, migration 0005: how a worker creates a new model version's
-  HNSW index without owning the table). No DDL, no TRUNCATE, owns nothing. Default privileges
-  give it the same on tables and sequences a later migration creates.
+  (``jobfit_ensure_hnsw_index``, ``jobfit_ensure_ivfflat_index`` and
+  ``jobfit_drop_replaced_entry_indexes``, migrations 0005 and 0008: how a worker builds and
+  replaces a model version's entry index without owning the table). No DDL, no
+  TRUNCATE, owns nothing. Default privileges give it the same on tables and sequences a later
+  migration creates.
 - reader: SELECT on what the read path reads (``READER_TABLES``), nothing else.
 
 A run converges: it revokes whatever else the two roles hold in the schema, then grants the
@@ -25,7 +27,11 @@ from sqlalchemy import create_engine, make_url, pool
 
 # The functions migrations create for the workers (SECURITY DEFINER, EXECUTE revoked from
 # PUBLIC): each overload is granted to the writer.
-WRITER_FUNCTIONS = ("jobfit_ensure_hnsw_index",)
+WRITER_FUNCTIONS = (
+    "jobfit_ensure_hnsw_index",
+    "jobfit_ensure_ivfflat_index",
+    "jobfit_drop_replaced_entry_indexes",
+)
 # Tables the writer may read but not change: Alembic's revision (`jobfit health` reads it).
 WRITER_READ_ONLY = ("alembic_version",)
 

@@ -147,6 +147,9 @@ def bench_scale(
             " dimensions (a stress case). tools/scale.py."
         ),
     ] = "real",
+    index_method: Annotated[
+        str, typer.Option(help="ivfflat (the default) or hnsw: the entry index measured.")
+    ] = "ivfflat",
 ) -> None:
     """Top-K retrieval at 10k to 1M resumes (vectors around the real dataset's, written
     directly): time and rows per ingested document, query latency, recall against exact
@@ -160,7 +163,18 @@ def bench_scale(
     err.print(database)
     if noise not in NOISE_MODELS:
         raise typer.BadParameter(f"--noise must be one of {', '.join(NOISE_MODELS)}")
-    report = run(settings, minilm_path(), dataset, err, quick=quick, budget_s=budget_s, noise=noise)
+    if index_method not in ("ivfflat", "hnsw"):
+        raise typer.BadParameter("--index-method must be ivfflat or hnsw")
+    report = run(
+        settings,
+        minilm_path(),
+        dataset,
+        err,
+        quick=quick,
+        budget_s=budget_s,
+        noise=noise,
+        index_method=index_method,
+    )
     emit_json(report, out)
 
 

@@ -15,10 +15,13 @@ isotropic   the same norm spread over all 384 dimensions: directions no real tex
             which raise the corpus's intrinsic dimension far above real data's (a stress
             case for the graph; README "Matching at scale").
 
-Sizes grow in steps (each step adds to the previous corpus); the HNSW indexes are rebuilt
-after each step's load (a bulk build is faster than inserting into the graph). A kind's index
-basis is fitted as a worker fits it: when the kind reaches ``scoring.index_fit_at`` documents,
-on those (``workers.index_basis``); the documents after are written with their entries.
+Sizes grow in steps (each step adds to the previous corpus). A kind's index basis is fitted
+as a worker fits it: when the kind reaches ``scoring.index_fit_at`` documents, on those
+(``workers.index_basis``); the documents after are written with their entries. An IVFFlat
+index (the default, ``--index-method``) is kept as workers keep it: after each write of
+``CHUNK`` documents, ``index_basis.fit`` rebuilds it with more lists once its kind has grown
+fourfold; an HNSW index is dropped during a step's load and built after it (a bulk build is
+faster than inserting into the graph).
 
 Per size:
 ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
@@ -78,7 +81,12 @@ NOISE = 0.6
 NOISE_MODELS = ("real", "isotropic")
 NEW_DOCS = 50  # per kind and size, ingested
 QUERIES = 50  # per kind and size, for latency and recall
-EF_SWEEP = (400, 600, 1000)  # hnsw.ef_search values measured besides the configured one
+# Search settings measured besides the configured one, per index method: what a wider or
+# narrower search buys (recall) and costs (latency) at each size.
+SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "hnsw": ("ef_search", (400, 600, 1000)),
+    "ivfflat": ("ivf_probes", (0.1, 0.3)),
+}
 CHUNK = 10_000  # documents written (and regenerated for exact scoring) at a time
 BLOCK = 1_000  # documents of one seed: any range of documents regenerates identically
 DIM = 384  # MiniLM
@@ -429,11 +437,15 @@ def load_kind(
     kind: str,
     have: int,
     total: int,
-) -> float | None:
+) -> tuple[float | None, float]:
     """Grow a kind from ``have`` to ``total`` documents. As in production, its basis is fitted
     when it reaches ``scoring.index_fit_at`` documents (on those), and what comes after is
-    written with its entries; the seconds the fit took, if it happened here."""
-    fit_s = None
+    written with its entries; an IVFFlat index is kept as a worker keeps it (``index_basis.fit``
+    after each write: rebuilt with more lists as the kind grows), an HNSW one is dropped and
+    built after the load (``build_indexes``: faster than inserting into the graph). The seconds
+    the basis fit took, if it happened here, and the seconds the IVFFlat upkeep took."""
+    fit_s, upkeep_s = None, 0.0
+    hnsw = ctx.scoring.index_method == "hnsw"
     for start, docs in chunks(bases, kind, total):
         skip = max(0, have - start)
         if skip >= len(docs):
@@ -449,7 +461,7 @@ def load_kind(
                 fitted = index_basis.lookup(
                     session=s, model_version_id=ctx.model_version_id, kind=kind
                 )
-            if fitted is not None:  # (a fit would also build the index we dropped)
+            if fitted is not None and hnsw:
                 continue
             t0 = time.perf_counter()
             if index_basis.fit(
@@ -459,14 +471,20 @@ def load_kind(
                 scoring=ctx.scoring,
             ):
                 fit_s = round(time.perf_counter() - t0, 2)
-                drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
-    return fit_s
+                if hnsw:
+                    drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
+            elif fitted is not None:
+                upkeep_s += time.perf_counter() - t0
+    return fit_s, round(upkeep_s, 2)
 
 
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
-    """Each kind's HNSW index over its projected entries, rebuilt (kinds with a basis)."""
-    drop_indexes(factory, ctx)
+    """Each kind's HNSW index over its projected entries, rebuilt (kinds with a basis); an
+    IVFFlat index is kept up as workers keep it (``load_kind``): nothing here."""
     out: dict[str, float] = {}
+    if ctx.scoring.index_method != "hnsw":
+        return out
+    drop_indexes(factory, ctx)
     for kind in KINDS:
         with factory.begin() as s:
             basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
@@ -475,27 +493,30 @@ def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str
             s.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
             s.execute(text("SET LOCAL max_parallel_maintenance_workers = 1"))
             t0 = time.perf_counter()
-            repo.ensure_index(
+            index_basis.build_index(
                 session=s,
                 model_version_id=ctx.model_version_id,
                 kind=kind,
-                dims=basis.width,
-                m=ctx.scoring.hnsw_m,
-                ef_construction=ctx.scoring.hnsw_ef_construction,
+                basis=basis,
+                scoring=ctx.scoring,
             )
             secs = time.perf_counter() - t0
         out[kind] = round(secs, 2)
     return out
 
 
-def bases_dims(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, int]:
-    """Width of each kind's index entries (kinds with a basis)."""
-    out: dict[str, int] = {}
+def index_facts(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, Any]:
+    """Per kind with a basis: the width of its index entries, and its entry index (method
+    and, for IVFFlat, lists; None while it has none)."""
+    out: dict[str, Any] = {}
     with factory() as s:
         for kind in KINDS:
             basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
-            if basis is not None:
-                out[kind] = basis.width
+            if basis is None:
+                continue
+            found = repo.entry_index(session=s, model_version_id=ctx.model_version_id, kind=kind)
+            index = None if found is None else {"method": found.method, "lists": found.lists}
+            out[kind] = {"dims": basis.width, "index": index}
     return out
 
 
@@ -577,12 +598,12 @@ def measure_size(
         want = exhaustive_top(ctx, bases=bases, queries=qs, kind=other, total=other_total, k=100)
         key = f"{kind}_queries"  # a new resume asks for jobs, a new job for resumes
         out[key] = {"queries": len(qs)} | query_figures(factory, ctx, qs, want)
-        # Narrower searches: what ef_search buys (recall) and costs (latency) at this size.
-        out[key]["by_ef_search"] = {}
-        for ef in EF_SWEEP:
-            if ef != ctx.scoring.ef_search:
-                narrow = ctx.scoring.model_copy(update={"ef_search": ef})
-                out[key]["by_ef_search"][ef] = query_figures(
+        setting, values = SWEEPS[ctx.scoring.index_method]
+        out[key][f"by_{setting}"] = {}
+        for value in values:
+            if value != getattr(ctx.scoring, setting):
+                narrow = ctx.scoring.model_copy(update={setting: value})
+                out[key][f"by_{setting}"][value] = query_figures(
                     factory, bench_context(ctx.model_version_id, narrow), qs, want
                 )
         console.print(f"  {key}: {out[key]}")
@@ -655,14 +676,18 @@ def load_size(
     bases a kind now has enough documents for, rebuild the indexes; the step's figures."""
     t0 = time.perf_counter()
     console.print(f"size {n_resumes:,} resumes × {n_jobs:,} jobs: loading …")
-    drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
+    if ctx.scoring.index_method == "hnsw":
+        drop_indexes(factory, ctx)  # rebuilt after the load: no insert into the graph
     fitted: dict[str, float] = {}
+    upkeep: dict[str, float] = {}
     for kind, total in (("resume", n_resumes), ("job", n_jobs)):
-        fit_s = load_kind(factory, ctx, bases=bases, kind=kind, have=have[kind], total=total)
+        fit_s, upkeep[kind] = load_kind(
+            factory, ctx, bases=bases, kind=kind, have=have[kind], total=total
+        )
         if fit_s is not None:
             fitted[kind] = fit_s
         have[kind] = total
-    load_s = time.perf_counter() - t0 - sum(fitted.values())
+    load_s = time.perf_counter() - t0 - sum(fitted.values()) - sum(upkeep.values())
     with factory.begin() as session:
         session.execute(text("ANALYZE documents"))
         session.execute(text("ANALYZE document_vectors"))
@@ -675,8 +700,10 @@ def load_size(
     return {
         "load_s": round(load_s, 1),
         "basis_fit_s": fitted,
-        "index_dims": bases_dims(factory, ctx),
         "index_build_s": build,
+        # IVFFlat: the seconds the load's writes spent keeping the index (rebuilds included)
+        "index_upkeep_s": upkeep,
+        "indexes": index_facts(factory, ctx),
         "prewarm_s": round(warm_s, 1),
     }
 
@@ -747,6 +774,7 @@ def run(
     budget_s: float = 1800.0,
     keep: bool = False,
     noise: str = "real",
+    index_method: str = "ivfflat",
 ) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
@@ -776,7 +804,7 @@ def run(
                 model=repo.ModelInfo("minilm-real@bench", "minilm-real", "-", DIM),
                 status=repo.ModelStatus.REGISTERED,
             ).id
-        ctx = bench_context(v, ScoringSettings(mode="top_k"))
+        ctx = bench_context(v, ScoringSettings(mode="top_k", index_method=index_method))
         report["settings"] = ctx.scoring.model_dump()
         report["reference_max_abs_diff"] = check_reference(ctx, bases)
         report["real_dataset"] = real_recall(

@@ -4,7 +4,7 @@ pairs are scored, scored exactly (``scoring.score_match`` on their field vectors
 all    (``scoring.mode``) every pair: a resume against every stored job, a job against every
        stored resume. Storage grows with the product of the corpora.
 top_k  a document's retrieval vector finds ``scoring.candidates`` documents of the other kind
-       through the version's HNSW index (``repository.vectors.nearest``); they are scored
+       through the version's entry index (``repository.vectors.nearest``); they are scored
        exactly; stored are its best ``top_k``, the candidates whose own top K it enters (their
        k-th best stored score is lower: a new job appears in the rankings of the resumes it
        beats), and its existing rows (rescored, so a changed document leaves nothing stale).
@@ -143,7 +143,7 @@ def match_top_k(
 
 def nearest(*, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int) -> list[int]:
     """Row ids of the ``limit`` documents of the other kind whose stored vectors rank first
-    for ``doc``'s query: through the HNSW index on their projected entries where their kind
+    for ``doc``'s query: through the entry index on their projected entries where their kind
     has a basis, else (and where the index comes back short) by an exact scan."""
     kind: repo.Kind = "job" if doc.kind == "resume" else "resume"
     query = ctx.query_vector(doc)
@@ -161,6 +161,11 @@ def nearest(*, session: Session, ctx: ModelContext, doc: DocumentVectors, limit:
         entry_query=entry_query,
         entry_dims=entry_dims,
         oversample=ctx.scoring.index_oversample,
+        probes=None
+        if entry_query is None
+        else index_basis.probes(
+            session=session, model_version_id=ctx.model_version_id, kind=kind, scoring=ctx.scoring
+        ),
     )
 
 

@@ -1,6 +1,7 @@
 """Document vectors (``document_vectors``): per (document, model version) its field vectors,
 its retrieval vector and its projected index entry, and the nearest documents of the other
-kind by inner product through an HNSW index per (version, kind).
+kind by inner product through an entry index per (version, kind): IVFFlat (rebuilt with
+more lists as the kind grows: ``workers.index_basis``) or HNSW.
 
 The index is partial (``WHERE model_version_id = v AND kind = k``) over the projected entry
 cast to its basis's width (``halfvec(d)``; ``repository.bases``), so each version has its
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pgvector.sqlalchemy import HALFVEC
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -160,13 +161,90 @@ def stale_vector_ids(
 
 
 def index_name(model_version_id: int, kind: str) -> str:
+    """The HNSW index's name; an IVFFlat one's adds ``_l<lists>`` (migration 0008)."""
     return f"ix_document_vectors_entry_v{model_version_id}_{kind}"
 
 
+@dataclass(frozen=True)
+class EntryIndex:
+    """The index over a (version, kind)'s entries: its name, access method (``hnsw`` or
+    ``ivfflat``), for IVFFlat its number of lists, and Postgres's estimate of its entries
+    (``pg_class.reltuples``: exact when built, then as VACUUM last counted; -1: unknown)."""
+
+    name: str
+    method: str
+    lists: int | None
+    entries: float
+
+
+def entry_indexes(*, session: Session, model_version_id: int, kind: str) -> list[EntryIndex]:
+    """The (version, kind)'s entry indexes, the one that serves first: the IVFFlat index of
+    most lists, else the HNSW one. More than one only between an IVFFlat rebuild's commit and
+    ``drop_replaced_entry_indexes`` (or an HNSW index a worker of older code built next to
+    it); the planner may read either meanwhile."""
+    base = index_name(model_version_id, _kind(kind))
+    rows = session.execute(
+        sql(
+            "SELECT c.relname, a.amname,"
+            " (SELECT substr(o, 7)::int FROM unnest(c.reloptions) o WHERE o LIKE 'lists=%')"
+            " AS lists, c.reltuples"
+            " FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+            " WHERE c.relkind = 'i'"
+            " AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+            " AND (c.relname = :base OR starts_with(c.relname, :base || '_l'))"
+            " ORDER BY a.amname = 'ivfflat' DESC, lists DESC NULLS LAST, c.relname"
+        ),
+        {"base": base},
+    ).all()
+    return [EntryIndex(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+
+def entry_index(*, session: Session, model_version_id: int, kind: str) -> EntryIndex | None:
+    """The (version, kind)'s serving entry index (``entry_indexes``), if it has one."""
+    found = entry_indexes(session=session, model_version_id=model_version_id, kind=kind)
+    return found[0] if found else None
+
+
+def drop_replaced_entry_indexes(*, session: Session, model_version_id: int, kind: Kind) -> int:
+    """Drop the (version, kind)'s entry indexes but the serving IVFFlat one; how many
+    (``jobfit_drop_replaced_entry_indexes``, migration 0008). Run it in a transaction of its
+    own with a short ``lock_timeout``: a drop waits for every reader of the table."""
+    dropped = session.execute(
+        sql("SELECT jobfit_drop_replaced_entry_indexes(:v, :k)"),
+        {"v": model_version_id, "k": _kind(kind)},
+    ).scalar()
+    return int(dropped or 0)
+
+
 def index_exists(*, session: Session, model_version_id: int, kind: str) -> bool:
-    """Whether the HNSW index of (version, kind) exists."""
-    name = index_name(model_version_id, _kind(kind))
-    return session.execute(sql("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
+    """Whether the (version, kind) has an entry index (HNSW or IVFFlat)."""
+    return entry_index(session=session, model_version_id=model_version_id, kind=kind) is not None
+
+
+def count_vectors(*, session: Session, model_version_id: int, kind: str) -> int:
+    """How many documents of a kind have vectors under a version."""
+    t = DocumentVectorRow
+    return int(
+        session.execute(
+            select(func.count()).where(t.model_version_id == model_version_id, t.kind == kind)
+        ).scalar_one()
+    )
+
+
+def ensure_ivfflat_index(
+    *, session: Session, model_version_id: int, kind: Kind, dims: int, lists: int
+) -> bool:
+    """Create the (version, kind)'s IVFFlat index of ``lists`` lists over its entries of
+    ``dims`` (its basis's width) unless one of more than half as many lists exists; True if
+    it was created (``jobfit_ensure_ivfflat_index``, migration 0008: serialised with the HNSW
+    function by an advisory lock). Building it locks the table against writes until the
+    transaction ends (seconds at 100,000 entries); the index it replaces stays until
+    ``drop_replaced_entry_indexes``."""
+    created = session.execute(
+        sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
+        {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
+    ).scalar()
+    return bool(created)
 
 
 def ensure_index(
@@ -179,8 +257,8 @@ def ensure_index(
     ef_construction: int,
 ) -> bool:
     """Create the HNSW index of (version, kind) over its entries of ``dims`` (its basis's
-    width) if it is missing; True if it was created (``jobfit_ensure_hnsw_index``, migrations
-    0005 and 0007: serialised by an advisory lock, two workers create it once)."""
+    width) if it has no entry index; True if it was created (``jobfit_ensure_hnsw_index``,
+    migrations 0005 and 0007: serialised by an advisory lock, two workers create it once)."""
     if dims > HNSW_HALFVEC_MAX_DIMS:
         log.warning(
             "retrieval vectors of %d dimensions exceed pgvector's HNSW limit for halfvec (%d):"
@@ -212,19 +290,25 @@ def nearest(
     entry_query: Any = None,
     entry_dims: int | None = None,
     oversample: int = 1,
+    probes: int | None = None,
 ) -> list[int]:
     """Ids of the ``limit`` documents of ``kind`` with the largest inner product with
     ``query`` (``dims`` wide): the nearest by Euclidean distance, every entry having one norm
     (``workers.vectors``). With ``entry_query`` (the query projected on the kind's basis,
-    ``entry_dims`` wide) approximate through the HNSW index: its nearest ``oversample`` times
-    ``limit`` entries, of which the ``limit`` nearest by the full vectors (the projection
-    decides which are looked at, not their order); exact by a scan of the full vectors where
-    there is no basis, or where the index returns fewer than ``limit`` rows."""
+    ``entry_dims`` wide) approximate through the entry index: its nearest ``oversample``
+    times ``limit`` entries, of which the ``limit`` nearest by the full vectors (the
+    projection decides which are looked at, not their order); exact by a scan of the full
+    vectors where there is no basis, or where the index returns fewer than ``limit`` rows.
+    ``ef_search`` is the HNSW search breadth, ``probes`` the IVFFlat lists read
+    (``workers.index_basis.probes``: never fewer than hold the pool, on a kind large
+    enough to fill it)."""
     params: dict[str, Any] = {"n": int(limit), "q": query}
     if entry_query is not None and entry_dims is not None:
         pool = min(MAX_EF_SEARCH, max(int(limit), int(limit) * max(1, int(oversample))))
         ef = min(MAX_EF_SEARCH, max(ef_search or 0, pool, 40))
         session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+        if probes is not None:
+            session.execute(sql(f"SET LOCAL ivfflat.probes = {int(max(1, probes))}"))
         # The planner prices a distance like any operator and may pick a scan and sort over
         # the ordered HNSW scan (measured: 620 ms instead of milliseconds at 100,000 rows).
         # Without a sort the index is the way; with no index the sort still runs.
@@ -238,15 +322,15 @@ def nearest(
         session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
         if len(found) >= limit:
             return found
-        # Fewer than asked: the graph left some entries unreachable (near-duplicates prune
-        # each other out of their neighbours' lists; measured on the fault harness's resume
-        # variants, tests/integration/test_nearest.py), or many are dead. The exact scan
-        # answers.
+        # Fewer than asked: an HNSW graph left some entries unreachable (near-duplicates
+        # prune each other out of their neighbours' lists; measured on the fault harness's
+        # resume variants, tests/integration/test_nearest.py), or many are dead. The exact
+        # scan answers.
         exact = list(session.execute(_exact_sql(model_version_id, kind, dims), params).scalars())
         if len(exact) > len(found):
             log.warning(
-                "the HNSW index of version %d's %ss returned %d of %d rows: answered by an"
-                " exact scan (entries unreachable in its graph, or many dead ones: REINDEX)",
+                "the entry index of version %d's %ss returned %d of %d rows: answered by an"
+                " exact scan (entries unreachable in an HNSW graph, or many dead ones: REINDEX)",
                 model_version_id,
                 kind,
                 len(found),

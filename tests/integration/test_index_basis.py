@@ -1,7 +1,7 @@
 """The index basis's lifecycle on real Postgres with pgvector (``workers.index_basis``): no
 basis below ``index_fit_at`` (exact scans), then one fit that projects every stored vector
-and builds the HNSW index, writes projected from then on, and a fit that waits for a write
-that did not project."""
+and builds the entry index, writes projected from then on, a fit that waits for a write that
+did not project, and an IVFFlat index rebuilt with more lists as its kind grows."""
 
 from __future__ import annotations
 
@@ -76,8 +76,21 @@ def entries(session_factory, ctx: ModelContext, kind: str) -> tuple[int, int]:
 
 def index_exists(session_factory, ctx: ModelContext, kind: str) -> bool:
     with session_factory() as s:
-        name = repo.index_name(ctx.model_version_id, kind)
-        return s.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
+        return repo.index_exists(session=s, model_version_id=ctx.model_version_id, kind=kind)
+
+
+def entry_indexes(session_factory, ctx: ModelContext) -> list[tuple[str, str]]:
+    """(name, access method) of every index on the version's resume entries."""
+    base = repo.index_name(ctx.model_version_id, "resume")
+    with session_factory() as s:
+        rows = s.execute(
+            text(
+                "SELECT c.relname, a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+                " WHERE c.relkind = 'i' AND starts_with(c.relname, :b) ORDER BY 1"
+            ),
+            {"b": base},
+        ).all()
+    return [(name, method) for name, method in rows]
 
 
 def test_fitted_at_the_threshold_then_every_write_projected(session_factory, corpus) -> None:
@@ -179,15 +192,57 @@ def test_a_missing_index_is_built_and_a_wrong_width_refused(session_factory, cor
         store_vectors(session=s, ctx=ctx, rows=resumes[:12], vectors=vecs)
     assert index_exists(session_factory, ctx, "resume")
     # as if the fit had stopped between its two transactions
+    ((name, _),) = entry_indexes(session_factory, ctx)
     with session_factory.begin() as s:
-        s.execute(text(f"DROP INDEX {repo.index_name(ctx.model_version_id, 'resume')}"))
+        s.execute(text(f"DROP INDEX {name}"))
     index_basis._INDEXED.clear()
     with session_factory.begin() as s:
         store_vectors(session=s, ctx=ctx, rows=resumes[12:13], vectors=vecs)
     assert index_exists(session_factory, ctx, "resume")
     # a caller that states another width (a worker from before migration 0007) is refused
-    with pytest.raises(Exception, match="no index basis"), session_factory.begin() as s:
-        s.execute(
-            text("SELECT jobfit_ensure_hnsw_index(:v, 'resume', :d, 16, 64)"),
-            {"v": ctx.model_version_id, "d": ctx.retrieval_dims},
-        )
+    for call in (
+        "jobfit_ensure_hnsw_index(:v, 'resume', :d, 16, 64)",
+        "jobfit_ensure_ivfflat_index(:v, 'resume', :d, 4)",
+    ):
+        with pytest.raises(Exception, match="no index basis"), session_factory.begin() as s:
+            s.execute(text(f"SELECT {call}"), {"v": ctx.model_version_id, "d": ctx.retrieval_dims})
+
+
+def test_an_ivfflat_index_is_rebuilt_with_more_lists_as_its_kind_grows(
+    session_factory, corpus, monkeypatch
+) -> None:
+    resumes, jobs, vecs = corpus
+    monkeypatch.setattr(index_basis, "IVF_CHECK_S", 0.0)  # look after every commit
+    monkeypatch.setattr(index_basis, "IVF_MIN_ENTRIES", 1)  # read the share asked, not all
+    ctx = version(session_factory, "ivf", ScoringSettings(index_fit_at=4, ivf_probes=0.5))
+    seen: list[tuple[int, list[tuple[str, str]]]] = []
+    for i in range(0, len(resumes), 4):
+        with session_factory.begin() as s:
+            store_vectors(session=s, ctx=ctx, rows=resumes[i : i + 4], vectors=vecs)
+        stored, _ = entries(session_factory, ctx, "resume")
+        seen.append((stored, entry_indexes(session_factory, ctx)))
+    base = repo.index_name(ctx.model_version_id, "resume")
+    lists_at = {n: [int(name.rsplit("_l", 1)[1]) for name, _ in idx] for n, idx in seen}
+    for n, idx in seen:
+        # one index at a time (the rebuild drops the old one in its transaction), IVFFlat
+        assert len(idx) == (0 if n < 4 else 1), (n, idx)
+        assert all(m == "ivfflat" and name.startswith(f"{base}_l") for name, m in idx)
+    built = [lists_at[n][0] for n, idx in seen if idx]
+    # built with ceil(2 sqrt(n)) lists at 4 entries, then twice as many each time the kind
+    # has grown fourfold since (checked after every commit here)
+    assert built[0] == index_basis.ivf_lists(4)
+    distinct = list(dict.fromkeys(built))
+    assert distinct == sorted(distinct) and len(distinct) >= 3, built
+    for n, (lists,) in ((n, v) for n, v in lists_at.items() if v):
+        assert index_basis.ivf_lists(n) < 2 * lists, (n, lists)
+    # queries read half of its lists (the projection on 4 directions decides the pool: the
+    # answers are approximate; test_fitted_at_the_threshold_then_every_write_projected checks
+    # them where the projection is exact)
+    ids = {r.id for r in resumes}
+    with session_factory.begin() as s:
+        assert index_basis.probes(
+            session=s, model_version_id=ctx.model_version_id, kind="resume", scoring=ctx.scoring
+        ) == -(-lists_at[seen[-1][0]][0] // 2)
+        for job in jobs:
+            found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
+            assert len(set(found)) == 10 and set(found) <= ids

@@ -35,7 +35,7 @@ def version(session_factory, embedder: MiniLM, tag: str) -> ModelContext:
         )
     # The index from the 20th resume on (its basis fitted then): every later resume goes into
     # a graph, and the query asks for more than the kind holds, which the exact scan answers.
-    scoring = ScoringSettings(index_fit_at=20)
+    scoring = ScoringSettings(index_fit_at=20, index_method="hnsw")
     return ModelContext(embedder, row.id, dict.fromkeys(PairType, 1.0), scoring)
 
 

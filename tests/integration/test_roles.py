@@ -1,6 +1,6 @@
 """Least privilege on a real Postgres: `jobfit db upgrade --grant` (compose's `migrate`) creates
 the writer and reader roles; a real worker ingests and scores as the writer (a new model
-version's HNSW index included, through migration 0005's function), the read path reads as the
+version's entry indexes included, through migration 0008's function), the read path reads as the
 reader; neither can change the schema, and the reader cannot write.
 
 The test server trusts its Unix socket (passwords are not checked there), so each role is
@@ -9,6 +9,7 @@ proven by what it does and what it is refused, and a password by the verifier st
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,6 +125,8 @@ READER_REFUSED = [
     "ALTER TABLE documents ADD COLUMN x integer",
     "CREATE TABLE mine (i integer)",
     "SELECT jobfit_ensure_hnsw_index(1, 'job', 8, 16, 64)",
+    "SELECT jobfit_ensure_ivfflat_index(1, 'job', 8, 4)",
+    "SELECT jobfit_drop_replaced_entry_indexes(1, 'job')",
     # not on the read path: labels, deliveries, vectors, failure payloads
     "SELECT count(*) FROM labels",
     "SELECT count(*) FROM deliveries",
@@ -167,15 +170,19 @@ def test_a_worker_writes_as_the_writer_and_the_read_path_reads_as_the_reader(
             assert r.get(timeout=TIMEOUT)["scored"] >= 1
     finally:
         w.stop()
-    # The new version's HNSW indexes: created through the function, owned by the owner,
-    # with the bases the writer fitted.
+    # The new version's entry indexes (IVFFlat: ix_document_vectors_entry_v<v>_<kind>_l<lists>):
+    # created through the function, owned by the owner, with the bases the writer fitted.
     indexes = owner_sql(
         roles,
         "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c"
         " WHERE c.relname LIKE 'ix_document_vectors_entry_v%'",
     )
     assert {k for (k,) in owner_sql(roles, "SELECT kind FROM index_bases")} == {"job", "resume"}
-    assert {n.rsplit("_", 1)[1] for n, _ in indexes} == {"job", "resume"}
+    kinds = [
+        re.fullmatch(r"ix_document_vectors_entry_v\d+_(job|resume)_l\d+", n) for n, _ in indexes
+    ]
+    assert all(kinds), indexes  # IVFFlat only: no HNSW index next to them
+    assert {m.group(1) for m in kinds if m} == {"job", "resume"}, indexes
     assert {o for _, o in indexes} == {make_url(roles.owner_url).username}
     expected = owner_sql(
         roles,

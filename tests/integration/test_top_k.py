@@ -1,4 +1,4 @@
-"""``top_k`` scoring on real Postgres with pgvector (HNSW), the real sample's documents and the
+"""``top_k`` scoring on real Postgres with pgvector (IVFFlat), the real sample's documents and the
 MiniLM model, through the service functions (no Celery: tests/integration/test_pipeline.py
 runs the same through a worker). Each stored top K is compared with exhaustive exact scoring
 of every pair, computed here from the same vectors."""

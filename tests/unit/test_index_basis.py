@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jobfit.workers import index_basis
 from jobfit.workers.index_basis import Basis, fit_basis, from_halfvec
 from jobfit.workers.vectors import ENTRY_NORM
 
@@ -62,3 +63,15 @@ def test_halfvec_binary_form() -> None:
     values = np.array([0.5, -1.25, 3.0, 0.0009765625], dtype=np.float32)
     raw = len(values).to_bytes(2, "big") + b"\x00\x00" + values.astype(">f2").tobytes()
     assert np.array_equal(from_halfvec(raw), values)
+
+
+def test_ivfflat_lists_grow_with_the_square_root_and_probes_cover_the_floor() -> None:
+    assert [index_basis.ivf_lists(n) for n in (0, 1, 4, 2_000, 100_000)] == [2, 2, 4, 90, 633]
+    floor = index_basis.IVF_MIN_ENTRIES
+    # a small or uncounted index (reltuples -1 or 0) is read whole
+    for entries in (-1.0, 0.0, floor - 1.0):
+        assert index_basis.probe_count(90, entries, 0.2) == 90
+    # past the floor: the share asked, or enough lists for the floor's entries
+    assert index_basis.probe_count(400, 100_000.0, 0.2) == 80
+    assert index_basis.probe_count(200, 10_000.0, 0.2) == 100
+    assert index_basis.probe_count(3, 1e9, 0.01) == 1
