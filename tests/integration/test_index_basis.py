@@ -246,3 +246,37 @@ def test_an_ivfflat_index_is_rebuilt_with_more_lists_as_its_kind_grows(
         for job in jobs:
             found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
             assert len(set(found)) == 10 and set(found) <= ids
+
+
+def test_a_replaced_index_waits_for_a_long_reader_and_goes_at_a_later_look(
+    session_factory, corpus, monkeypatch, caplog
+) -> None:
+    """The rebuild's build shares the table with readers; dropping the index it replaced
+    waits for them (a lock every reader blocks), so it gives up after ``DROP_LOCK_TIMEOUT``
+    and the next look drops it: writes and queries go on meanwhile."""
+    resumes, jobs, vecs = corpus
+    monkeypatch.setattr(index_basis, "IVF_CHECK_S", 0.0)
+    monkeypatch.setattr(index_basis, "DROP_LOCK_TIMEOUT", "200ms")
+    ctx = version(session_factory, "drop", ScoringSettings(index_fit_at=4))
+    with session_factory.begin() as s:
+        store_vectors(session=s, ctx=ctx, rows=resumes[:4], vectors=vecs)
+    assert [n for n, _ in entry_indexes(session_factory, ctx)][-1].endswith("_l4")
+    reader = session_factory()
+    try:
+        reader.execute(select(func.count()).select_from(DocumentVectorRow)).scalar_one()
+        with session_factory.begin() as s:  # 16 entries: rebuilt with 8 lists
+            store_vectors(session=s, ctx=ctx, rows=resumes[4:16], vectors=vecs)
+        names = [n for n, _ in entry_indexes(session_factory, ctx)]
+        assert [n.rsplit("_l", 1)[1] for n in names] == ["4", "8"], names
+        assert "could not drop the replaced indexes" in caplog.text
+        with session_factory.begin() as s:  # the new index serves meanwhile
+            serving = repo.entry_index(
+                session=s, model_version_id=ctx.model_version_id, kind="resume"
+            )
+            assert serving is not None and serving.lists == 8
+            assert len(nearest(session=s, ctx=ctx, doc=vecs[jobs[0].id], limit=10)) == 10
+    finally:
+        reader.close()
+    with session_factory.begin() as s:  # the next look drops it
+        store_vectors(session=s, ctx=ctx, rows=resumes[16:17], vectors=vecs)
+    assert [n.rsplit("_l", 1)[1] for n, _ in entry_indexes(session_factory, ctx)] == ["8"]
