@@ -150,16 +150,18 @@ def for_writing(
         _fit_after_commit(session, model_version_id, kind, scoring)
         return None
     seen, now = _INDEXED.get(key), time.monotonic()
-    if seen is not None and (scoring.index_method == "hnsw" or now - seen < IVF_CHECK_S):
-        return basis
-    if scoring.index_method == "hnsw" and repo.index_exists(
-        session=session, model_version_id=model_version_id, kind=kind
-    ):
-        _INDEXED[key] = now
-    else:  # built, or looked at again, after this commit (``fit``: ``build_index``)
-        if scoring.index_method == "ivfflat":
+    if scoring.index_method == "hnsw":  # seen once: nothing more to do
+        if seen is not None:
+            return basis
+        if repo.index_exists(session=session, model_version_id=model_version_id, kind=kind):
             _INDEXED[key] = now
-        _fit_after_commit(session, model_version_id, kind, scoring)
+            return basis
+    elif seen is not None and now - seen < IVF_CHECK_S:
+        return basis
+    else:
+        _INDEXED[key] = now
+    # built, or looked at again, after this commit (``fit``: ``build_index``)
+    _fit_after_commit(session, model_version_id, kind, scoring)
     return basis
 
 
