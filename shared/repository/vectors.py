@@ -240,11 +240,48 @@ def ensure_ivfflat_index(
     function by an advisory lock). Building it locks the table against writes until the
     transaction ends (seconds at 100,000 entries); the index it replaces stays until
     ``drop_replaced_entry_indexes``."""
-    created = session.execute(
-        sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
-        {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
-    ).scalar()
+    # pgvector refuses a build whose k-means would pass maintenance_work_mem (64 MB by
+    # default: 800 lists, about 160,000 entries here); the build gets what it needs for this
+    # transaction's call, and the caller's setting back after it.
+    have_kb = int(
+        session.execute(
+            sql("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
+        ).scalar_one()
+    )
+    need_kb = ivfflat_build_kb(lists, dims)
+    if need_kb > have_kb:
+        _set_local(session, "maintenance_work_mem", f"{need_kb}kB")
+    try:
+        created = session.execute(
+            sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
+            {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
+        ).scalar()
+    finally:
+        if need_kb > have_kb:
+            _set_local(session, "maintenance_work_mem", f"{have_kb}kB")
     return bool(created)
+
+
+def _set_local(session: Session, name: str, value: str) -> None:
+    session.execute(sql("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
+
+
+def ivfflat_build_kb(lists: int, dims: int) -> int:
+    """kB of ``maintenance_work_mem`` pgvector 0.8's IVFFlat build of ``lists`` lists over
+    ``halfvec(dims)`` asks for (``ivfkmeans.c``: its samples, 50 a list and at least 10,000,
+    the centres, and Elkan k-means' bounds, 4 bytes per sample and list: 200 bytes times the
+    lists squared, about 0.8 kB per entry at ``ivf_lists``), a quarter more for margin."""
+    samples = max(50 * lists, 10_000)
+    item = 8 * -(-(8 + 2 * dims) // 8)  # a halfvec, MAXALIGNed
+    need = (
+        samples * (item + 12)  # the samples; their nearest centre and upper bound
+        + 3 * lists * item  # centres and new centres
+        + lists * (8 + 4 * dims)  # the float aggregates of the centres
+        + 4 * samples * lists  # lower bounds
+        + 4 * lists * lists  # half the distances between centres
+        + 16 * lists  # counts, s, new distances
+    )
+    return -(-need * 5 // 4 // 1024)
 
 
 def ensure_index(

@@ -280,3 +280,41 @@ def test_a_replaced_index_waits_for_a_long_reader_and_goes_at_a_later_look(
     with session_factory.begin() as s:  # the next look drops it
         store_vectors(session=s, ctx=ctx, rows=resumes[16:17], vectors=vecs)
     assert [n.rsplit("_l", 1)[1] for n, _ in entry_indexes(session_factory, ctx)] == ["8"]
+
+
+def test_an_ivfflat_build_gets_the_memory_its_lists_need(session_factory, clean_db) -> None:
+    """pgvector refuses an IVFFlat build whose k-means needs more than maintenance_work_mem
+    (at the 64 MB default: from 800 lists, about 160,000 entries): the build raises it for
+    its call, and the caller's setting is back after it."""
+    docs = [ResumeDocument.model_validate(d) for d in stream_documents(1000)[0]]
+    rng = np.random.default_rng(11)
+    with session_factory.begin() as s:
+        rows = [row for row, _ in repo.upsert_documents(session=s, docs=docs)]
+    vecs = {
+        row.id: DocumentVectors.from_pairs(row.kind, {p: unit(rng) for p in field_texts(doc)})
+        for row, doc in zip(rows, docs, strict=True)
+    }
+    ctx = version(session_factory, "memory", ScoringSettings(index_fit_at=10))
+    with session_factory.begin() as s:
+        store_vectors(session=s, ctx=ctx, rows=rows, vectors=vecs)
+    with session_factory() as s:
+        stored = repo.get_basis(session=s, model_version_id=ctx.model_version_id, kind="resume")
+    assert stored is not None
+    width = stored.dims + 1
+    # Twice the lists of the fit's index (else the function keeps that one) and fewer than the
+    # entries (else pgvector takes entries as centres: no k-means). Its k-means bounds alone,
+    # 4 bytes per sample (here every entry) and list, pass the 1 MB set below.
+    lists = 300
+    assert lists >= 2 * index_basis.ivf_lists(len(rows)) and 4 * len(rows) * lists > 2**20
+    call = "SELECT jobfit_ensure_ivfflat_index(:v, 'resume', :d, :l)"
+    with pytest.raises(Exception, match="memory required"), session_factory.begin() as s:
+        s.execute(text("SET LOCAL maintenance_work_mem = '1MB'"))
+        s.execute(text(call), {"v": ctx.model_version_id, "d": width, "l": lists})
+    with session_factory.begin() as s:
+        s.execute(text("SET LOCAL maintenance_work_mem = '1MB'"))
+        assert repo.ensure_ivfflat_index(
+            session=s, model_version_id=ctx.model_version_id, kind="resume", dims=width, lists=lists
+        )
+        assert s.execute(text("SHOW maintenance_work_mem")).scalar_one() == "1MB"
+    base = repo.index_name(ctx.model_version_id, "resume")
+    assert (f"{base}_l{lists}", "ivfflat") in entry_indexes(session_factory, ctx)
