@@ -241,8 +241,9 @@ def ensure_ivfflat_index(
     transaction ends (seconds at 100,000 entries); the index it replaces stays until
     ``drop_replaced_entry_indexes``."""
     # pgvector refuses a build whose k-means would pass maintenance_work_mem (64 MB by
-    # default: 800 lists, about 160,000 entries here); the build gets what it needs for this
-    # transaction's call, and the caller's setting back after it.
+    # default: enough for about 560 lists, so the first rebuild refused was the one to 800, at
+    # about 160,000 entries); the build gets what it needs for its call, then the caller's
+    # setting is back.
     have_kb = int(
         session.execute(
             sql("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'")
@@ -250,15 +251,20 @@ def ensure_ivfflat_index(
     )
     need_kb = ivfflat_build_kb(lists, dims)
     if need_kb > have_kb:
+        log.info(
+            "IVFFlat build of %d lists: maintenance_work_mem %d kB for the call (set: %d kB)",
+            lists,
+            need_kb,
+            have_kb,
+        )
         _set_local(session, "maintenance_work_mem", f"{need_kb}kB")
-    try:
-        created = session.execute(
-            sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
-            {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
-        ).scalar()
-    finally:
-        if need_kb > have_kb:
-            _set_local(session, "maintenance_work_mem", f"{have_kb}kB")
+    # (a failed build aborts the transaction, whose rollback undoes the setting too)
+    created = session.execute(
+        sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
+        {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
+    ).scalar()
+    if need_kb > have_kb:
+        _set_local(session, "maintenance_work_mem", f"{have_kb}kB")
     return bool(created)
 
 
@@ -275,7 +281,7 @@ def ivfflat_build_kb(lists: int, dims: int) -> int:
     item = 8 * -(-(8 + 2 * dims) // 8)  # a halfvec, MAXALIGNed
     need = (
         samples * (item + 12)  # the samples; their nearest centre and upper bound
-        + 3 * lists * item  # centres and new centres
+        + 3 * lists * item  # centres, new centres (and room to spare)
         + lists * (8 + 4 * dims)  # the float aggregates of the centres
         + 4 * samples * lists  # lower bounds
         + 4 * lists * lists  # half the distances between centres

@@ -52,15 +52,20 @@ def corpus(session_factory, clean_db):
     ]
     variants = [ResumeDocument.model_validate(d) for d in stream_documents(80)[0]]
     jobs = [JobDocument.model_validate(d) for d in read_documents(SAMPLE_DIR / "jobs.jsonl")]
-    docs = [*jobs, *resumes, *variants]
-    rng = np.random.default_rng(7)
+    rows, vecs = with_vectors(session_factory, [*jobs, *resumes, *variants], seed=7)
+    return [r for r in rows if r.kind == "resume"], [r for r in rows if r.kind == "job"], vecs
+
+
+def with_vectors(session_factory, docs: list, *, seed: int) -> tuple[list, dict]:
+    """``docs`` stored: (their rows, random field vectors for the fields each has)."""
+    rng = np.random.default_rng(seed)
     with session_factory.begin() as s:
         rows = [row for row, _ in repo.upsert_documents(session=s, docs=docs)]
     vecs = {
         row.id: DocumentVectors.from_pairs(row.kind, {p: unit(rng) for p in field_texts(doc)})
         for row, doc in zip(rows, docs, strict=True)
     }
-    return [r for r in rows if r.kind == "resume"], [r for r in rows if r.kind == "job"], vecs
+    return rows, vecs
 
 
 def entries(session_factory, ctx: ModelContext, kind: str) -> tuple[int, int]:
@@ -284,16 +289,10 @@ def test_a_replaced_index_waits_for_a_long_reader_and_goes_at_a_later_look(
 
 def test_an_ivfflat_build_gets_the_memory_its_lists_need(session_factory, clean_db) -> None:
     """pgvector refuses an IVFFlat build whose k-means needs more than maintenance_work_mem
-    (at the 64 MB default: from 800 lists, about 160,000 entries): the build raises it for
-    its call, and the caller's setting is back after it."""
+    (at the 64 MB default, the rebuild to 800 lists at about 160,000 entries): the build
+    raises it for its call, and the caller's setting is back after it."""
     docs = [ResumeDocument.model_validate(d) for d in stream_documents(1000)[0]]
-    rng = np.random.default_rng(11)
-    with session_factory.begin() as s:
-        rows = [row for row, _ in repo.upsert_documents(session=s, docs=docs)]
-    vecs = {
-        row.id: DocumentVectors.from_pairs(row.kind, {p: unit(rng) for p in field_texts(doc)})
-        for row, doc in zip(rows, docs, strict=True)
-    }
+    rows, vecs = with_vectors(session_factory, docs, seed=11)
     ctx = version(session_factory, "memory", ScoringSettings(index_fit_at=10))
     with session_factory.begin() as s:
         store_vectors(session=s, ctx=ctx, rows=rows, vectors=vecs)
@@ -302,8 +301,8 @@ def test_an_ivfflat_build_gets_the_memory_its_lists_need(session_factory, clean_
     assert stored is not None
     width = stored.dims + 1
     # Twice the lists of the fit's index (else the function keeps that one) and fewer than the
-    # entries (else pgvector takes entries as centres: no k-means). Its k-means bounds alone,
-    # 4 bytes per sample (here every entry) and list, pass the 1 MB set below.
+    # entries (else pgvector takes entries as centres: no k-means); its samples' room (50 a
+    # list) and k-means bounds (4 bytes per sample and list) pass the 1 MB set below.
     lists = 300
     assert lists >= 2 * index_basis.ivf_lists(len(rows)) and 4 * len(rows) * lists > 2**20
     call = "SELECT jobfit_ensure_ivfflat_index(:v, 'resume', :d, :l)"
@@ -316,5 +315,15 @@ def test_an_ivfflat_build_gets_the_memory_its_lists_need(session_factory, clean_
             session=s, model_version_id=ctx.model_version_id, kind="resume", dims=width, lists=lists
         )
         assert s.execute(text("SHOW maintenance_work_mem")).scalar_one() == "1MB"
+    # a refused call surfaces its own error (its transaction's rollback undoes the setting)
+    with pytest.raises(Exception, match="no index basis"), session_factory.begin() as s:
+        s.execute(text("SET LOCAL maintenance_work_mem = '1MB'"))
+        repo.ensure_ivfflat_index(
+            session=s,
+            model_version_id=ctx.model_version_id,
+            kind="resume",
+            dims=width + 1,
+            lists=2 * lists,
+        )
     base = repo.index_name(ctx.model_version_id, "resume")
     assert (f"{base}_l{lists}", "ivfflat") in entry_indexes(session_factory, ctx)
