@@ -250,7 +250,8 @@ def ensure_ivfflat_index(
         ).scalar_one()
     )
     need_kb = ivfflat_build_kb(lists, dims)
-    if need_kb > have_kb:
+    raised = need_kb > have_kb
+    if raised:
         log.info(
             "IVFFlat build of %d lists: maintenance_work_mem %d kB for the call (set: %d kB)",
             lists,
@@ -263,7 +264,7 @@ def ensure_ivfflat_index(
         sql("SELECT jobfit_ensure_ivfflat_index(:v, :k, :d, :l)"),
         {"v": model_version_id, "k": _kind(kind), "d": dims, "l": lists},
     ).scalar()
-    if need_kb > have_kb:
+    if raised:
         _set_local(session, "maintenance_work_mem", f"{have_kb}kB")
     return bool(created)
 
