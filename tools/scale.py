@@ -85,7 +85,7 @@ QUERIES = 50  # per kind and size, for latency and recall
 # narrower search buys (recall) and costs (latency) at each size.
 SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
     "hnsw": ("ef_search", (400, 600, 1000)),
-    "ivfflat": ("ivf_probes", (0.1, 0.3)),
+    "ivfflat": ("ivf_probes", (40, 160)),
 }
 CHUNK = 10_000  # documents written (and regenerated for exact scoring) at a time
 BLOCK = 1_000  # documents of one seed: any range of documents regenerates identically

@@ -273,8 +273,8 @@ def ivf_lists(n: int) -> int:
 
 
 # An IVFFlat query reads at least this many entries (all of a small kind's): below a few
-# thousand, the share ``scoring.ivf_probes`` of a few coarse lists misses too much (recall@10
-# 0.90 among 2,000 resumes at 20 % of 45 lists) and reading them all costs milliseconds.
+# thousand, ``scoring.ivf_probes`` of a few coarse lists misses too much (recall@10 0.90 among
+# 2,000 resumes reading 9 of 45 lists) and reading them all costs milliseconds.
 IVF_MIN_ENTRIES = 5_000
 
 
@@ -319,21 +319,22 @@ def probes(
     *, session: Session, model_version_id: int, kind: str, scoring: ScoringSettings
 ) -> int | None:
     """IVFFlat lists a query of the (version, kind) reads (None: its index is not IVFFlat):
-    the share ``scoring.ivf_probes`` of them, or enough for ``IVF_MIN_ENTRIES`` entries."""
+    ``scoring.ivf_probes`` of them, or enough for ``IVF_MIN_ENTRIES`` entries."""
     current = repo.entry_index(session=session, model_version_id=model_version_id, kind=kind)
     if current is None or current.lists is None:
         return None
     return probe_count(current.lists, current.entries, scoring.ivf_probes)
 
 
-def probe_count(lists: int, entries: float, share: float) -> int:
+def probe_count(lists: int, entries: float, probes: int) -> int:
     """Lists to read of an IVFFlat index of ``lists`` lists holding about ``entries`` entries
-    (-1: unknown): ``share`` of them, enough for ``IVF_MIN_ENTRIES`` entries, all of a small
-    index, at least one."""
+    (-1: unknown): ``probes`` of them, or enough for ``IVF_MIN_ENTRIES`` entries, all of a
+    small index, at least one. A fixed count reads a share that falls as the kind grows (its
+    lists grow with sqrt(n)): the entries read grow with sqrt(n), not with n."""
     if entries < IVF_MIN_ENTRIES:  # (-1 and 0 too: read as small)
         return max(1, lists)
-    want = max(share, IVF_MIN_ENTRIES / entries)
-    return min(lists, max(1, math.ceil(want * lists)))
+    floor = math.ceil(IVF_MIN_ENTRIES / entries * lists)
+    return min(lists, max(1, probes, floor))
 
 
 def _due(session: Session, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:

@@ -218,8 +218,8 @@ def test_an_ivfflat_index_is_rebuilt_with_more_lists_as_its_kind_grows(
 ) -> None:
     resumes, jobs, vecs = corpus
     monkeypatch.setattr(index_basis, "IVF_CHECK_S", 0.0)  # look after every commit
-    monkeypatch.setattr(index_basis, "IVF_MIN_ENTRIES", 1)  # read the share asked, not all
-    ctx = version(session_factory, "ivf", ScoringSettings(index_fit_at=4, ivf_probes=0.5))
+    monkeypatch.setattr(index_basis, "IVF_MIN_ENTRIES", 1)  # read the lists asked, not all
+    ctx = version(session_factory, "ivf", ScoringSettings(index_fit_at=4, ivf_probes=3))
     seen: list[tuple[int, list[tuple[str, str]]]] = []
     for i in range(0, len(resumes), 4):
         with session_factory.begin() as s:
@@ -240,14 +240,14 @@ def test_an_ivfflat_index_is_rebuilt_with_more_lists_as_its_kind_grows(
     assert distinct == sorted(distinct) and len(distinct) >= 3, built
     for n, (lists,) in ((n, v) for n, v in lists_at.items() if v):
         assert index_basis.ivf_lists(n) < 2 * lists, (n, lists)
-    # queries read half of its lists (the projection on 4 directions decides the pool: the
+    # queries read 3 of its lists (the projection on 4 directions decides the pool: the
     # answers are approximate; test_fitted_at_the_threshold_then_every_write_projected checks
     # them where the projection is exact)
     ids = {r.id for r in resumes}
     with session_factory.begin() as s:
         assert index_basis.probes(
             session=s, model_version_id=ctx.model_version_id, kind="resume", scoring=ctx.scoring
-        ) == -(-lists_at[seen[-1][0]][0] // 2)
+        ) == min(3, lists_at[seen[-1][0]][0])
         for job in jobs:
             found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
             assert len(set(found)) == 10 and set(found) <= ids

@@ -71,11 +71,14 @@ def test_ivfflat_lists_grow_with_the_square_root_and_probes_cover_the_floor() ->
     floor = index_basis.IVF_MIN_ENTRIES
     # a small or uncounted index (reltuples -1 or 0) is read whole
     for entries in (-1.0, 0.0, floor - 1.0):
-        assert index_basis.probe_count(90, entries, 0.2) == 90
-    # past the floor: the share asked, or enough lists for the floor's entries
-    assert index_basis.probe_count(400, 100_000.0, 0.2) == 80
-    assert index_basis.probe_count(200, 10_000.0, 0.2) == 100
-    assert index_basis.probe_count(3, 1e9, 0.01) == 1
+        assert index_basis.probe_count(90, entries, 80) == 90
+    # past the floor: the lists asked (a share that falls as the index grows), or enough
+    # lists for the floor's entries, never more than it has
+    assert index_basis.probe_count(400, 100_000.0, 80) == 80
+    assert index_basis.probe_count(1_600, 1_000_000.0, 80) == 80
+    assert index_basis.probe_count(200, 10_000.0, 80) == 100
+    assert index_basis.probe_count(40, 10_000.0, 80) == 40
+    assert index_basis.probe_count(3, 1e9, 1) == 1
 
 
 def test_the_build_memory_covers_what_pgvector_asked_for() -> None:
