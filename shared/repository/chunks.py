@@ -1,11 +1,14 @@
 """Statement-sized slices of rows: every repository write goes through ``chunked`` so a
-statement stays under the drivers' bind-parameter limits (65,535 for Postgres, 32,766 for
-SQLite), whatever the number of rows."""
+statement stays under the driver's bind-parameter limit (65,535 for Postgres), whatever the
+number of rows; and ``id_array``, the ids of a slice as one parameter."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sqlalchemy import BigInteger, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 
 CHUNK = 1000  # rows per statement
 
@@ -17,3 +20,11 @@ def chunked(items: Sequence[T], size: int | None = None) -> Iterator[Sequence[T]
     n = size or CHUNK
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def id_array(name: str, ids: Sequence[int]) -> Any:
+    """Row ids bound as one ``bigint[]`` parameter (``col == any_(id_array(...))``,
+    ``unnest``): the statement's text is the same whatever their number, so psycopg parses it
+    once a connection and then prepares it; an ``IN`` list is a new text, parsed again, for
+    every length (README "Matching at scale")."""
+    return bindparam(name, list(ids), type_=ARRAY(BigInteger))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import any_, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer
 
 from jobfit.shared.orm import DocumentRow, StaleRevisionRow, utcnow
-from jobfit.shared.repository.chunks import chunked
+from jobfit.shared.repository.chunks import chunked, id_array
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
 DocStatus = Literal["created", "updated", "unchanged", "stale"]
@@ -197,7 +197,9 @@ def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, Docume
     out: dict[int, DocumentRow] = {}
     for part in chunked(sorted(set(ids))):
         stmt = (
-            select(DocumentRow).where(DocumentRow.id.in_(part)).options(defer(DocumentRow.payload))
+            select(DocumentRow)
+            .where(DocumentRow.id == any_(id_array("ids", part)))
+            .options(defer(DocumentRow.payload))
         )
         out.update((r.id, r) for r in session.execute(stmt).scalars())
     return out
