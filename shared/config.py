@@ -204,11 +204,11 @@ class ScoringSettings(BaseModel):
     # (``workers.index_basis``); below that a query scans them exactly.
     index_dims: int = Field(default=128, ge=8, le=1024)
     index_fit_at: int = Field(default=2000, ge=2)
-    # The index returns this many times ``candidates`` entries (at most 1,000); the
-    # ``candidates`` nearest of them by the full retrieval vectors are scored exactly (the
-    # projection only decides which are looked at). Among 1,000,000 resumes a new job's true
-    # top 10 are all among the 1,000 nearest projected entries for 0.99 of them, among the
-    # 400 for 0.96 (README "Matching at scale").
+    # The index returns this many times ``candidates`` entries (at most 1,000), IVFFlat or
+    # HNSW; the ``candidates`` nearest of them by the full retrieval vectors are scored
+    # exactly (the projection only decides which are looked at). Among 1,000,000 resumes the
+    # 1,000 nearest projected entries hold 0.99 of a new job's true top 10, the 400 nearest
+    # 0.96 (README "Matching at scale").
     index_oversample: int = Field(default=5, ge=1, le=5)
     # How many best matches a task result carries (the rest: JobfitClient.top_jobs).
     result_top: int = Field(default=10, ge=0, le=1000)

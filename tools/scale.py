@@ -84,7 +84,7 @@ NEW_DOCS = 50  # per kind and size, ingested
 QUERIES = 50  # per kind and size, for latency and recall
 # Search settings measured besides the configured one, per index method: what a wider or
 # narrower search buys (recall) and costs (latency) at each size.
-SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
+SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
     "hnsw": ("ef_search", (400, 600, 1000)),
     "ivfflat": ("ivf_probes", (40, 160)),
 }

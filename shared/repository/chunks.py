@@ -1,6 +1,7 @@
-"""Statement-sized slices of rows: every repository write goes through ``chunked`` so a
-statement stays under the driver's bind-parameter limit (65,535 for Postgres), whatever the
-number of rows; and ``id_array``, the ids of a slice as one parameter."""
+"""Statement-sized slices of rows: every repository write and id read goes through ``chunked``,
+so a statement's rows are bounded whatever the caller passes (under Postgres's 65,535 bind
+parameters where a row takes parameters of its own, arrays of at most ``CHUNK`` where they
+are bound as arrays); and ``id_array``, a slice's ids as one parameter."""
 
 from __future__ import annotations
 

@@ -70,9 +70,10 @@ def upsert_matches(
 
 # The rows as columns, one array parameter each (as ``id_array``: one text, parsed once and then
 # prepared, whatever the number of rows; SQLAlchemy's insertmanyvalues renders a new VALUES
-# list per batch size, and psycopg parsed each again: 26 of a new job's 189 ms among
-# 1,000,000 resumes went to parsing, README "Matching at scale"). Inserted in the order
-# given (``ORDER BY``: one lock order); ON CONFLICT rewrites a stored row.
+# list per batch size, which psycopg parsed again each time: with the id reads, 26 of a new
+# job's 189 ms among 1,000,000 resumes, profiled; README "Matching at scale"). Inserted in the
+# order given (``ORDER BY``: one lock order); ON CONFLICT rewrites a stored row, and the
+# stored row's id comes back either way.
 _UPSERT_MATCHES = sql(
     "INSERT INTO matches (resume_id, job_id, model_version_id, score, pairs_used,"
     " resume_hash, job_hash, scoring_key, scored_at)"
@@ -297,7 +298,7 @@ def _pair_scores(session: Session, match_ids: list[int]) -> dict[int, dict[str, 
     for part in chunked(match_ids):
         for mid, p, s in session.execute(
             select(PairScoreRow.match_id, PairScoreRow.pair_type, PairScoreRow.score).where(
-                PairScoreRow.match_id.in_(part)
+                PairScoreRow.match_id == any_(id_array("ids", part))
             )
         ):
             out.setdefault(mid, {})[p] = s
