@@ -84,8 +84,9 @@ bench-quality: $(STAMP)
 # Top-K retrieval at 10k..1M resumes (vectors around the real dataset's, written directly into
 # Postgres with pgvector): ingest time and rows per document, query p50/p95, recall@10/@100
 # against exact scoring, bytes per document, index build. Stops before a size that would pass
-# SCALE_BUDGET_S; not part of make test. The 1,000,000-resume step alone takes ~28 min on the
-# 2-core AVX-512 EPYC (the whole run ~32): at 1800 the estimate stopped before it.
+# SCALE_BUDGET_S; not part of make test. On the 2-core AVX-512 EPYC the 1,000,000-resume step
+# took 24 min (the whole run 29), but its estimate from the 100,000 step is ~27 (~32 in all):
+# at 1800 it stopped before that step.
 SCALE_BUDGET_S ?= 2100
 bench-scale: $(STAMP)
 	$(BIN)/python -m tools bench-scale --dataset $(DATASET) --budget-s $(SCALE_BUDGET_S) --out bench-scale.json

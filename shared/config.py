@@ -179,7 +179,9 @@ class ScoringSettings(BaseModel):
     candidates: int = Field(default=200, ge=1, le=1000)
     # The index over each (version, kind)'s projected entries (README "Matching at scale":
     # measured among 1,000,000 resumes, a new job's recall@10 0.98 in IVFFlat at 37 ms p95 for
-    # the index query; among 100,000, 0.978 in HNSW at ef_search 1,000 and 33 ms).
+    # the index query on a freshly prewarmed database (124 ms in make bench-scale, where the
+    # vectors no longer fit in shared buffers); among 100,000, 0.978 in HNSW at ef_search
+    # 1,000 and 33 ms).
     # ivfflat: the entries in ceil(2 sqrt(n)) lists (k-means cells of the n entries it is
     # built on), rebuilt with twice the lists each time the kind has grown fourfold; a query
     # reads ``ivf_probes`` of its lists whole (at least 5,000 entries' worth). A list holds
@@ -189,7 +191,7 @@ class ScoringSettings(BaseModel):
     index_method: Literal["ivfflat", "hnsw"] = "ivfflat"
     # How many of an IVFFlat index's lists a query reads (pgvector's ivfflat.probes; more
     # where those hold fewer than 5,000 entries in all). 80: a fifth of the 400 lists of
-    # 100,000 resumes, a twentieth of the 1,600 of 1,000,000 (recall@10 0.99 and 0.98).
+    # 100,000 resumes, a twentieth of the 1,600 of 1,000,000 (recall@10 0.998 and 0.98).
     ivf_probes: int = Field(default=80, ge=1, le=32_768)
     # HNSW search breadth (pgvector's hnsw.ef_search, at most 1,000); at least ``candidates``.
     ef_search: int = Field(default=1000, ge=1, le=1000)
