@@ -273,9 +273,9 @@ def ivf_lists(n: int) -> int:
 
 
 # An IVFFlat query reads at least this many entries (all of a small kind's): below a few
-# thousand, a few of a few coarse lists miss too much (recall@10 0.90 among 2,000 resumes
-# reading 9 of 45 lists, under an earlier, coarser lists rule) and reading them all costs
-# milliseconds.
+# thousand, reading only some of a few coarse lists misses too much (recall@10 0.90 among
+# 2,000 resumes reading 9 of 45 lists, under an earlier, coarser lists rule) and reading them
+# all costs milliseconds.
 IVF_MIN_ENTRIES = 5_000
 
 

@@ -123,14 +123,8 @@ def _upsert_match_rows(
         for p, s in w.pair_scores.items()
     ]
     if pairs:
-        session.execute(
-            _INSERT_PAIR_SCORES,
-            {
-                "m": [m for m, _, _ in pairs],
-                "t": [p for _, p, _ in pairs],
-                "s": [s for _, _, s in pairs],
-            },
-        )
+        m, t, s = (list(col) for col in zip(*pairs, strict=True))
+        session.execute(_INSERT_PAIR_SCORES, {"m": m, "t": t, "s": s})
 
 
 def kth_best(
