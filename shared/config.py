@@ -178,10 +178,9 @@ class ScoringSettings(BaseModel):
     top_k: int = Field(default=100, ge=1, le=1000)
     candidates: int = Field(default=200, ge=1, le=1000)
     # The index over each (version, kind)'s projected entries (README "Matching at scale":
-    # measured among 1,000,000 resumes, a new job's recall@10 0.98 in IVFFlat at 37 ms p95 for
-    # the index query on a freshly prewarmed database (124 ms in make bench-scale, where the
-    # vectors no longer fit in shared buffers); among 100,000, 0.978 in HNSW at ef_search
-    # 1,000 and 33 ms).
+    # among 1,000,000 resumes, a new job's recall@10 0.99 in IVFFlat, its index query 38 ms
+    # at p95 (scratch run, prewarmed; make bench-scale: README); among 100,000, 0.978 in HNSW
+    # at ef_search 1,000 and 33 ms, on the 128-dimensional entries of an earlier default).
     # ivfflat: the entries in ceil(2 sqrt(n)) lists (k-means cells of the n entries it is
     # built on), rebuilt with twice the lists each time the kind has grown fourfold; a query
     # reads ``ivf_probes`` of its lists whole (at least 5,000 entries' worth). A list holds
@@ -203,15 +202,17 @@ class ScoringSettings(BaseModel):
     hnsw_ef_construction: int = Field(default=400, ge=4, le=1000)
     # The index holds each retrieval vector projected on a basis of this many dimensions,
     # fitted per (version, kind) on its stored vectors once it has ``index_fit_at`` documents
-    # (``workers.index_basis``); below that a query scans them exactly.
-    index_dims: int = Field(default=128, ge=8, le=1024)
+    # (``workers.index_basis``); below that a query ranks them all exactly. 256: among
+    # 1,000,000 resumes the 400 nearest entries hold 0.99 of a new job's true top 10; with
+    # 128 dimensions 0.96 (and 1,000 entries to read back for 0.99).
+    index_dims: int = Field(default=256, ge=8, le=1024)
     index_fit_at: int = Field(default=2000, ge=2)
     # The index returns this many times ``candidates`` entries (at most 1,000), IVFFlat or
-    # HNSW; the ``candidates`` nearest of them by the full retrieval vectors are scored
-    # exactly (the projection only decides which are looked at). Among 1,000,000 resumes the
-    # 1,000 nearest projected entries hold 0.99 of a new job's true top 10, the 400 nearest
-    # 0.96 (README "Matching at scale").
-    index_oversample: int = Field(default=5, ge=1, le=5)
+    # HNSW, whose stored field vectors rank them exactly (``workers.ranking``): the best
+    # ``candidates`` are scored and stored. Each costs its field vectors read back (about
+    # 25 us), so the pool is as small as the recall allows: 400 (3 times: recall@10 0.993
+    # instead of 0.99 among 1,000,000 resumes, no faster; README "Matching at scale").
+    index_oversample: int = Field(default=2, ge=1, le=5)
     # How many best matches a task result carries (the rest: JobfitClient.top_jobs).
     result_top: int = Field(default=10, ge=0, le=1000)
 

@@ -118,14 +118,14 @@ class FieldEmbeddingRow(Base):
 
 
 class DocumentVectorRow(Base):
-    """A document's vectors under one model version (``workers.retrieval`` makes them).
+    """A document's vectors under one model version (``workers.embedding`` makes them).
 
-    ``fields``: its field vectors (float32), one per field slot it has, concatenated in the
-    order of ``slots``: what exact scoring reads. ``embedding``: its retrieval vector
-    (``halfvec``, a fixed layout per version): inner product with the other side's is the
-    weighted sum of the pair cosines, indexed by HNSW per (version, kind)
-    (``repository.vectors.ensure_index``). ``content_hash`` and ``scoring_key`` tell a stale
-    row (the document or the weights changed)."""
+    ``fields``: its field vectors (``halfvec``: float16), one per field slot it has,
+    concatenated in the order of ``slots``: what exact scoring reads. ``index_entry``: its
+    retrieval vector (``workers.vectors``, made from the field vectors and the weights)
+    projected on its (version, kind)'s basis, what the entry index holds.
+    ``content_hash`` and ``scoring_key`` tell a stale row (the document or the weights
+    changed)."""
 
     __tablename__ = "document_vectors"
     __table_args__ = (Index("ix_document_vectors_version_kind", "model_version_id", "kind"),)
@@ -140,10 +140,9 @@ class DocumentVectorRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     scoring_key: Mapped[str] = mapped_column(String(64))
     slots: Mapped[list[str]] = mapped_column(JsonType)
-    fields: Mapped[Any] = mapped_column(VECTOR())
-    embedding: Mapped[Any] = mapped_column(HALFVEC())
+    fields: Mapped[Any] = mapped_column(HALFVEC())
     # The retrieval vector projected on its (version, kind)'s basis (``IndexBasisRow``), what
-    # the HNSW index holds; NULL until that basis is fitted (the fit fills every row's).
+    # the entry index holds; NULL until that basis is fitted (the fit fills every row's).
     index_entry: Mapped[Any | None] = mapped_column(HALFVEC(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

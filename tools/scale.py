@@ -72,9 +72,9 @@ from jobfit.shared.repository.vectors import Kind
 from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext
-from jobfit.workers.matching import match_top_k, nearest
-from jobfit.workers.scoring import MatchScore, Vector, from_pgvector
-from jobfit.workers.vectors import DocumentVectors, score, score_many
+from jobfit.workers.matching import index_pool, match_top_k, rank_pool
+from jobfit.workers.scoring import Vector
+from jobfit.workers.vectors import DocumentVectors, as_stored, score
 
 FULL_SIZES = ((10_000, 1_000), (100_000, 10_000), (1_000_000, 100_000))
 QUICK_SIZES = ((2_000, 200), (10_000, 1_000))
@@ -186,7 +186,7 @@ def _block(bases: Bases, kind: str, block: int, salt: int) -> list[DocumentVecto
         slots = {}
         for s, v in pool[b].items():
             x = v + bases.draw(rng, kind, s)
-            slots[s] = (x / np.linalg.norm(x)).astype(np.float32)
+            slots[s] = as_stored(x / np.linalg.norm(x))
         out.append(DocumentVectors(kind, slots))
     return out
 
@@ -222,7 +222,6 @@ def copy_documents(
     """Rows and vectors of these documents in two binary COPYs (one transaction), their index
     entries too where their kind has a basis (as a worker writes them)."""
     from pgvector import HalfVector
-    from pgvector import Vector as PgVector
     from pgvector.psycopg import register_vector
     from psycopg.types.json import Jsonb
 
@@ -233,8 +232,7 @@ def copy_documents(
         register_vector(conn)
         with factory() as s:
             basis = index_basis.lookup(session=s, model_version_id=ctx.model_version_id, kind=kind)
-        embeddings = [ctx.retrieval_vector(d) for d in docs]
-        entries = index_basis.entries_for(basis, embeddings)
+        entries = index_basis.entries_for(basis, [ctx.retrieval_vector(d) for d in docs])
         ids = ids or [doc_id(kind, start + k) for k in range(len(docs))]
         names = [external_id(kind, i - doc_id(kind, 0)) for i in ids]
         with conn.cursor() as cur:
@@ -259,7 +257,7 @@ def copy_documents(
                     cp.write_row((i, kind, name, name, 1, Jsonb({"id": name}), now, now))
             with cur.copy(
                 "COPY document_vectors (document_id, model_version_id, kind, content_hash,"
-                " scoring_key, slots, fields, embedding, index_entry, updated_at)"
+                " scoring_key, slots, fields, index_entry, updated_at)"
                 " FROM STDIN (FORMAT BINARY)"
             ) as cp:
                 cp.set_types(
@@ -270,13 +268,12 @@ def copy_documents(
                         "varchar",
                         "varchar",
                         "jsonb",
-                        "vector",
                         "halfvec",
                         "halfvec",
                         "timestamptz",
                     ]
                 )
-                for i, name, d, e, x in zip(ids, names, docs, embeddings, entries, strict=True):
+                for i, name, d, x in zip(ids, names, docs, entries, strict=True):
                     slots, fields = d.packed()
                     cp.write_row(
                         (
@@ -286,8 +283,7 @@ def copy_documents(
                             name,
                             ctx.vectors_key,
                             Jsonb(slots),
-                            PgVector(fields),
-                            HalfVector(e),
+                            HalfVector(fields),
                             None if x is None else HalfVector(x),
                             now,
                         )
@@ -373,35 +369,18 @@ def pct(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64) * 1000.0, q))
 
 
-def score_candidates(
-    *, session: Session, ctx: ModelContext, query: DocumentVectors, ids: Sequence[int]
-) -> list[tuple[int, MatchScore]]:
-    """A (new) document's exact scores against stored documents of the other kind (their
-    stored vectors, by row id), best first: its ranking as a reader would get it, nothing
-    written."""
-    stored = repo.load_vectors(
-        session=session, model_version_id=ctx.model_version_id, document_ids=ids
-    )
-    ids_ = list(stored)
-    others = [
-        DocumentVectors.unpack(sv.kind, sv.slots, from_pgvector(sv.fields))
-        for sv in stored.values()
-    ]
-    out = list(zip(ids_, score_many(query, others, ctx.weights), strict=True))
-    out.sort(key=lambda t: (t[1].score is None, -(t[1].score or 0.0), t[0]))
-    return out
-
-
 def query_top(
     factory: sessionmaker[Session], ctx: ModelContext, q: DocumentVectors, k: int
 ) -> tuple[list[int], float, float]:
-    """A new document's top ``k`` ids (index query + exact rescoring), with the seconds of the
-    index query alone and of the whole."""
+    """A new document's top ``k`` ids as a reader would get them, nothing written (the index
+    query, then exact ranking of its pool on the stored vectors: ``matching.nearest``), with
+    the seconds of the index query alone and of the whole."""
     with factory() as session:
+        limit = max(ctx.scoring.candidates, k)
         t0 = time.perf_counter()
-        ids = nearest(session=session, ctx=ctx, doc=q, limit=max(ctx.scoring.candidates, k))
+        pool = index_pool(session=session, ctx=ctx, doc=q, limit=limit)
         t1 = time.perf_counter()
-        ranked = score_candidates(session=session, ctx=ctx, query=q, ids=ids)
+        ranked = rank_pool(session=session, ctx=ctx, doc=q, pool=pool, limit=limit)
         t2 = time.perf_counter()
         session.rollback()
     return [i for i, _ in ranked[:k]], t1 - t0, t2 - t0
@@ -470,6 +449,7 @@ def load_kind(
                 model_version_id=ctx.model_version_id,
                 kind=kind,
                 scoring=ctx.scoring,
+                weights=ctx.weights,
             ):
                 fit_s = round(time.perf_counter() - t0, 2)
                 if hnsw:

@@ -16,6 +16,7 @@ from jobfit.shared.fields import field_texts, text_hash
 from jobfit.shared.orm import DocumentRow
 from jobfit.workers import index_basis
 from jobfit.workers.embedders.base import Embedder
+from jobfit.workers.ranking import decode
 from jobfit.workers.scoring import Vector, from_pgvector
 from jobfit.workers.vectors import (
     LAYOUT,
@@ -110,7 +111,7 @@ def document_vectors(
     for row in rows:
         s = stored.get(row.id)
         if s is not None and s.content_hash == row.content_hash and s.scoring_key == key:
-            out[row.id] = DocumentVectors.unpack(row.kind, s.slots, from_pgvector(s.fields))
+            out[row.id] = decode(s)
         else:
             todo[row.id] = row
     if not todo:
@@ -160,11 +161,16 @@ def store_vectors(
     writes = []
     for kind in sorted({row.kind for row, _, _ in made}):
         mine = [(row, names, fields) for row, names, fields in made if row.kind == kind]
-        embeddings = [ctx.retrieval_vector(vectors[row.id]) for row, _, _ in mine]
         basis = index_basis.for_writing(
-            session=session, model_version_id=ctx.model_version_id, kind=kind, scoring=ctx.scoring
+            session=session,
+            model_version_id=ctx.model_version_id,
+            kind=kind,
+            scoring=ctx.scoring,
+            weights=ctx.weights,
         )
-        entries = index_basis.entries_for(basis, embeddings)
+        entries = index_basis.entries_for(
+            basis, [ctx.retrieval_vector(vectors[row.id]) for row, _, _ in mine]
+        )
         writes += [
             repo.VectorWrite(
                 document_id=row.id,
@@ -172,12 +178,9 @@ def store_vectors(
                 content_hash=row.content_hash,
                 slots=names,
                 fields=fields,
-                embedding=embedding,
                 index_entry=entry,
             )
-            for (row, names, fields), embedding, entry in zip(
-                mine, embeddings, entries, strict=True
-            )
+            for (row, names, fields), entry in zip(mine, entries, strict=True)
         ]
     repo.upsert_vectors(
         session=session, model_version_id=ctx.model_version_id, key=ctx.vectors_key, writes=writes

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from jobfit.shared import repository as repo
-from jobfit.shared.config import ScoringSettings
+from jobfit.shared.config import PairType, ScoringSettings
+from jobfit.workers.ranking import decode
 from jobfit.workers.scoring import Vector
-from jobfit.workers.vectors import ENTRY_NORM
+from jobfit.workers.vectors import ENTRY_NORM, DocumentVectors, retrieval_vector
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,6 @@ def fit_basis(vectors: np.ndarray, dims: int) -> tuple[Basis, float]:
     return Basis(top.astype(np.float32)), kept
 
 
-def from_halfvec(raw: bytes) -> np.ndarray:
-    """A pgvector ``halfvec`` in its binary form (``halfvec_send``: two big-endian uint16, the
-    dimension and 0, then the float16 values big endian) as a float32 array."""
-    dim = int.from_bytes(raw[:2], "big")
-    return np.frombuffer(raw, dtype=">f2", count=dim, offset=4).astype(np.float32)
-
-
 # (database URL, model version id, kind) -> its basis, once seen (a basis never changes).
 _BASES: dict[tuple[str, int, str], Basis] = {}
 # (database URL, model version id, kind) -> when this process last found its index in order
@@ -132,7 +126,12 @@ def lookup(*, session: Session, model_version_id: int, kind: str) -> Basis | Non
 
 
 def for_writing(
-    *, session: Session, model_version_id: int, kind: str, scoring: ScoringSettings
+    *,
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    scoring: ScoringSettings,
+    weights: Mapping[PairType, float],
 ) -> Basis | None:
     """The basis to project this transaction's writes of (version, kind) with. None: not
     fitted yet; then this transaction holds the kind's lock shared (the fit waits for it to
@@ -147,7 +146,7 @@ def for_writing(
         repo.lock_for_writing(session=session, model_version_id=model_version_id, kind=kind)
         basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
     if basis is None:
-        _fit_after_commit(session, model_version_id, kind, scoring)
+        _fit_after_commit(session, model_version_id, kind, scoring, weights)
         return None
     seen, now = _INDEXED.get(key), time.monotonic()
     if scoring.index_method == "hnsw":  # seen once: nothing more to do
@@ -161,27 +160,40 @@ def for_writing(
     else:
         _INDEXED[key] = now
     # built, or looked at again, after this commit (``fit``: ``build_index``)
-    _fit_after_commit(session, model_version_id, kind, scoring)
+    _fit_after_commit(session, model_version_id, kind, scoring, weights)
     return basis
 
 
+Due = dict[tuple[int, str], tuple[ScoringSettings, Mapping[PairType, float]]]
+
+
 def _fit_after_commit(
-    session: Session, model_version_id: int, kind: str, scoring: ScoringSettings
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    scoring: ScoringSettings,
+    weights: Mapping[PairType, float],
 ) -> None:
     # Kept over a rollback: the session's next commit, if any, tries it (a fit checks
     # everything again, so one tried for nothing costs a lookup).
-    due: dict[tuple[int, str], ScoringSettings] = session.info.setdefault("jobfit_fit_due", {})
+    due: Due = session.info.setdefault("jobfit_fit_due", {})
     if not due:
         event.listen(session, "after_commit", _run_due, once=True)
-    due[(model_version_id, kind)] = scoring
+    due[(model_version_id, kind)] = (scoring, weights)
 
 
 def _run_due(session: Session) -> None:
-    due: dict[tuple[int, str], ScoringSettings] = session.info.pop("jobfit_fit_due", {})
+    due: Due = session.info.pop("jobfit_fit_due", {})
     engine = session.get_bind().engine
-    for (version, kind), scoring in due.items():
+    for (version, kind), (scoring, weights) in due.items():
         try:
-            fit(engine=engine, model_version_id=version, kind=kind, scoring=scoring)
+            fit(
+                engine=engine,
+                model_version_id=version,
+                kind=kind,
+                scoring=scoring,
+                weights=weights,
+            )
         except Exception:  # the index is an optimisation: exact scans serve until a fit succeeds
             log.warning(
                 "could not fit the index basis of version %d's %ss (tried again on the next write)",
@@ -191,9 +203,17 @@ def _run_due(session: Session) -> None:
             )
 
 
-def fit(*, engine: Engine, model_version_id: int, kind: str, scoring: ScoringSettings) -> bool:
+def fit(
+    *,
+    engine: Engine,
+    model_version_id: int,
+    kind: str,
+    scoring: ScoringSettings,
+    weights: Mapping[PairType, float],
+) -> bool:
     """Fit the (version, kind)'s basis if it has ``scoring.index_fit_at`` vectors and none
-    yet: the basis and every stored vector's entry in one transaction, after every write that
+    yet, on their retrieval vectors under ``weights`` (made from their stored field vectors):
+    the basis and every stored vector's entry in one transaction, after every write that
     did not project (``repository.bases``), then the entry index in another (building it takes
     a lock on the whole table: never while holding the kind's; ``build_index``), then the
     indexes an IVFFlat rebuild replaced are dropped in a third. Where the basis exists, only
@@ -209,7 +229,7 @@ def fit(*, engine: Engine, model_version_id: int, kind: str, scoring: ScoringSet
             )
             repo.lock_for_fitting(session=session, model_version_id=model_version_id, kind=kind)
             if _due(session, model_version_id, kind, scoring):
-                fitted = _fit_locked(session, model_version_id, kind, scoring)
+                fitted = _fit_locked(session, model_version_id, kind, scoring, weights)
     with Session(engine) as session, session.begin():
         basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
         if basis is not None:
@@ -348,21 +368,25 @@ def _due(session: Session, model_version_id: int, kind: str, scoring: ScoringSet
 
 
 def _fit_locked(
-    session: Session, model_version_id: int, kind: str, scoring: ScoringSettings
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    scoring: ScoringSettings,
+    weights: Mapping[PairType, float],
 ) -> Basis | None:
     sample = repo.sample_vectors(
         session=session, model_version_id=model_version_id, kind=kind, n=FIT_SAMPLE
     )
     if not sample:
         return None
-    basis, energy = fit_basis(np.stack([from_halfvec(b) for b in sample]), scoring.index_dims)
+    basis, energy = fit_basis(retrieval_vectors(sample, weights), scoring.index_dims)
     repo.insert_basis(
         session=session,
         model_version_id=model_version_id,
         kind=kind,
         basis=basis.stored(len(sample), energy),
     )
-    projected = project_stored(session, model_version_id, kind, basis)
+    projected = project_stored(session, model_version_id, kind, basis, weights)
     log.info(
         "index basis of version %d's %ss: %d dimensions keep %.4f of %d vectors' energy;"
         " %d entries projected",
@@ -376,14 +400,32 @@ def _fit_locked(
     return basis
 
 
-def project_stored(session: Session, model_version_id: int, kind: str, basis: Basis) -> int:
+def retrieval_vectors(
+    stored: Sequence[repo.StoredVectors], weights: Mapping[PairType, float]
+) -> np.ndarray:
+    """Stored documents' retrieval vectors (rows) under ``weights``."""
+    docs = [decode(s) for s in stored]
+    return np.stack([retrieval_vector(d, weights, _dim(d)) for d in docs])
+
+
+def _dim(doc: DocumentVectors) -> int:
+    return int(next(iter(doc.slots.values())).shape[0])
+
+
+def project_stored(
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    basis: Basis,
+    weights: Mapping[PairType, float],
+) -> int:
     """Write the entry of every stored vector of the (version, kind); how many."""
     after, done = 0, 0
     while page := repo.vector_page(
         session=session, model_version_id=model_version_id, kind=kind, after=after, n=PAGE
     ):
-        ids = [i for i, _ in page]
-        entries = basis.entries(np.stack([from_halfvec(b) for _, b in page]))
+        ids = [s.document_id for s in page]
+        entries = basis.entries(retrieval_vectors(page, weights))
         repo.set_index_entries(
             session=session,
             model_version_id=model_version_id,

@@ -3,12 +3,14 @@ pairs are scored, scored exactly (``scoring.score_match`` on their field vectors
 
 all    (``scoring.mode``) every pair: a resume against every stored job, a job against every
        stored resume. Storage grows with the product of the corpora.
-top_k  a document's retrieval vector finds ``scoring.candidates`` documents of the other kind
-       through the version's entry index (``repository.vectors.nearest``); they are scored
-       exactly; stored are its best ``top_k``, the candidates whose own top K it enters (their
-       k-th best stored score is lower: a new job appears in the rankings of the resumes it
-       beats), and its existing rows (rescored, so a changed document leaves nothing stale).
-       Rows written per document are bounded by ``top_k + candidates``, whatever the corpus.
+top_k  a document's query finds ``index_oversample`` times ``scoring.candidates`` documents
+       of the other kind through the version's entry index (``repository.vectors``), whose
+       stored vectors rank them exactly (``workers.ranking``): the best ``candidates`` are
+       its candidates (``nearest``), scored exactly; stored are its best ``top_k``, the
+       candidates whose own top K it enters (their k-th best stored score is lower: a new
+       job appears in the rankings of the resumes it beats), and its existing rows
+       (rescored, so a changed document leaves nothing stale). Rows written per document
+       are bounded by ``top_k + candidates``, whatever the corpus.
 
 Pairs already stored on the same contents, version and weights are not written again, so a
 redelivered task writes nothing.
@@ -16,6 +18,7 @@ redelivered task writes nothing.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -26,14 +29,21 @@ from jobfit.shared.orm import DocumentRow
 from jobfit.shared.schemas import TopMatch
 from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext, document_vectors
+from jobfit.workers.ranking import Ranked, merge, rank
 from jobfit.workers.scoring import MatchScore
 from jobfit.workers.vectors import DocumentVectors, score, score_many
+
+log = logging.getLogger(__name__)
+
+# Stored vectors read per statement where a kind is ranked whole (no basis yet, or an index
+# that came back short).
+EXACT_PAGE = 2_000
 
 Pair = tuple[int, int]  # (resume row id, job row id)
 Scored = dict[Pair, tuple[DocumentRow, DocumentRow, MatchScore]]
 
 
-def _other(kind: str) -> str:
+def _other(kind: str) -> repo.Kind:
     return "job" if kind == "resume" else "resume"
 
 
@@ -106,7 +116,7 @@ def match_top_k(
         found = nearest(
             session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
         )
-        candidates[row.id] = set(found)
+        candidates[row.id] = {i for i, _ in found}
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
@@ -141,32 +151,87 @@ def match_top_k(
     return _write(session, ctx, todo, per_doc), embedded + more
 
 
-def nearest(*, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int) -> list[int]:
-    """Row ids of the ``limit`` documents of the other kind whose stored vectors rank first
-    for ``doc``'s query: through the entry index on their projected entries where their kind
-    has a basis, else (and where the index comes back short) by an exact scan."""
-    kind: repo.Kind = "job" if doc.kind == "resume" else "resume"
-    query = ctx.query_vector(doc)
-    entry_query, entry_dims = index_basis.query_entry(
-        session=session, model_version_id=ctx.model_version_id, kind=kind, query=query
-    )
-    return repo.nearest(
+def nearest(
+    *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
+) -> list[Ranked]:
+    """The ``limit`` documents of the other kind that rank first for ``doc`` by exact score
+    on their stored vectors (``ranking.rank``), best first: of the ``index_oversample``
+    times ``limit`` whose index entries are nearest its query where their kind has a basis
+    (``index_pool``); else, and where the index returns fewer than ``limit``, of every
+    stored one (``rank_pool``)."""
+    return rank_pool(
         session=session,
-        model_version_id=ctx.model_version_id,
-        kind=kind,
-        query=query,
-        dims=ctx.retrieval_dims,
+        ctx=ctx,
+        doc=doc,
+        pool=index_pool(session=session, ctx=ctx, doc=doc, limit=limit),
         limit=limit,
-        ef_search=ctx.scoring.ef_search,
+    )
+
+
+def index_pool(
+    *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
+) -> list[int] | None:
+    """Row ids of the ``index_oversample`` times ``limit`` documents of the other kind whose
+    index entries are nearest ``doc``'s query (``repository.vectors.nearest_entries``);
+    None where their kind has no basis yet."""
+    kind = _other(doc.kind)
+    version = ctx.model_version_id
+    entry_query, entry_dims = index_basis.query_entry(
+        session=session, model_version_id=version, kind=kind, query=ctx.query_vector(doc)
+    )
+    if entry_query is None or entry_dims is None:
+        return None
+    return repo.nearest_entries(
+        session=session,
+        model_version_id=version,
+        kind=kind,
         entry_query=entry_query,
         entry_dims=entry_dims,
-        oversample=ctx.scoring.index_oversample,
-        probes=None
-        if entry_query is None
-        else index_basis.probes(
-            session=session, model_version_id=ctx.model_version_id, kind=kind, scoring=ctx.scoring
+        limit=limit * ctx.scoring.index_oversample,
+        ef_search=ctx.scoring.ef_search,
+        probes=index_basis.probes(
+            session=session, model_version_id=version, kind=kind, scoring=ctx.scoring
         ),
     )
+
+
+def rank_pool(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    doc: DocumentVectors,
+    pool: Sequence[int] | None,
+    limit: int,
+) -> list[Ranked]:
+    """The ``limit`` best for ``doc`` of the ``pool`` (``index_pool``), by exact score on
+    their stored vectors; of every stored document of the other kind, read in pages, where
+    there is no pool or it holds fewer than ``limit``."""
+    version = ctx.model_version_id
+    if pool is not None and len(pool) >= limit:
+        stored = repo.load_vectors(session=session, model_version_id=version, document_ids=pool)
+        return rank(doc, list(stored.values()), ctx.weights, limit)
+    kind = _other(doc.kind)
+    best: list[Ranked] = []
+    after = seen = 0
+    while page := repo.vector_page(
+        session=session, model_version_id=version, kind=kind, after=after, n=EXACT_PAGE
+    ):
+        best = merge(best, rank(doc, page, ctx.weights, limit), limit)
+        after, seen = page[-1].document_id, seen + len(page)
+    if pool is not None and seen > len(pool):
+        # An HNSW graph left some entries unreachable (near-duplicates prune each other out
+        # of their neighbours' lists; measured on the fault harness's resume variants,
+        # tests/integration/test_nearest.py), or many are dead.
+        log.warning(
+            "the entry index of version %d's %ss returned %d of %d rows: answered by ranking"
+            " all %d (entries unreachable in an HNSW graph, or many dead ones: REINDEX)",
+            version,
+            kind,
+            len(pool),
+            limit,
+            seen,
+        )
+    return best
 
 
 def _beats(score_: float, kth: float | None) -> bool:

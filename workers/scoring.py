@@ -33,6 +33,13 @@ def from_pgvector(raw: bytes) -> Vector:
     return np.frombuffer(raw, dtype=">f4", count=dim, offset=4).astype(np.float32)
 
 
+def from_halfvec(raw: bytes) -> Vector:
+    """A pgvector ``halfvec`` in its binary form (``halfvec_send``: two big-endian uint16, the
+    dimension and 0, then the float16 values big endian) as a float32 array."""
+    dim = int.from_bytes(raw[:2], "big")
+    return np.frombuffer(raw, dtype=">f2", count=dim, offset=4).astype(np.float32)
+
+
 def cosine(a: Vector, b: Vector) -> float:
     """Cosine similarity; exact for any vectors, a dot product for normalised ones (in float64,
     norms too: ``vectors.score_many`` computes the same for many at once)."""

@@ -2,8 +2,10 @@
 I/O, no model.
 
 slots      its field vectors, one per slot of its side it has text for (``shared.fields``:
-           a text two pair types share is one slot); exact scoring reads them.
-retrieval  an index entry (stored) and a query vector (made when a document queries) whose
+           a text two pair types share is one slot), stored in float16; exact scoring
+           reads them.
+retrieval  an index entry (made from them, and stored projected on its kind's basis:
+           ``workers.index_basis``) and a query vector (made when a document queries) whose
            inner product ranks the other side's documents by an estimate of the match
            score. Both start with five blocks of ``dim``, one per job field (``JOB_SLOTS``;
            a missing field's block zeros): a job puts its field vectors there, a resume in
@@ -24,8 +26,8 @@ retrieval  an index entry (stored) and a query vector (made when a document quer
            bench-scale``), this lifts recall@10 of 200 candidates among 10,000 jobs from
            0.66 to 0.99. The candidates are then scored exactly.
 
-MiniLM (384) gives 1,934 dimensions, mpnet (768) 3,854: both under pgvector's HNSW limit for
-``halfvec`` (4,000), which the retrieval vectors use (README "Matching at scale").
+MiniLM (384) gives 1,934 dimensions, mpnet (768) 3,854; the index holds 129 (a basis of
+``scoring.index_dims`` and the completing one: README "Matching at scale").
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class DocumentVectors:
 
     @classmethod
     def from_pairs(cls, kind: str, pair_vectors: Mapping[PairType, Vector]) -> DocumentVectors:
+        """From its vector for each pair type, at the precision they are stored in
+        (``as_stored``)."""
         by_slot = slot_map(kind)
-        return cls(kind, {by_slot[p]: v for p, v in pair_vectors.items()})
+        return cls(kind, {by_slot[p]: as_stored(v) for p, v in pair_vectors.items()})
 
     def pair_vectors(self) -> dict[PairType, Vector]:
         """Its vector for each pair type it has text for."""
@@ -72,6 +76,12 @@ class DocumentVectors:
         # 2.5 instead of 39 us a document, 200 of them per top-K query).
         parts = np.asarray(fields, dtype=np.float32).reshape(len(names), -1)
         return cls(kind, dict(zip(names, parts, strict=True)))
+
+
+def as_stored(vector: Vector) -> Vector:
+    """A field vector at the precision ``document_vectors`` keeps it (float16), as float32:
+    a document's scores are the same whether its vectors were just made or read back."""
+    return np.asarray(vector, dtype=np.float16).astype(np.float32)
 
 
 def _order(kind: str) -> tuple[str, ...]:

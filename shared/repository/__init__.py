@@ -14,9 +14,7 @@ from jobfit.shared.repository.bases import (
     insert_basis,
     lock_for_fitting,
     lock_for_writing,
-    sample_vectors,
     set_index_entries,
-    vector_page,
 )
 from jobfit.shared.repository.deliveries import Delivery, begin_deliveries, set_delivery_state
 from jobfit.shared.repository.documents import (
@@ -96,9 +94,11 @@ from jobfit.shared.repository.vectors import (
     index_name,
     ivfflat_build_kb,
     load_vectors,
-    nearest,
+    nearest_entries,
+    sample_vectors,
     stale_vector_ids,
     upsert_vectors,
+    vector_page,
 )
 
 __all__ = [
@@ -156,7 +156,7 @@ __all__ = [
     "lock_for_fitting",
     "lock_for_writing",
     "lock_texts",
-    "nearest",
+    "nearest_entries",
     "pair_hash",
     "pair_label_count",
     "pair_weights",

@@ -87,34 +87,6 @@ def has_at_least(*, session: Session, model_version_id: int, kind: str, n: int) 
     return int(session.execute(select(func.count()).select_from(some)).scalar_one()) >= n
 
 
-def sample_vectors(*, session: Session, model_version_id: int, kind: str, n: int) -> list[bytes]:
-    """Up to ``n`` of the (version, kind)'s retrieval vectors (``halfvec_send``'s binary form),
-    a pseudo-random draw that is the same for the same rows (a hash of the row id)."""
-    dv = DocumentVectorRow
-    rows = session.execute(
-        select(func.halfvec_send(dv.embedding))
-        .where(dv.model_version_id == model_version_id, dv.kind == kind)
-        .order_by(func.hashint8(dv.document_id), dv.document_id)
-        .limit(n)
-    )
-    return [bytes(b) for (b,) in rows]
-
-
-def vector_page(
-    *, session: Session, model_version_id: int, kind: str, after: int, n: int
-) -> list[tuple[int, bytes]]:
-    """The next ``n`` (document id, retrieval vector as ``halfvec_send`` bytes) of the
-    (version, kind) by id after ``after``."""
-    dv = DocumentVectorRow
-    rows = session.execute(
-        select(dv.document_id, func.halfvec_send(dv.embedding))
-        .where(dv.model_version_id == model_version_id, dv.kind == kind, dv.document_id > after)
-        .order_by(dv.document_id)
-        .limit(n)
-    )
-    return [(int(i), bytes(b)) for i, b in rows]
-
-
 def set_index_entries(
     *, session: Session, model_version_id: int, entries: Sequence[tuple[int, Any]]
 ) -> None:

@@ -1,18 +1,22 @@
-"""Document vectors (``document_vectors``): per (document, model version) its field vectors,
-its retrieval vector and its projected index entry, and the nearest documents of the other
-kind by inner product through an entry index per (version, kind): IVFFlat (rebuilt with
-more lists as the kind grows: ``workers.index_basis``) or HNSW.
+"""Document vectors (``document_vectors``): per (document, model version) its field vectors
+and its projected index entry, and the documents of the other kind whose entries are
+nearest a query's through an entry index per (version, kind): IVFFlat (rebuilt with more
+lists as the kind grows: ``workers.index_basis``) or HNSW. Exact ranking of what they
+return is ``workers.ranking``'s.
 
 The index is partial (``WHERE model_version_id = v AND kind = k``) over the projected entry
 cast to its basis's width (``halfvec(d)``; ``repository.bases``), so each version has its
 own, built when its basis is fitted, and a promotion's rebuild never touches the serving
 version's. Queries name the version and kind as literals (the planner proves the partial
 predicate only from constants) and order by the same cast expression. A (version, kind)
-without a basis yet (fewer documents than ``scoring.index_fit_at``) is scanned exactly.
+without a basis yet (fewer documents than ``scoring.index_fit_at``) is read whole, in pages
+(``vector_page``), and ranked exactly.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,8 +46,7 @@ class VectorWrite:
     kind: str
     content_hash: str
     slots: list[str]
-    fields: Any  # float sequence: numpy array or list
-    embedding: Any
+    fields: Any  # float sequence: numpy array or list (stored as float16)
     index_entry: Any = None  # its projection (None: the (version, kind) has no basis yet)
 
 
@@ -54,7 +57,7 @@ class StoredVectors:
     content_hash: str
     scoring_key: str
     slots: list[str]
-    fields: bytes  # pgvector's binary form (``workers.scoring.from_pgvector``)
+    fields: bytes  # ``halfvec_send``'s binary form (``workers.scoring.from_halfvec``)
 
 
 def upsert_vectors(
@@ -76,7 +79,6 @@ def upsert_vectors(
                 "scoring_key",
                 "slots",
                 "fields",
-                "embedding",
                 "index_entry",
             )
         }
@@ -100,7 +102,6 @@ def upsert_vectors(
                     "scoring_key": key,
                     "slots": w.slots,
                     "fields": w.fields,
-                    "embedding": w.embedding,
                     "index_entry": w.index_entry,
                     "updated_at": now,
                 }
@@ -109,12 +110,44 @@ def upsert_vectors(
         )
 
 
-# A candidate pool's stored vectors: one statement text whatever the ids (``repository.binary``).
+# Stored vectors of documents, by id or a page of a kind: constant statement texts whatever
+# the ids (``repository.binary``).
 _LOAD_VECTORS = (
-    "SELECT document_id, kind, content_hash, scoring_key, slots, vector_send(fields)"
+    "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
     " FROM document_vectors"
     " WHERE model_version_id = %(v)s AND document_id = ANY(%(ids)s::bigint[])"
 )
+_VECTOR_PAGE = (
+    "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
+    " FROM document_vectors"
+    " WHERE model_version_id = %(v)s AND kind = %(k)s AND document_id > %(after)s"
+    " ORDER BY document_id LIMIT %(n)s"
+)
+# A pseudo-random draw that is the same for the same rows (a hash of the row id).
+_SAMPLE_VECTORS = (
+    "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
+    " FROM document_vectors"
+    " WHERE model_version_id = %(v)s AND kind = %(k)s"
+    " ORDER BY hashint8(document_id), document_id LIMIT %(n)s"
+)
+
+
+def _stored(rows: Iterable[tuple[Any, ...]]) -> list[StoredVectors]:
+    return [
+        StoredVectors(doc_id, kind, content_hash, key, _slots(slots), bytes(fields))
+        for doc_id, kind, content_hash, key, slots, fields in rows
+    ]
+
+
+@functools.lru_cache(maxsize=256)
+def _slots_of(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _slots(text: str) -> list[str]:
+    """A row's slot names from their JSON text: a kind has few layouts, each parsed once
+    (psycopg's JSON loader took 10 of a query's 60 ms for its pool of 1,000)."""
+    return list(_slots_of(text))
 
 
 def load_vectors(
@@ -124,9 +157,24 @@ def load_vectors(
     out: dict[int, StoredVectors] = {}
     for part in chunked(sorted(set(document_ids))):
         rows = binary_rows(session, _LOAD_VECTORS, {"v": model_version_id, "ids": list(part)})
-        for doc_id, kind, content_hash, key, slots, fields in rows:
-            out[doc_id] = StoredVectors(doc_id, kind, content_hash, key, list(slots), bytes(fields))
+        out |= {sv.document_id: sv for sv in _stored(rows)}
     return out
+
+
+def vector_page(
+    *, session: Session, model_version_id: int, kind: str, after: int, n: int
+) -> list[StoredVectors]:
+    """The next ``n`` stored vectors of the (version, kind) by document id after ``after``."""
+    params = {"v": model_version_id, "k": _kind(kind), "after": after, "n": n}
+    return _stored(binary_rows(session, _VECTOR_PAGE, params))
+
+
+def sample_vectors(
+    *, session: Session, model_version_id: int, kind: str, n: int
+) -> list[StoredVectors]:
+    """Up to ``n`` of the (version, kind)'s stored vectors, the same draw for the same rows."""
+    params = {"v": model_version_id, "k": _kind(kind), "n": n}
+    return _stored(binary_rows(session, _SAMPLE_VECTORS, params))
 
 
 def stale_vector_ids(
@@ -322,99 +370,52 @@ def ensure_index(
     return bool(created)
 
 
-def nearest(
+def nearest_entries(
     *,
     session: Session,
     model_version_id: int,
     kind: Kind,
-    query: Any,
-    dims: int,
+    entry_query: Any,
+    entry_dims: int,
     limit: int,
     ef_search: int | None = None,
-    entry_query: Any = None,
-    entry_dims: int | None = None,
-    oversample: int = 1,
     probes: int | None = None,
 ) -> list[int]:
-    """Ids of the ``limit`` documents of ``kind`` with the largest inner product with
-    ``query`` (``dims`` wide): the nearest by Euclidean distance, every entry having one norm
-    (``workers.vectors``). With ``entry_query`` (the query projected on the kind's basis,
-    ``entry_dims`` wide) approximate through the entry index: its nearest ``oversample``
-    times ``limit`` entries, of which the ``limit`` nearest by the full vectors (the
-    projection decides which are looked at, not their order); exact by a scan of the full
-    vectors where there is no basis, or where the index returns fewer than ``limit`` rows.
-    ``ef_search`` is the HNSW search breadth, ``probes`` the IVFFlat lists read
-    (``workers.index_basis.probes``: never fewer than hold the pool, on a kind large
-    enough to fill it)."""
-    params: dict[str, Any] = {"n": int(limit), "q": query}
-    if entry_query is not None and entry_dims is not None:
-        pool = min(MAX_EF_SEARCH, max(int(limit), int(limit) * max(1, int(oversample))))
-        ef = min(MAX_EF_SEARCH, max(ef_search or 0, pool, 40))
-        session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-        if probes is not None:
-            session.execute(sql(f"SET LOCAL ivfflat.probes = {int(max(1, probes))}"))
-        # The planner prices a distance like any operator and may pick a scan and sort over
-        # the ordered HNSW scan (measured: 620 ms instead of milliseconds at 100,000 rows).
-        # Without a sort the index is the way; with no index the sort still runs.
-        session.execute(sql("SET LOCAL enable_sort = off"))
-        found = list(
-            session.execute(
-                _index_sql(model_version_id, kind, entry_dims, dims),
-                params | {"e": entry_query, "pool": pool},
-            ).scalars()
-        )
-        session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
-        if len(found) >= limit:
-            return found
-        # Fewer than asked: an HNSW graph left some entries unreachable (near-duplicates
-        # prune each other out of their neighbours' lists; measured on the fault harness's
-        # resume variants, tests/integration/test_nearest.py), or many are dead. The exact
-        # scan answers.
-        exact = list(session.execute(_exact_sql(model_version_id, kind, dims), params).scalars())
-        if len(exact) > len(found):
-            log.warning(
-                "the entry index of version %d's %ss returned %d of %d rows: answered by an"
-                " exact scan (entries unreachable in an HNSW graph, or many dead ones: REINDEX)",
-                model_version_id,
-                kind,
-                len(found),
-                limit,
-            )
-        return exact
-    return list(session.execute(_exact_sql(model_version_id, kind, dims), params).scalars())
-
-
-def _index_sql(model_version_id: int, kind: Kind, entry_dims: int, dims: int) -> Any:
-    """The index query: the ``pool`` nearest entries (literals for the partial index's
-    predicate and its expression: ints and a checked kind; vectors are bound), of which the
-    ``n`` nearest by the full vectors."""
-    stmt = sql(
-        "SELECT document_id FROM (SELECT document_id, embedding FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
-        f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        f" ORDER BY index_entry::halfvec({int(entry_dims)})"
-        f" <-> CAST(:e AS halfvec({int(entry_dims)})) LIMIT :pool) AS pool"
-        f" ORDER BY embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
-        " LIMIT :n"
+    """Ids of the (at most ``limit``, at most ``MAX_EF_SEARCH``) documents of ``kind`` whose
+    index entries are nearest ``entry_query`` (the query projected on the kind's basis,
+    ``entry_dims`` wide) by Euclidean distance through the entry index: the largest inner
+    product, every entry having one norm (``workers.vectors``). Approximate: ``ef_search``
+    is the HNSW search breadth, ``probes`` the IVFFlat lists read
+    (``workers.index_basis.probes``). Fewer than asked: an HNSW graph left some entries
+    unreachable, or the kind has fewer (the caller reads them all)."""
+    n = min(MAX_EF_SEARCH, int(limit))
+    ef = min(MAX_EF_SEARCH, max(ef_search or 0, n, 40))
+    session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+    if probes is not None:
+        session.execute(sql(f"SET LOCAL ivfflat.probes = {int(max(1, probes))}"))
+    # The planner prices a distance like any operator and may pick a scan and sort over the
+    # ordered index scan (measured: 620 ms instead of milliseconds at 100,000 rows). Without
+    # a sort the index is the way; with no index the sort still runs.
+    session.execute(sql("SET LOCAL enable_sort = off"))
+    found = list(
+        session.execute(
+            _index_sql(model_version_id, kind, entry_dims), {"e": entry_query, "n": n}
+        ).scalars()
     )
-    return stmt.bindparams(
-        bindparam("e", type_=HALFVEC()),
-        bindparam("q", type_=HALFVEC()),
-        bindparam("pool"),
-        bindparam("n"),
-    )
+    session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
+    return found
 
 
-def _exact_sql(model_version_id: int, kind: Kind, dims: int) -> Any:
-    """The exact scan over the full retrieval vectors (no index is on them; the driver
-    prepares repeated statements and a prepared plan keeps the settings it was planned under,
-    so the expression, not a setting, decides the plan)."""
+def _index_sql(model_version_id: int, kind: Kind, entry_dims: int) -> Any:
+    """The index query (literals for the partial index's predicate and its expression: ints
+    and a checked kind; the vector is bound)."""
     stmt = sql(
         "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
         f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        f" ORDER BY embedding::halfvec({int(dims)}) <-> CAST(:q AS halfvec({int(dims)}))"
-        " LIMIT :n"
+        f" ORDER BY index_entry::halfvec({int(entry_dims)})"
+        f" <-> CAST(:e AS halfvec({int(entry_dims)})) LIMIT :n"
     )
-    return stmt.bindparams(bindparam("q", type_=HALFVEC()), bindparam("n"))
+    return stmt.bindparams(bindparam("e", type_=HALFVEC()), bindparam("n"))
 
 
 def _kind(kind: str) -> str:

@@ -22,7 +22,7 @@ from jobfit.shared.schemas import JobDocument, ResumeDocument
 from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext, store_vectors
 from jobfit.workers.matching import nearest
-from jobfit.workers.vectors import DocumentVectors
+from jobfit.workers.vectors import DocumentVectors, score
 from tools.faults import stream_documents
 from tools.scale import NoModel
 
@@ -130,15 +130,29 @@ def test_fitted_at_the_threshold_then_every_write_projected(session_factory, cor
     assert entries(session_factory, ctx, "resume") == (n, n)
     vecs = vecs | {resumes[0].id: vecs[resumes[1].id]}
     full = np.stack([ctx.retrieval_vector(vecs[r.id]) for r in resumes]).astype(np.float64)
-    ids = [r.id for r in resumes]
+    pool = 10 * ctx.scoring.index_oversample
     with session_factory.begin() as s:
         for job in jobs:
             found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
             assert len(found) == 10
-            ip = full @ ctx.query_vector(vecs[job.id]).astype(np.float64)
-            tenth = np.sort(ip)[-10]
-            got = ip[[ids.index(i) for i in found]]
-            assert got.min() >= tenth - 1e-2, (job.external_id, got.min(), tenth)
+            # ranked by the exact score, which their stored vectors give
+            exact = {r.id: score(vecs[r.id], vecs[job.id], ctx.weights).score for r in resumes}
+            for i, m in found:
+                assert m.score == pytest.approx(exact[i], abs=1e-5)
+            assert [m.score for _, m in found] == sorted((m.score for _, m in found), reverse=True)
+            # of the pool: the entries nearest the query (the projection is exact here; the
+            # index reads every list of so small a kind), up to halfvec rounding at its edge
+            ip = dict(
+                zip((r.id for r in resumes), full @ ctx.query_vector(vecs[job.id]), strict=True)
+            )
+            cut = sorted(ip.values(), reverse=True)[pool - 1]
+            assert all(ip[i] >= cut - 1e-2 for i, _ in found), job.external_id
+            sure = sorted(
+                (x for i, x in exact.items() if x is not None and ip[i] >= cut + 1e-2),
+                reverse=True,
+            )
+            if len(sure) >= 10:
+                assert found[-1][1].score >= sure[9] - 1e-9, (job.external_id, found[-1], sure[9])
 
 
 def waiting_for_advisory_lock(session_factory) -> int:
@@ -166,6 +180,7 @@ def test_the_fit_waits_for_a_write_that_did_not_project(
                 model_version_id=ctx.model_version_id,
                 kind="resume",
                 scoring=ctx.scoring,
+                weights=ctx.weights,
             )
         )
     )
@@ -249,8 +264,8 @@ def test_an_ivfflat_index_is_rebuilt_with_more_lists_as_its_kind_grows(
             session=s, model_version_id=ctx.model_version_id, kind="resume", scoring=ctx.scoring
         ) == min(3, lists_at[seen[-1][0]][0])
         for job in jobs:
-            found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)
-            assert len(set(found)) == 10 and set(found) <= ids
+            found = {i for i, _ in nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=10)}
+            assert len(found) == 10 and found <= ids
 
 
 def test_a_replaced_index_waits_for_a_long_reader_and_goes_at_a_later_look(

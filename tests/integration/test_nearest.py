@@ -1,10 +1,10 @@
-"""``repository.vectors.nearest`` on real Postgres with pgvector. The HNSW graph can leave
+"""``workers.matching.nearest`` on real Postgres with pgvector. The HNSW graph can leave
 entries unreachable: measured on the fault harness's documents (the sample's resumes and
 their variants, which differ by one skill), a pair of near-duplicate variants drops out of
 every neighbour list in about one graph of six, and no query reaches it whatever its
 ``ef_search``. A job ingested after those resumes then never scored them. A query that gets
-fewer rows than it asked for therefore scans exactly: a kind with no more documents than the
-candidate pool is answered whole, in whatever order its documents came."""
+fewer rows than it asked for therefore ranks every stored document: a kind with no more
+documents than the candidate pool is answered whole."""
 
 from __future__ import annotations
 
@@ -68,7 +68,12 @@ def test_every_resume_of_a_small_corpus_is_found_whatever_the_graph(
                 assert repo.get_basis(
                     session=s, model_version_id=ctx.model_version_id, kind="resume"
                 )
-                found = nearest(session=s, ctx=ctx, doc=vecs[job.id], limit=ctx.scoring.candidates)
+                found = [
+                    i
+                    for i, _ in nearest(
+                        session=s, ctx=ctx, doc=vecs[job.id], limit=ctx.scoring.candidates
+                    )
+                ]
                 if sorted(found) != want:
                     short.append((graph, job.external_id, len(want) - len(set(found))))
     assert not short, f"(graph, job, resumes missed): {short[:5]}"

@@ -85,7 +85,7 @@ def test_vectors_read_in_binary_are_what_the_text_format_reads(session_factory, 
         ids = list(s.execute(select(dv.document_id)).scalars())
         assert len(ids) == 3
         got = repo.load_vectors(session=s, model_version_id=v, document_ids=ids)
-        want = s.execute(select(dv.document_id, dv.slots, func.vector_send(dv.fields))).all()
+        want = s.execute(select(dv.document_id, dv.slots, func.halfvec_send(dv.fields))).all()
         assert {i: (g.slots, g.fields) for i, g in got.items()} == {
             i: (slots, bytes(raw)) for i, slots, raw in want
         }

@@ -9,7 +9,8 @@ import pytest
 
 from jobfit.shared.repository import ivfflat_build_kb
 from jobfit.workers import index_basis
-from jobfit.workers.index_basis import Basis, fit_basis, from_halfvec
+from jobfit.workers.index_basis import Basis, fit_basis
+from jobfit.workers.scoring import from_halfvec
 from jobfit.workers.vectors import ENTRY_NORM
 
 
