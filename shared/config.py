@@ -195,9 +195,9 @@ class ScoringSettings(BaseModel):
     # HNSW search breadth (pgvector's hnsw.ef_search, at most 1,000); at least ``candidates``.
     ef_search: int = Field(default=1000, ge=1, le=1000)
     # HNSW build settings of each (version, kind) index (README "Matching at scale": among
-    # 100,000 resumes, on 128-dimensional index entries, 48 / 400 with the re-ranking below
-    # put 0.976 of a new job's true top 10 into its candidates (0.98 with a basis fitted on
-    # 10,000), 32 / 200 without it 0.964).
+    # 100,000 resumes, on 128-dimensional index entries, 48 / 400 with a pool re-ranked by
+    # the full retrieval vectors put 0.976 of a new job's true top 10 into its candidates
+    # (0.98 with a basis fitted on 10,000), 32 / 200 without it 0.964).
     hnsw_m: int = Field(default=48, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=400, ge=4, le=1000)
     # The index holds each retrieval vector projected on a basis of this many dimensions,

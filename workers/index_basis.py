@@ -11,14 +11,15 @@ settings its index query takes 15 ms at p95 instead of 77, the graph builds in 6
 of 145. Candidates are still scored exactly on the documents' field vectors.
 
 Lifecycle: a (version, kind) has no basis until it has ``scoring.index_fit_at`` stored
-vectors (its queries scan them exactly: cheap at that size). The first worker to commit a
-write past that fits it (``fit``), after its commit: the basis row and every stored vector's
-entry in one transaction, the entry index in the next (``build_index``: IVFFlat or HNSW,
-``scoring.index_method``). ``repository.bases``' lock orders the fit after every write that
-did not project and before every write that will. A basis never changes: workers keep it
-once read (read committed: a writer that waited for the lock sees the fit's commit). An
-IVFFlat index is built again, with twice the lists, each time its kind has grown fourfold:
-a worker looks after a commit, at most once a minute per (version, kind).
+vectors (its queries rank them all exactly: ``workers.matching.rank_pool``). The first
+worker to commit a write past that fits it (``fit``), after its commit: the basis row and
+every stored vector's entry in one transaction, the entry index in the next
+(``build_index``: IVFFlat or HNSW, ``scoring.index_method``). ``repository.bases``' lock
+orders the fit after every write that did not project and before every write that will. A
+basis never changes: workers keep it once read (read committed: a writer that waited for the
+lock sees the fit's commit). An IVFFlat index is built again, with twice the lists, each
+time its kind has grown fourfold: a worker looks after a commit, at most once a minute per
+(version, kind).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def _run_due(session: Session) -> None:
                 scoring=scoring,
                 weights=weights,
             )
-        except Exception:  # the index is an optimisation: exact scans serve until a fit succeeds
+        except Exception:  # the index is an optimisation: exact ranking serves until a fit succeeds
             log.warning(
                 "could not fit the index basis of version %d's %ss (tried again on the next write)",
                 version,
@@ -439,7 +440,7 @@ def query_entry(
     *, session: Session, model_version_id: int, kind: str, query: Vector
 ) -> tuple[Any, int | None]:
     """A query against the (version, kind)'s index: (its projection, its width), or
-    (None, None) where there is no basis yet (then the query scans exactly)."""
+    (None, None) where there is no basis yet (then the query ranks every document)."""
     basis = lookup(session=session, model_version_id=model_version_id, kind=kind)
     if basis is None:
         return None, None

@@ -205,19 +205,24 @@ def rank_pool(
 ) -> list[Ranked]:
     """The ``limit`` best for ``doc`` of the ``pool`` (``index_pool``), by exact score on
     their stored vectors; of every stored document of the other kind, read in pages, where
-    there is no pool or it holds fewer than ``limit``."""
+    there is no pool or it holds fewer entries than the index was asked for."""
     version = ctx.model_version_id
-    if pool is not None and len(pool) >= limit:
+    asked = min(repo.MAX_EF_SEARCH, limit * ctx.scoring.index_oversample)
+    if pool is not None and len(pool) >= asked:
         stored = repo.load_vectors(session=session, model_version_id=version, document_ids=pool)
         return rank(doc, list(stored.values()), ctx.weights, limit)
     kind = _other(doc.kind)
     best: list[Ranked] = []
     after = seen = 0
-    while page := repo.vector_page(
-        session=session, model_version_id=version, kind=kind, after=after, n=EXACT_PAGE
-    ):
+    while True:
+        page = repo.vector_page(
+            session=session, model_version_id=version, kind=kind, after=after, n=EXACT_PAGE
+        )
         best = merge(best, rank(doc, page, ctx.weights, limit), limit)
-        after, seen = page[-1].document_id, seen + len(page)
+        seen += len(page)
+        if len(page) < EXACT_PAGE:
+            break
+        after = page[-1].document_id
     if pool is not None and seen > len(pool):
         # An HNSW graph left some entries unreachable (near-duplicates prune each other out
         # of their neighbours' lists; measured on the fault harness's resume variants,
@@ -228,7 +233,7 @@ def rank_pool(
             version,
             kind,
             len(pool),
-            limit,
+            asked,
             seen,
         )
     return best

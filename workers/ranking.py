@@ -7,8 +7,7 @@ all of a kind too small for an index, ranked by the score a match would store. P
 
 The stored documents' field vectors are decoded into one array (documents x slots x
 dimensions, once per slot layout: a kind has few), so their scores are one matrix product
-per pair type the two sides share. Measured on the 1,000 documents of a query's pool
-among 1,000,000 resumes: README "Matching at scale".
+per pair type the two sides share (what it costs per query: README "Matching at scale").
 """
 
 from __future__ import annotations

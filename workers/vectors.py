@@ -26,8 +26,8 @@ retrieval  an index entry (made from them, and stored projected on its kind's ba
            bench-scale``), this lifts recall@10 of 200 candidates among 10,000 jobs from
            0.66 to 0.99. The candidates are then scored exactly.
 
-MiniLM (384) gives 1,934 dimensions, mpnet (768) 3,854; the index holds 129 (a basis of
-``scoring.index_dims`` and the completing one: README "Matching at scale").
+MiniLM (384) gives 1,934 dimensions, mpnet (768) 3,854; the index holds their projections
+(``scoring.index_dims`` and the completing one, 257 by default: README "Matching at scale").
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ from jobfit.shared.repository.registry import (
     set_metrics,
 )
 from jobfit.shared.repository.vectors import (
+    MAX_EF_SEARCH,
     EntryIndex,
     Kind,
     StoredVectors,
@@ -102,6 +103,7 @@ from jobfit.shared.repository.vectors import (
 )
 
 __all__ = [
+    "MAX_EF_SEARCH",
     "MAX_FAILED_PAYLOAD",
     "PAIR_WEIGHTS",
     "PROMOTION",

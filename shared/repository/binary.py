@@ -1,9 +1,10 @@
 """Rows read in Postgres's binary wire format: what the repository uses for the reads that
-carry vectors (``vector_send`` bytes). SQLAlchemy's psycopg dialect reads results in the
-text format, where a ``bytea`` travels hex-encoded (twice its size) and is decoded on the
-client; psycopg's binary cursor (its public ``cursor(binary=True)``) takes the bytes as they
-are. Measured on 200 candidates' field vectors (1.6 MB) at 100,000 resumes: read and decoded
-in 26-30 ms in text, 20-22 ms in binary (README "Matching at scale").
+carry vectors (``halfvec_send`` / ``vector_send`` bytes). SQLAlchemy's psycopg dialect reads
+results in the text format, where a ``bytea`` travels hex-encoded (twice its size) and is
+decoded on the client; psycopg's binary cursor (its public ``cursor(binary=True)``) takes
+the bytes as they are. Measured on 200 candidates' field vectors (1.6 MB) at 100,000
+resumes: read and decoded in 26-30 ms in text, 20-22 ms in binary (README "Matching at
+scale").
 
 The statements are constant texts in psycopg's parameter style, their ids one array
 (``= ANY(%(ids)s)``) whatever their number: psycopg keeps a text's parsed form and, after a

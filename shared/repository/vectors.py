@@ -35,7 +35,7 @@ from jobfit.shared.repository.chunks import chunked
 Kind = Literal["resume", "job"]
 # pgvector's hnsw.ef_search accepts 1..1000; a query returns at most ef_search rows.
 MAX_EF_SEARCH = 1000
-# pgvector indexes halfvec with HNSW up to this many dimensions; wider: exact scans only.
+# pgvector indexes halfvec with HNSW up to this many dimensions; wider: no index.
 HNSW_HALFVEC_MAX_DIMS = 4000
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def ensure_index(
     if dims > HNSW_HALFVEC_MAX_DIMS:
         log.warning(
             "retrieval vectors of %d dimensions exceed pgvector's HNSW limit for halfvec (%d):"
-            " nearest-document queries of version %d scan exactly",
+            " nearest-document queries of version %d rank every document",
             dims,
             HNSW_HALFVEC_MAX_DIMS,
             model_version_id,

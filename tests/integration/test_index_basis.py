@@ -1,5 +1,5 @@
 """The index basis's lifecycle on real Postgres with pgvector (``workers.index_basis``): no
-basis below ``index_fit_at`` (exact scans), then one fit that projects every stored vector
+basis below ``index_fit_at`` (every document ranked), then one fit that projects every stored vector
 and builds the entry index, writes projected from then on, a fit that waits for a write that
 did not project, and an IVFFlat index rebuilt with more lists as its kind grows."""
 

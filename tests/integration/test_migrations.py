@@ -24,6 +24,14 @@ def columns(engine) -> set[str]:
     return {c["name"] for c in inspect(engine).get_columns("document_vectors")}
 
 
+def entry_indexes(engine) -> list[str]:
+    return sorted(
+        i["name"]
+        for i in inspect(engine).get_indexes("document_vectors")
+        if i["name"].startswith("ix_document_vectors_entry_")
+    )
+
+
 def test_0009_converts_field_vectors_in_place_and_its_downgrade_restores_the_columns() -> None:
     for url in private_database("_mig"):
         settings = Settings(db=DatabaseSettings(url=url))
@@ -49,10 +57,29 @@ def test_0009_converts_field_vectors_in_place_and_its_downgrade_restores_the_col
                     ),
                     {"d": doc_id, "v": version_id, "f": str(fields.tolist())},
                 )
+                # a basis of 1 direction and its IVFFlat index (entries of 2 dimensions)
+                conn.execute(
+                    text(
+                        "INSERT INTO index_bases (model_version_id, kind, source_dims, dims,"
+                        " basis, fitted_on, energy, created_at)"
+                        " VALUES (:v, 'resume', 3, 1, '\\x00', 1, 1.0, now())"
+                    ),
+                    {"v": version_id},
+                )
+                conn.execute(
+                    text("SELECT jobfit_ensure_ivfflat_index(:v, 'resume', 2, 1)"),
+                    {"v": version_id},
+                )
             assert {"fields", "embedding"} <= columns(engine)
+            assert entry_indexes(engine) == [repo.index_name(version_id, "resume") + "_l1"]
 
             upgrade(settings)
             assert "embedding" not in columns(engine)
+            # dropped before the rewrite (which would have rebuilt it); the basis stays, and
+            # the next write builds the index again
+            assert entry_indexes(engine) == []
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM index_bases")).scalar() == 1
             with engine.connect() as conn:
                 raw, slots, entry = conn.execute(
                     text(
@@ -67,6 +94,7 @@ def test_0009_converts_field_vectors_in_place_and_its_downgrade_restores_the_col
             assert {"fields", "embedding"} <= columns(engine)
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT count(*) FROM document_vectors")).scalar() == 0
+                assert conn.execute(text("SELECT count(*) FROM index_bases")).scalar() == 0
                 assert conn.execute(text("SELECT count(*) FROM documents")).scalar() == 1
             upgrade(settings)
             assert "embedding" not in columns(engine)

@@ -25,7 +25,7 @@ from tools.faults import stream_documents
 
 pytestmark = pytest.mark.integration
 
-GRAPHS = 20  # without the exact scan, at least one of them misses (p ~ 0.97, measured 1 in 6)
+GRAPHS = 20  # without ranking them all, at least one of them misses (p ~ 0.97, measured 1 in 6)
 
 
 def version(session_factory, embedder: MiniLM, tag: str) -> ModelContext:
@@ -34,7 +34,7 @@ def version(session_factory, embedder: MiniLM, tag: str) -> ModelContext:
             session=s, model=repo.ModelInfo(f"{embedder.version}-{tag}", "minilm", "-", 384)
         )
     # The index from the 20th resume on (its basis fitted then): every later resume goes into
-    # a graph, and the query asks for more than the kind holds, which the exact scan answers.
+    # a graph, and the query asks for more than the kind holds: every resume is ranked.
     scoring = ScoringSettings(index_fit_at=20, index_method="hnsw")
     return ModelContext(embedder, row.id, dict.fromkeys(PairType, 1.0), scoring)
 

@@ -8,9 +8,14 @@ vector is the field vectors weighted and concatenated (``workers.vectors``), so 
 candidates are now ranked by exact scoring of the field vectors they are read for anyway
 (``workers.ranking``), and an index basis is fitted on retrieval vectors made from them.
 
-Upgrading converts the stored field vectors in place (every other column is unchanged: no
-vector is stale after it); the table is rewritten under an exclusive lock (minutes at a
-million documents). Downgrading cannot restore the retrieval vectors in SQL: it deletes the
+Upgrading converts the stored field vectors in place and drops the column in the same
+statement, so the table is rewritten once, without it, under an exclusive lock (minutes at a
+million documents); no vector is stale after it. The entry indexes are dropped first: a
+rewrite rebuilds every index of the table, and an IVFFlat build past a few hundred lists
+needs more ``maintenance_work_mem`` than a session has by default (pgvector refuses it), an
+HNSW one minutes. Bases and entries are kept: the next write to a (version, kind) builds its
+index again (``workers.index_basis.fit``), and until then its queries read the entries
+without an index. Downgrading cannot restore the retrieval vectors in SQL: it deletes the
 stored vectors and index bases (derived data; ``jobfit rescore`` makes them again from the
 embedding cache, without the model), then restores the columns.
 
@@ -42,10 +47,11 @@ $$
 
 
 def upgrade() -> None:
+    op.execute(DROP_ENTRY_INDEXES)
     op.execute(
-        "ALTER TABLE document_vectors ALTER COLUMN fields TYPE halfvec USING fields::halfvec"
+        "ALTER TABLE document_vectors DROP COLUMN embedding,"
+        " ALTER COLUMN fields TYPE halfvec USING fields::halfvec"
     )
-    op.execute("ALTER TABLE document_vectors DROP COLUMN embedding")
 
 
 def downgrade() -> None:
