@@ -157,8 +157,8 @@ def nearest(
     """The ``limit`` documents of the other kind that rank first for ``doc`` by exact score
     on their stored vectors (``ranking.rank``), best first: of the ``index_oversample``
     times ``limit`` whose index entries are nearest its query where their kind has a basis
-    (``index_pool``); else, and where the index returns fewer than ``limit``, of every
-    stored one (``rank_pool``)."""
+    (``index_pool``); else, and where the index returns fewer than it was asked for, of
+    every stored one (``rank_pool``)."""
     return rank_pool(
         session=session,
         ctx=ctx,

@@ -20,7 +20,7 @@ from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType
 from jobfit.shared.fields import slot_map
 from jobfit.workers.scoring import MatchScore, from_halfvec
-from jobfit.workers.vectors import DocumentVectors
+from jobfit.workers.vectors import DocumentVectors, slot_order
 
 Ranked = tuple[int, MatchScore]  # (document row id, its match with the ranking document)
 
@@ -48,8 +48,8 @@ def rank(
     if not stored:
         return []
     mine = doc.pair_vectors()
-    theirs = slot_map("job" if doc.kind == "resume" else "resume")
-    order = list(dict.fromkeys(theirs.values()))
+    other = "job" if doc.kind == "resume" else "resume"
+    theirs, order = slot_map(other), list(slot_order(other))
     x, present = _layout(stored, order)
     n = len(stored)
     num, den = np.zeros(n), np.zeros(n)
@@ -59,11 +59,9 @@ def rank(
         if p not in mine or p not in theirs:
             continue
         col = order.index(theirs[p])
-        has[p] = present[:, col]
-        if not has[p].any():
-            del has[p]
+        if not present[:, col].any():
             continue
-        mat = x[:, col, :]
+        has[p], mat = present[:, col], x[:, col, :]
         q = np.asarray(mine[p], dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", mat, mat)) * np.float32(np.linalg.norm(q))
         with np.errstate(invalid="ignore", divide="ignore"):

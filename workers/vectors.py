@@ -62,7 +62,7 @@ class DocumentVectors:
 
     def packed(self) -> tuple[list[str], Vector]:
         """(slot names, their vectors concatenated): the stored ``slots`` and ``fields``."""
-        names = [s for s in _order(self.kind) if s in self.slots]
+        names = [s for s in slot_order(self.kind) if s in self.slots]
         if not names:
             return [], np.zeros(0, dtype=np.float32)
         return names, np.concatenate([self.slots[s] for s in names]).astype(np.float32)
@@ -84,7 +84,8 @@ def as_stored(vector: Vector) -> Vector:
     return np.asarray(vector, dtype=np.float16).astype(np.float32)
 
 
-def _order(kind: str) -> tuple[str, ...]:
+def slot_order(kind: str) -> tuple[str, ...]:
+    """The slot names of a side in stored order (a slot two pair types share is one)."""
     return tuple(dict.fromkeys(slot_map(kind).values()))
 
 
