@@ -76,7 +76,7 @@ bench-faults: $(STAMP)
 	$(BIN)/python -m tools bench-faults --out bench-faults.json
 
 # Untuned vs fine-tuned ranking quality on held-out resumes and jobs (real data, MiniLM head
-# on CPU, ~7 min on 2 cores). On a GPU: QUALITY_ARGS="--models mpnet --mode full --epochs 2".
+# on CPU, ~1 min on 2 cores). On a GPU: QUALITY_ARGS="--models mpnet --mode full --epochs 2".
 QUALITY_ARGS ?= --models minilm --mode head
 bench-quality: $(STAMP)
 	$(BIN)/python -m tools bench-quality $(QUALITY_ARGS) --out bench-quality.json

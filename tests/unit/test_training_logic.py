@@ -327,3 +327,30 @@ def test_both_modes_train_the_match_score_and_return_its_weights(minilm_path, tm
     assert np.mean(list(result.pair_weights.values())) == pytest.approx(1.0, abs=1e-3)
     vecs = result.model.encode(["Skills: Python"], normalize_embeddings=True)
     assert vecs.shape == (1, 384) and np.isfinite(vecs).all()
+
+
+def test_the_head_trains_its_full_steps_unless_early_stopping_is_asked_for(minilm_path):
+    """By default the head takes ``head_epochs`` steps on every training match (no
+    validation slice); with ``head_val_fraction`` a slice of unseen resumes and jobs picks
+    the step count first, at most ``head_epochs``, and training reports its figure."""
+    from jobfit.workers.training.encoding import load_model
+    from jobfit.workers.training.trainers import TrainParams, train_head
+
+    rng = np.random.default_rng(0)
+    resumes = [f"Skills: r{i}" for i in range(40)]
+    jobs = [f"Skills required: j{k}" for k in range(12)]
+    vecs = rng.normal(size=(len(resumes) + len(jobs), 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    base = dict(zip(resumes + jobs, vecs, strict=True))
+    matches = [
+        m(f"r{i}", f"j{k}", float(base[a] @ base[b] + 1) / 2, [(S, a, b)])
+        for i, a in enumerate(resumes)
+        for k, b in enumerate(jobs)
+    ]
+    model = load_model(minilm_path, "cpu")
+    plain = train_head(model, matches, TrainParams(head_epochs=12), base_vectors=base)
+    assert plain.info["head_steps"] == 12 and plain.info["val_matches"] == 0
+    early = TrainParams(head_epochs=12, head_val_fraction=0.3, head_check_every=2, head_patience=1)
+    stopped = train_head(model, matches, early, base_vectors=base)
+    assert stopped.info["val_matches"] > 0 and "val_match_spearman" in stopped.info
+    assert 2 <= stopped.info["head_steps"] <= 12 and stopped.info["head_steps"] % 2 == 0
