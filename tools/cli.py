@@ -217,7 +217,7 @@ def bench_quality(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="A TrainParams field, NAME=VALUE (repeatable), e.g. head_val_fraction=0."
+            help="A TrainParams field, NAME=VALUE (repeatable), e.g. head_val_fraction=0.2."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",

@@ -21,8 +21,8 @@ ending in a sentence-transformers directory the workers load as is:
     ``full``  sentence-transformers' trainer on all weights, the match-level loss over all of
               a batch of matches' texts at once (GPU; a time budget bounds it on a CPU).
     ``head``  the encoder frozen, a two-layer head (Dense tanh -> Dense) trained on cached
-              embeddings of the unique texts, early-stopped on a validation slice of unseen
-              resumes and jobs, with weight decay: minutes on a CPU. Saved as
+              embeddings of the unique texts, 400 full-batch steps with dropout and weight
+              decay (early stopping optional: ``head_val_fraction``): minutes on a CPU. Saved as
               sentence-transformers ``Dense`` modules, so serving needs nothing new.
     ``full+head`` the first, then the second on top.
 
