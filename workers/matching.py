@@ -31,7 +31,7 @@ from jobfit.workers import index_basis
 from jobfit.workers.embedding import ModelContext, document_vectors
 from jobfit.workers.ranking import Ranked, merge, rank
 from jobfit.workers.scoring import MatchScore
-from jobfit.workers.vectors import DocumentVectors, score, score_many
+from jobfit.workers.vectors import DocumentVectors, other_kind, score, score_many
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ EXACT_PAGE = 2_000
 
 Pair = tuple[int, int]  # (resume row id, job row id)
 Scored = dict[Pair, tuple[DocumentRow, DocumentRow, MatchScore]]
-
-
-def _other(kind: str) -> repo.Kind:
-    return "job" if kind == "resume" else "resume"
 
 
 def score_documents(
@@ -63,7 +59,7 @@ def score_documents(
         mine = [r for r in rows if r.kind == kind]
         if not mine:
             continue
-        everyone = repo.list_documents(session=session, kind=_other(kind))
+        everyone = repo.list_documents(session=session, kind=other_kind(kind))
         resumes, jobs = (mine, everyone) if kind == "resume" else (everyone, mine)
         w, e = score_pairs(session=session, ctx=ctx, resumes=resumes, jobs=jobs, per_doc=per_doc)
         written, embedded = written + w, embedded + e
@@ -174,7 +170,7 @@ def index_pool(
     """Row ids of the ``index_oversample`` times ``limit`` documents of the other kind whose
     index entries are nearest ``doc``'s query (``repository.vectors.nearest_entries``);
     None where their kind has no basis yet."""
-    kind = _other(doc.kind)
+    kind = other_kind(doc.kind)
     version = ctx.model_version_id
     entry_query, entry_dims = index_basis.query_entry(
         session=session, model_version_id=version, kind=kind, query=ctx.query_vector(doc)
@@ -211,7 +207,7 @@ def rank_pool(
     if pool is not None and len(pool) >= asked:
         stored = repo.load_vectors(session=session, model_version_id=version, document_ids=pool)
         return rank(doc, list(stored.values()), ctx.weights, limit)
-    kind = _other(doc.kind)
+    kind = other_kind(doc.kind)
     best: list[Ranked] = []
     after = seen = 0
     while True:

@@ -20,7 +20,7 @@ from jobfit.shared import repository as repo
 from jobfit.shared.config import PairType
 from jobfit.shared.fields import slot_map
 from jobfit.workers.scoring import MatchScore, from_halfvec
-from jobfit.workers.vectors import DocumentVectors, slot_order
+from jobfit.workers.vectors import DocumentVectors, other_kind, slot_order
 
 Ranked = tuple[int, MatchScore]  # (document row id, its match with the ranking document)
 
@@ -48,7 +48,7 @@ def rank(
     if not stored:
         return []
     mine = doc.pair_vectors()
-    other = "job" if doc.kind == "resume" else "resume"
+    other = other_kind(doc.kind)
     theirs, order = slot_map(other), list(slot_order(other))
     x, present = _layout(stored, order)
     n = len(stored)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -82,6 +83,11 @@ def as_stored(vector: Vector) -> Vector:
     """A field vector at the precision ``document_vectors`` keeps it (float16), as float32:
     a document's scores are the same whether its vectors were just made or read back."""
     return np.asarray(vector, dtype=np.float16).astype(np.float32)
+
+
+def other_kind(kind: str) -> Literal["resume", "job"]:
+    """The side a document of ``kind`` is matched against."""
+    return "job" if kind == "resume" else "resume"
 
 
 def slot_order(kind: str) -> tuple[str, ...]:

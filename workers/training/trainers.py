@@ -313,8 +313,12 @@ def train_head(
     fit = _HeadFit(emb, index, old_head, params, init_weights, progress)
     info: dict[str, Any] = {"objective": "match-level MSE (weighted mean of pair cosines)"}
     steps = params.head_epochs
-    core, val_resumes, val_jobs = _val_slice(matches, params.head_val_fraction, params.seed)
-    if params.head_val_fraction > 0 and core and min(len(val_resumes), len(val_jobs)) >= 3:
+    core, val_resumes, val_jobs = (
+        _val_slice(matches, params.head_val_fraction, params.seed)
+        if params.head_val_fraction > 0
+        else ([], [], [])
+    )
+    if core and min(len(val_resumes), len(val_jobs)) >= 3:
         *_, steps, val = fit.run(core, params.head_epochs, checks=(val_resumes, val_jobs))
         info.update(
             head_steps=steps,
