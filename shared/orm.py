@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -22,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from jobfit.shared.vector_types import BinaryHalfVector, BinaryVector
 
 JsonType = JSONB()
 BigId = BigInteger()
@@ -113,7 +114,7 @@ class FieldEmbeddingRow(Base):
     text: Mapped[str] = mapped_column(Text)
     dim: Mapped[int] = mapped_column(Integer)
     # pgvector ``vector`` (float32, L2-normalised), of the version's dimension.
-    vector: Mapped[Any] = mapped_column(VECTOR())
+    vector: Mapped[Any] = mapped_column(BinaryVector())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -140,10 +141,10 @@ class DocumentVectorRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     scoring_key: Mapped[str] = mapped_column(String(64))
     slots: Mapped[list[str]] = mapped_column(JsonType)
-    fields: Mapped[Any] = mapped_column(HALFVEC())
+    fields: Mapped[Any] = mapped_column(BinaryHalfVector())
     # The retrieval vector projected on its (version, kind)'s basis (``IndexBasisRow``), what
     # the entry index holds; NULL until that basis is fitted (the fit fills every row's).
-    index_entry: Mapped[Any | None] = mapped_column(HALFVEC(), nullable=True)
+    index_entry: Mapped[Any | None] = mapped_column(BinaryHalfVector(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

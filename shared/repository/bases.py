@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from jobfit.shared.orm import DocumentVectorRow, IndexBasisRow, utcnow
+from jobfit.shared.vector_types import BinaryHalfVector
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def set_index_entries(
             dv.document_id == bindparam("doc_id"),
             dv.model_version_id == bindparam("version_id"),
         )
-        .values(index_entry=bindparam("entry", type_=HALFVEC()))
+        .values(index_entry=bindparam("entry", type_=BinaryHalfVector()))
     )
     session.connection().execute(
         stmt,

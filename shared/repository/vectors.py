@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import bindparam, func, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 from jobfit.shared.orm import DocumentRow, DocumentVectorRow, utcnow
 from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
+from jobfit.shared.vector_types import BinaryHalfVector
 
 Kind = Literal["resume", "job"]
 # pgvector's hnsw.ef_search accepts 1..1000; a query returns at most ef_search rows.
@@ -415,7 +415,7 @@ def _index_sql(model_version_id: int, kind: Kind, entry_dims: int) -> Any:
         f" ORDER BY index_entry::halfvec({int(entry_dims)})"
         f" <-> CAST(:e AS halfvec({int(entry_dims)})) LIMIT :n"
     )
-    return stmt.bindparams(bindparam("e", type_=HALFVEC()), bindparam("n"))
+    return stmt.bindparams(bindparam("e", type_=BinaryHalfVector()), bindparam("n"))
 
 
 def _kind(kind: str) -> str:
