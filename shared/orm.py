@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -42,6 +43,12 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def table_of(row: type[Base]) -> Table:
+    """A mapped class's table, for Core statements: a bulk write through it skips the ORM's
+    per-row bookkeeping (measured: ~a fifth of an ingest batch's database time)."""
+    return Base.metadata.tables[row.__tablename__]
 
 
 class DocumentRow(Base):

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import any_, func, select, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, any_, bindparam, func, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session, defer
 
-from jobfit.shared.orm import DocumentRow, StaleRevisionRow, utcnow
+from jobfit.shared.orm import DocumentRow, StaleRevisionRow, table_of, utcnow
 from jobfit.shared.repository.chunks import chunked, id_array
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
@@ -46,38 +46,54 @@ def upsert_documents(
     for doc in docs:
         first.setdefault((doc.kind, doc.id), doc)
     now = utcnow()
-    inserted = {
-        (k, i)
-        for k, i in session.execute(
-            insert(DocumentRow)
-            .values(
-                [
-                    {
-                        "kind": doc.kind,
-                        "external_id": doc.id,
-                        "content_hash": doc.content_hash(),
-                        "schema_version": doc.schema_version,
-                        "payload": doc.model_dump(mode="json"),
-                        "revision": doc.revision,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for _, doc in sorted(first.items(), key=lambda kv: kv[0])
-                ]
+    table = table_of(DocumentRow)
+    new_rows = [
+        {
+            "kind": doc.kind,
+            "external_id": doc.id,
+            "content_hash": doc.content_hash(),
+            "schema_version": doc.schema_version,
+            "payload": doc.model_dump(mode="json"),
+            "revision": doc.revision,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for _, doc in sorted(first.items(), key=lambda kv: kv[0])
+    ]
+    # One statement text for any number of rows (psycopg batches them: "insertmanyvalues");
+    # a multi-row ``values([...])`` was compiled anew per batch, ~0.3 ms a document.
+    insert_new = (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["kind", "external_id"])
+        .returning(table.c.kind, table.c.external_id)
+    )
+    inserted: set[tuple[str, str]] = set()
+    for part in chunked(new_rows):
+        inserted.update((k, i) for k, i in session.execute(insert_new, list(part)))
+    rows: dict[tuple[str, str], DocumentRow] = {}
+    keys = sorted(first)
+    for part_keys in chunked(keys):
+        wanted = (
+            func.unnest(
+                bindparam("kinds", [k for k, _ in part_keys], type_=ARRAY(String)),
+                bindparam("ids", [i for _, i in part_keys], type_=ARRAY(String)),
             )
-            .on_conflict_do_nothing(index_elements=["kind", "external_id"])
-            .returning(DocumentRow.kind, DocumentRow.external_id)
+            .table_valued("kind", "external_id")
+            .render_derived()
         )
-    }
-    rows = {
-        (r.kind, r.external_id): r
-        for r in session.execute(
-            select(DocumentRow)
-            .where(tuple_(DocumentRow.kind, DocumentRow.external_id).in_(list(first)))
-            .order_by(DocumentRow.kind, DocumentRow.external_id)
-            .with_for_update()
-        ).scalars()
-    }
+        rows.update(
+            ((r.kind, r.external_id), r)
+            for r in session.execute(
+                select(DocumentRow)
+                .where(
+                    tuple_(DocumentRow.kind, DocumentRow.external_id).in_(
+                        select(wanted.c.kind, wanted.c.external_id)
+                    )
+                )
+                .order_by(DocumentRow.kind, DocumentRow.external_id)
+                .with_for_update(of=DocumentRow)
+            ).scalars()
+        )
     out: list[tuple[DocumentRow, DocStatus]] = []
     stale: dict[int, StaleRevision] = {}
     for doc in docs:

@@ -14,7 +14,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.orm import FieldEmbeddingRow, utcnow
+from jobfit.shared.orm import FieldEmbeddingRow, table_of, utcnow
 from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
 
@@ -65,7 +65,7 @@ def insert_embeddings(
         return
     now = utcnow()
     session.execute(
-        insert(FieldEmbeddingRow).on_conflict_do_nothing(
+        insert(table_of(FieldEmbeddingRow)).on_conflict_do_nothing(
             index_elements=["model_version_id", "text_hash"]
         ),
         [

@@ -27,7 +27,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from jobfit.shared.orm import DocumentRow, DocumentVectorRow, utcnow
+from jobfit.shared.orm import DocumentRow, DocumentVectorRow, table_of, utcnow
 from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
 from jobfit.shared.vector_types import BinaryHalfVector
@@ -68,7 +68,7 @@ def upsert_vectors(
     if not writes:
         return
     now = utcnow()
-    ins = insert(DocumentVectorRow)
+    ins = insert(table_of(DocumentVectorRow))
     stmt = ins.on_conflict_do_update(
         index_elements=["document_id", "model_version_id"],
         set_={
