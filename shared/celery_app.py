@@ -19,6 +19,9 @@ TRAIN_QUEUE = "train"
 # Stable task names: producers in any language send these by name.
 INGEST_RESUME = "jobfit.ingest_resume"
 INGEST_JOB = "jobfit.ingest_job"
+# Bulk: up to ``schemas.MAX_BULK_DOCUMENTS`` documents of one kind per message.
+INGEST_RESUMES = "jobfit.ingest_resumes"
+INGEST_JOBS = "jobfit.ingest_jobs"
 SCORE_RESUME = "jobfit.score_resume"
 SCORE_JOB = "jobfit.score_job"
 RESCORE = "jobfit.rescore"

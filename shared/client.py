@@ -22,7 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobfit.shared.celery_app import (
     EVALUATE,
     INGEST_JOB,
+    INGEST_JOBS,
     INGEST_RESUME,
+    INGEST_RESUMES,
     RESCORE,
     RETRAIN,
     SCORE_JOB,
@@ -35,6 +37,7 @@ from jobfit.shared.config import Settings
 from jobfit.shared.db import connect
 from jobfit.shared.repository.matches import RankedMatch, ranked
 from jobfit.shared.schemas import (
+    MAX_BULK_DOCUMENTS,
     CandidatesRequest,
     EvaluateRequest,
     InvalidMessageError,
@@ -127,6 +130,52 @@ class JobfitClient:
     ) -> AsyncResult:
         """Store a job; by default score every stored resume against it."""
         return self._send_document(INGEST_JOB, validate_message(JobDocument, document), score)
+
+    def _send_documents(
+        self,
+        name: str,
+        docs: Sequence[ResumeDocument | JobDocument],
+        score: bool,
+        per_message: int,
+    ) -> list[AsyncResult]:
+        if not 1 <= per_message <= MAX_BULK_DOCUMENTS:
+            raise ValueError(f"per_message must be 1 to {MAX_BULK_DOCUMENTS}, got {per_message}")
+        out = []
+        for i in range(0, len(docs), per_message):
+            part = docs[i : i + per_message]
+            out.append(
+                self._send(
+                    name,
+                    {"documents": [d.model_dump(mode="json") for d in part], "score": score},
+                    json.dumps({"documents": f"<{len(part)} {part[0].kind}s>", "score": score}),
+                )
+            )
+        return out
+
+    def submit_resumes(
+        self,
+        documents: Sequence[ResumeDocument | Mapping[str, Any] | str],
+        *,
+        score: bool = True,
+        per_message: int = MAX_BULK_DOCUMENTS,
+    ) -> list[AsyncResult]:
+        """Store many resumes, ``per_message`` to a message (bulk: one delivery, one result
+        and one Flower event per message; each result lists its documents' outcomes, in
+        order: ``BulkIngestResult``). Every document is validated first: one invalid
+        document raises here and nothing is sent."""
+        docs = [validate_message(ResumeDocument, d) for d in documents]
+        return self._send_documents(INGEST_RESUMES, docs, score, per_message)
+
+    def submit_jobs(
+        self,
+        documents: Sequence[JobDocument | Mapping[str, Any] | str],
+        *,
+        score: bool = True,
+        per_message: int = MAX_BULK_DOCUMENTS,
+    ) -> list[AsyncResult]:
+        """Store many jobs, ``per_message`` to a message (as ``submit_resumes``)."""
+        docs = [validate_message(JobDocument, d) for d in documents]
+        return self._send_documents(INGEST_JOBS, docs, score, per_message)
 
     def request_matches(self, resume_id: str, job_ids: Sequence[str] | None = None) -> AsyncResult:
         """Score a stored resume against the given jobs (all stored jobs by default)."""

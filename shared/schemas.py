@@ -254,13 +254,27 @@ class IngestResult(BaseModel):
     resume, resumes for a job), best first; the rest are read with ``JobfitClient.top_jobs``
     / ``top_candidates``."""
 
-    status: Literal["created", "updated", "unchanged", "stale"]
+    # ``refused`` and ``failed``: one document of a bulk message (``jobfit.ingest_resumes`` /
+    # ``jobfit.ingest_jobs``) that was invalid, or could not be stored; ``reason`` says why.
+    status: Literal["created", "updated", "unchanged", "stale", "refused", "failed"]
     document_id: str | None = None
     embedded: int = 0  # texts sent to the model
     scored: int = 0  # match rows written
     model_version: str | None = None
     reason: str | None = None
     top: list[TopMatch] = Field(default_factory=list)
+
+
+class BulkIngestResult(BaseModel):
+    """What a bulk ingest message did: one ``IngestResult`` per document it carried, in its
+    order (a refused one says why; its position is its index here)."""
+
+    documents: list[IngestResult]
+
+
+# The most documents one bulk ingest message carries: its result lists each of them, and a
+# worker holds up to two batches of prefetched messages in memory.
+MAX_BULK_DOCUMENTS = 100
 
 
 class ScoreResult(BaseModel):
@@ -319,6 +333,7 @@ def json_schemas() -> dict[str, Any]:
         MatchRequest,
         CandidatesRequest,
         IngestResult,
+        BulkIngestResult,
         ScoreResult,
         LabelMessage,
         RetrainRequest,

@@ -253,7 +253,9 @@ class Batcher:
         self.task, self.consumer, self.pipeline = task, consumer, pipeline
         self.max_tasks = int(task.app.settings.batch.max_tasks)
         self.max_wait_s = float(task.app.settings.batch.max_wait_s)
+        self.max_documents = int(task.app.settings.batch.max_documents)
         self.buffer: list[Received] = []
+        self.documents = 0  # in the buffer: a bulk message counts its documents
         self.timer: Any = None
 
     def on_message(
@@ -273,10 +275,12 @@ class Batcher:
         self.buffer.append(
             Received(request, partial(ack, log, errors), partial(reject, log, errors, True))
         )
+        self.documents += self.task.documents_in(request)
         signals.task_received.send(sender=consumer, request=request)
         if self.timer is None:
             self.timer = consumer.timer.call_repeatedly(self.max_wait_s, self.flush)
-        if len(self.buffer) >= self.max_tasks:
+        # A full batch goes at once: ``max_tasks`` messages, or ``max_documents`` documents.
+        if len(self.buffer) >= self.max_tasks or self.documents >= self.max_documents:
             self.flush()
 
     def flush(self) -> None:
@@ -284,7 +288,7 @@ class Batcher:
         if not self.buffer:
             self.discard()
             return
-        batch, self.buffer = self.buffer, []
+        batch, self.buffer, self.documents = self.buffer, [], 0
         self._received(batch)
 
         def on_return(requeue: Collection[str] | None) -> None:
@@ -327,7 +331,7 @@ class Batcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.buffer = []
+        self.buffer, self.documents = [], 0
 
 
 def batch_strategy(task: Any, app: Any, consumer: Any) -> Callable[..., None]:

@@ -1,7 +1,12 @@
 """Ingest tasks, batched across messages.
 
 ``jobfit.ingest_resume`` / ``jobfit.ingest_job`` keep their names and arguments
-(``document, score=True``): producers do not see the batching. On an embed worker the
+(``document, score=True``): producers do not see the batching. ``jobfit.ingest_resumes`` /
+``jobfit.ingest_jobs`` (``documents, score=True``) carry up to ``MAX_BULK_DOCUMENTS`` documents
+in one message, for bulk producers: one delivery, one result (``BulkIngestResult``: each
+document's outcome, in order) and one Flower event per message instead of per document. A
+document of a bulk message that is invalid is refused alone (recorded, and said in the
+result); the others are stored. On an embed worker the
 messages that arrive within ``batch.max_wait_s`` (at most ``batch.max_tasks``; the prefetch is
 set to match) run as one batch (the strategy in ``tasks.consumer`` gathers them; the pipeline
 thread of ``workers.batching`` runs them): every document stored and the new texts of all of
@@ -16,17 +21,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from celery import shared_task
 from celery.app.task import Context
 
-from jobfit.shared.celery_app import INGEST_JOB, INGEST_RESUME
+from jobfit.shared.celery_app import INGEST_JOB, INGEST_JOBS, INGEST_RESUME, INGEST_RESUMES
 from jobfit.shared.result_backend import MAX_ERROR_CHARS, cut
 from jobfit.shared.schemas import (
+    MAX_BULK_DOCUMENTS,
+    BulkIngestResult,
     Document,
+    IngestResult,
     InvalidMessageError,
     JobDocument,
     MessageRejectedError,
@@ -40,6 +48,7 @@ from jobfit.tasks.delivery import (
     TRANSIENT,
     Triage,
     delivery_key,
+    failure,
     record_failures,
     set_delivery_state,
     triage,
@@ -54,14 +63,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Item:
-    """One message of a batch and what became of it: a ``result`` (its answer), an ``error``
-    (it failed, or was refused: ``MessageRejectedError``), or ``duplicate`` (it had finished
-    before)."""
+    """One message of a batch and what became of it: its documents' ``results``, an
+    ``error`` (it failed, or was refused: ``MessageRejectedError``), or ``duplicate`` (it
+    had finished before). A bulk message's documents that were invalid are in ``refused``
+    (position: reason and the document as sent); ``positions`` are the others'."""
 
     request: Context
-    doc: Document | None = None
+    docs: list[Document] = field(default_factory=list)
     score: bool = True
-    result: dict[str, Any] | None = None
+    bulk: bool = False
+    positions: list[int] = field(default_factory=list)
+    refused: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    results: list[IngestResult] = field(default_factory=list)
     error: BaseException | None = None
     duplicate: bool = False
 
@@ -73,6 +86,35 @@ class Item:
     def key(self) -> str:
         return delivery_key(self.id, self.request.retries)
 
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The message's answer: its document's result, or a bulk message's list of them."""
+        if self.error is not None or len(self.results) != len(self.docs):
+            return None
+        if not self.bulk:
+            return self.results[0].model_dump()
+        answers = dict(zip(self.positions, self.results, strict=True))
+        answers |= {
+            i: IngestResult(status="refused", document_id=_document_id(raw), reason=reason)
+            for i, (reason, raw) in self.refused.items()
+        }
+        return BulkIngestResult(documents=[answers[i] for i in sorted(answers)]).model_dump()
+
+    @property
+    def summary(self) -> Any:
+        """What Flower shows of the answer: a bulk message's counts by status."""
+        result = self.result
+        if not self.bulk or result is None:
+            return result
+        statuses = [d["status"] for d in result["documents"]]
+        return {status: statuses.count(status) for status in sorted(set(statuses))}
+
+
+def _document_id(raw: Any) -> str | None:
+    """The id a refused document gave, if it gave one that is a string."""
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value[:200] if isinstance(value, str) else None
+
 
 class IngestBatch(JobfitTask):
     """A batch task: ingest messages of one kind, run by ``run_batch`` (never one by one)."""
@@ -80,10 +122,23 @@ class IngestBatch(JobfitTask):
     abstract = True
     Strategy = BATCH_STRATEGY
     document_model: type[ResumeDocument] | type[JobDocument]
+    bulk = False  # messages of ``documents`` (a list), not one ``document``
+
+    def documents_in(self, request: Context) -> int:
+        """How many documents the message carries, as far as can be told before it is
+        parsed (the batcher's measure of a batch: a bulk message counts its list's length)."""
+        if not self.bulk:
+            return 1
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        args = request.args if isinstance(request.args, list | tuple) else ()
+        documents = kwargs.get("documents", args[0] if args else None)
+        return max(1, len(documents)) if isinstance(documents, list) else 1
 
     def parse(self, request: Context) -> Item:
-        """The message's document and score flag; refused (its error) if invalid."""
-        item = Item(request)
+        """The message's documents and score flag; refused (its error) if invalid. A bulk
+        message is refused only if it is not a list of 1 to ``MAX_BULK_DOCUMENTS``; its
+        invalid documents are refused one by one."""
+        item = Item(request, bulk=self.bulk)
         try:
             arguments = self.bind_message(request.args, request.kwargs)
             score = arguments["score"]
@@ -91,8 +146,23 @@ class IngestBatch(JobfitTask):
                 raise InvalidMessageError(
                     f"score must be true or false, got {type(score).__name__}"
                 )
-            item.doc = validate_message(self.document_model, arguments["document"])
             item.score = score
+            if not self.bulk:
+                item.docs = [validate_message(self.document_model, arguments["document"])]
+                return item
+            documents = arguments["documents"]
+            if not isinstance(documents, list) or not 1 <= len(documents) <= MAX_BULK_DOCUMENTS:
+                raise InvalidMessageError(
+                    f"documents must be a list of 1 to {MAX_BULK_DOCUMENTS} documents, got"
+                    f" {type(documents).__name__}"
+                    + (f" of {len(documents)}" if isinstance(documents, list) else "")
+                )
+            for i, raw in enumerate(documents):
+                try:
+                    item.docs.append(validate_message(self.document_model, raw))
+                    item.positions.append(i)
+                except InvalidMessageError as exc:
+                    item.refused[i] = (cut(f"document {i}: {exc}", MAX_ERROR_CHARS), raw)
         except InvalidMessageError as exc:
             item.error = MessageRejectedError(cut(str(exc), MAX_ERROR_CHARS))
         return item
@@ -127,6 +197,11 @@ class IngestBatch(JobfitTask):
             self.failure_of(self._reason(it), it.request.args, it.request.kwargs, it.id)
             for it in items
             if it.id not in requeue and it.error is not None
+        ] + [  # a bulk message's refused documents, each with what it was
+            failure(reason, {"document": raw}, self.name, it.id)
+            for it in items
+            if it.id not in requeue and it.error is None
+            for reason, raw in it.refused.values()
         ]
         if not record_failures(self.app, failures):
             requeue |= {str(f.task_id) for f in failures}
@@ -155,10 +230,33 @@ class IngestBatch(JobfitTask):
     def _ingest(
         self, rt: WorkerRuntime, items: list[Item], one_by_one_on_error: bool = False
     ) -> None:
+        """Ingest items together, in groups of whole messages of at most
+        ``batch.max_documents`` documents each (bulk messages make batches of many more
+        documents than messages)."""
+        for group in self._groups(items):
+            self._ingest_group(rt, group, one_by_one_on_error)
+
+    def _groups(self, items: list[Item]) -> Iterator[list[Item]]:
+        limit = int(self.app.settings.batch.max_documents)
+        group: list[Item] = []
+        size = 0
+        for it in items:
+            if group and size + len(it.docs) > limit:
+                yield group
+                group, size = [], 0
+            group.append(it)
+            size += len(it.docs)
+        if group:
+            yield group
+
+    def _ingest_group(
+        self, rt: WorkerRuntime, items: list[Item], one_by_one_on_error: bool = False
+    ) -> None:
         """Ingest items together (their deliveries marked done with their rows), setting each
-        one's result, or its error. A batch that fails on anything but a transient error is
-        redone one message at a time, so one bad document fails alone."""
-        docs = [(it.doc, it.score) for it in items if it.doc is not None]
+        one's results, or its error. A batch that fails on anything but a transient error is
+        redone one message at a time, so one bad document fails alone (a bulk message's
+        documents, one at a time too)."""
+        docs = [(doc, it.score) for it in items for doc in it.docs]
         try:
             results = with_retries(
                 lambda: service.ingest_batch(
@@ -173,14 +271,44 @@ class IngestBatch(JobfitTask):
             if one_by_one_on_error and len(items) > 1 and not isinstance(exc, TRANSIENT):
                 log.exception("batch of %d failed; processing its messages one by one", len(items))
                 for it in items:
-                    self._ingest(rt, [it])
+                    self._ingest_group(rt, [it], one_by_one_on_error=True)
+                return
+            if one_by_one_on_error and items[0].bulk and not isinstance(exc, TRANSIENT):
+                log.exception("bulk message %s failed; its documents one by one", items[0].id)
+                self._ingest_each(rt, items[0])
                 return
             log.warning("%d message(s) failed: %r", len(items), exc)
             for it in items:
                 it.error = exc
             return
-        for it, result in zip(items, results, strict=True):
-            it.result = result.model_dump()
+        start = 0
+        for it in items:
+            it.results = results[start : start + len(it.docs)]
+            start += len(it.docs)
+
+    def _ingest_each(self, rt: WorkerRuntime, item: Item) -> None:
+        """A bulk message's documents one at a time, each in its own transactions; one that
+        fails is ``failed`` in the message's result. The delivery is done after the last."""
+        for doc in item.docs:
+            try:
+                (result,) = with_retries(
+                    lambda doc=doc: service.ingest_batch(  # type: ignore[misc]
+                        factory=rt.session_factory, ctx=rt.model(), docs=[(doc, item.score)]
+                    ),
+                    f"document {doc.id!r}",
+                )
+            except TRANSIENT as exc:
+                item.error = exc  # the message goes back; what was stored is redone as is
+                return
+            except Exception as exc:
+                log.warning("%s[%s]: document %r failed: %r", self.name, item.id, doc.id, exc)
+                reason = cut(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+                result = IngestResult(status="failed", document_id=doc.id, reason=reason)
+            item.results.append(result)
+        try:
+            set_delivery_state(self.app, [item.key], "done")
+        except TRANSIENT as exc:
+            item.error = exc
 
     def _answer_all(self, items: Sequence[Item], requeue: set[str]) -> None:
         """Each message's result in the result backend, the batch's together (one round trip
@@ -246,7 +374,7 @@ class IngestBatch(JobfitTask):
                         exception = cut(repr(it.error), MAX_ERROR_CHARS)
                         dispatcher.send("task-failed", uuid=it.id, exception=exception)
                     else:
-                        result = "already done: not run" if it.duplicate else it.result
+                        result = "already done: not run" if it.duplicate else it.summary
                         dispatcher.send(
                             "task-succeeded", uuid=it.id, result=repr(result), runtime=runtime
                         )
@@ -263,6 +391,16 @@ class ResumeBatch(IngestBatch):
 class JobBatch(IngestBatch):
     abstract = True
     document_model = JobDocument
+
+
+class ResumesBatch(ResumeBatch):
+    abstract = True
+    bulk = True
+
+
+class JobsBatch(JobBatch):
+    abstract = True
+    bulk = True
 
 
 def _batched_only(task: IngestBatch) -> NoReturn:
@@ -282,4 +420,20 @@ def ingest_resume(self: ResumeBatch, document: Any, score: Any = True) -> dict[s
 def ingest_job(self: JobBatch, document: Any, score: Any = True) -> dict[str, Any]:
     """Store a job, embed its fields and (by default) score every stored resume against it.
     The signature is the message's: ``(document, score=True)``."""
+    _batched_only(self)
+
+
+@shared_task(bind=True, base=ResumesBatch, name=INGEST_RESUMES)
+def ingest_resumes(self: ResumesBatch, documents: Any, score: Any = True) -> dict[str, Any]:
+    """Store up to ``MAX_BULK_DOCUMENTS`` resumes, as ``ingest_resume`` stores one; the
+    result lists each one's outcome (``BulkIngestResult``). The signature is the message's:
+    ``(documents, score=True)``."""
+    _batched_only(self)
+
+
+@shared_task(bind=True, base=JobsBatch, name=INGEST_JOBS)
+def ingest_jobs(self: JobsBatch, documents: Any, score: Any = True) -> dict[str, Any]:
+    """Store up to ``MAX_BULK_DOCUMENTS`` jobs, as ``ingest_job`` stores one; the result
+    lists each one's outcome (``BulkIngestResult``). The signature is the message's:
+    ``(documents, score=True)``."""
     _batched_only(self)

@@ -46,7 +46,7 @@ from jobfit.shared.fields import field_texts
 from jobfit.shared.model_store import version_of
 from jobfit.shared.orm import DocumentRow, MatchRow
 from jobfit.shared.sample import SAMPLE_DIR
-from jobfit.shared.schemas import JobDocument, ResumeDocument
+from jobfit.shared.schemas import MAX_BULK_DOCUMENTS, JobDocument, ResumeDocument
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.torch import SentenceTransformerEmbedder
 from tools.demo import worker_process
@@ -194,10 +194,17 @@ def _hwm_kb(pid: int) -> int:
 
 
 def submit_all(
-    stage: Stage, resumes: Docs, jobs: Docs, score: bool, *, poll_s: float = 0.25
+    stage: Stage,
+    resumes: Docs,
+    jobs: Docs,
+    score: bool,
+    *,
+    bulk: bool = False,
+    poll_s: float = 0.25,
 ) -> float:
-    """Jobs then resumes; seconds from the first submit until every expected row is committed
-    (documents, or match rows with ``score``). Waits by counting rows in Postgres a few times
+    """Jobs then resumes (one per message, or with ``bulk`` in bulk messages); seconds from the
+    first submit until every expected row is committed (documents, or match rows with
+    ``score``). Waits by counting rows in Postgres a few times
     a second: a cheap wait, that takes no CPU from the worker on a small machine (a result
     per task and a busy progress bar cost the 2-core run ~7 %)."""
     from jobfit.shared.console import progress_bar
@@ -207,8 +214,12 @@ def submit_all(
     expected = len(resumes) * len(jobs) if score else len(resumes) + len(jobs)
     engine = create_engine(make_url(stage.settings.db.url))
     t0 = time.perf_counter()
-    results = [client.submit_job(j, score=score) for j in jobs]
-    results += [client.submit_resume(r, score=score) for r in resumes]
+    if bulk:
+        results = client.submit_jobs(jobs, score=score)
+        results += client.submit_resumes(resumes, score=score)
+    else:
+        results = [client.submit_job(j, score=score) for j in jobs]
+        results += [client.submit_resume(r, score=score) for r in resumes]
     try:
         with progress_bar(refresh_per_second=2) as bar:
             task = bar.add_task(f"{row.__tablename__} committed", total=expected)
@@ -276,12 +287,12 @@ def bench_model(
         "raw": raw,
     }
 
-    def e2e(label: str, score: bool, count: int = 1, **env: str) -> None:
+    def e2e(label: str, score: bool, count: int = 1, bulk: bool = False, **env: str) -> None:
         console.print(f"{spec.name}: end to end, {label}")
         with contextlib.ExitStack() as stack:
             stage = stack.enter_context(fresh_stage(settings, model_path, **env))
             stack.enter_context(workers(stage, console, count))
-            seconds = submit_all(stage, resumes, jobs, score)
+            seconds = submit_all(stage, resumes, jobs, score, bulk=bulk)
             if count == 1 and score:
                 out["latency_one_resume_vs_all_jobs"] = {
                     "jobs": len(jobs),
@@ -299,11 +310,13 @@ def bench_model(
         out["e2e_ingest_default_backend"]["sentences_per_s"] / out["e2e_ingest"]["sentences_per_s"],
         3,
     )
+    # The same in bulk messages (100 documents a message): the per-message work amortised.
+    e2e("e2e_ingest_default_backend_bulk", score=False, bulk=True, JOBFIT_MODEL__BACKEND="auto")
     # What the default backend served: the fp32 check's verdict (which graph, what fused).
     out["default_backend_fp32_check"] = fp32_verdict(spec, settings.model.store)
     docs = len(resumes) + len(jobs)
     out["pipeline_ceiling"] = ceiling(settings, model_path, console, resumes, jobs)
-    for label in ("e2e_ingest", "e2e_ingest_default_backend"):
+    for label in ("e2e_ingest", "e2e_ingest_default_backend", "e2e_ingest_default_backend_bulk"):
         out["pipeline_ceiling"][f"vs_{label}"] = round(
             out["pipeline_ceiling"]["documents_per_s"] * out[label]["s"] / docs, 3
         )  # how much faster the pipeline alone is than with that backend
@@ -341,7 +354,9 @@ def fp32_verdict(spec: ModelSpec, store: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text("utf-8"))) if path.is_file() else None
 
 
-def drain(stage: Stage, send: Callable[[], list[AsyncResult]]) -> dict[str, float]:
+def drain(
+    stage: Stage, send: Callable[[], list[AsyncResult]], documents: int = 0
+) -> dict[str, float]:
     """What the stage's worker does with messages that were queued before it consumed any:
     its consumer is cancelled, ``send`` queues them, the consumer is added again; seconds
     from then until the last message's result (its ``date_done``: written after the rows are
@@ -351,6 +366,7 @@ def drain(stage: Stage, send: Callable[[], list[AsyncResult]]) -> dict[str, floa
     t0 = time.perf_counter()
     results = send()
     sent_s = time.perf_counter() - t0
+    documents = documents or len(results)
     cpu0 = cpu_seconds(stage.pids)
     start = datetime.now(UTC)
     control.add_consumer(EMBED_QUEUE, destination=stage.hostnames, reply=True)
@@ -362,11 +378,13 @@ def drain(stage: Stage, send: Callable[[], list[AsyncResult]]) -> dict[str, floa
     seconds = (end - start).total_seconds()
     return {
         "messages": len(results),
+        "documents": documents,
         "s": round(seconds, 3),
         "messages_per_s": round(len(results) / seconds, 1),
+        "documents_per_s": round(documents / seconds, 1),
         "producer_send_s": round(sent_s, 3),
-        # The workers' CPU (user + system) per message, until the last result was read.
-        "worker_cpu_ms_per_message": round(1000 * cpu / len(results), 3),
+        # The workers' CPU (user + system) per document, until the last result was read.
+        "worker_cpu_ms_per_document": round(1000 * cpu / documents, 3),
     }
 
 
@@ -386,6 +404,16 @@ def send_documents(stage: Stage, resumes: Docs, jobs: Docs) -> Callable[[], list
     def send() -> list[AsyncResult]:
         results = [client.submit_job(j, score=False) for j in jobs]
         return results + [client.submit_resume(r, score=False) for r in resumes]
+
+    return send
+
+
+def send_bulk(stage: Stage, resumes: Docs, jobs: Docs) -> Callable[[], list[AsyncResult]]:
+    """The same documents in bulk messages (``MAX_BULK_DOCUMENTS`` to a message)."""
+    client = JobfitClient(app=stage.app)
+
+    def send() -> list[AsyncResult]:
+        return client.submit_jobs(jobs, score=False) + client.submit_resumes(resumes, score=False)
 
     return send
 
@@ -410,13 +438,14 @@ def ceiling(
     rounds: int = CEILING_ROUNDS,
 ) -> dict[str, Any]:
     """The pipeline's own ceiling: ingest (score=False) of the documents, queued beforehand,
-    by one worker serving the instant backend (no model), on an empty database; against
-    Celery's own no-op round trip on the same worker, as many messages, just before. Each
-    figure is the median of ``rounds`` rounds (the tables emptied between them): a run of
-    372 documents takes well under a second, and the machine's other work shows in it."""
+    by one worker serving the instant backend (no model), on an empty database, one document
+    per message and in bulk messages (``jobfit.ingest_resumes`` / ``ingest_jobs``); against
+    Celery's own no-op round trip on the same worker, one message per document, just before.
+    Each figure is the median of ``rounds`` rounds (the tables emptied between them): a run
+    of 372 documents takes well under a second, and the machine's other work shows in it."""
     docs = len(resumes) + len(jobs)
     console.print(f"ceiling: {docs} documents, instant backend, {rounds} rounds")
-    noops, runs = [], []
+    noops, runs, bulk = [], [], []
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(
             fresh_stage(settings, model_path, JOBFIT_MODEL__BACKEND="instant")
@@ -427,15 +456,22 @@ def ceiling(
                 empty_tables(stage.settings)
             noops.append(drain(stage, send_noops(stage, docs)))
             runs.append(drain(stage, send_documents(stage, resumes, jobs)))
-    run = statistics.median(r["messages_per_s"] for r in runs)
+            empty_tables(stage.settings)
+            bulk.append(drain(stage, send_bulk(stage, resumes, jobs), docs))
+    run = statistics.median(r["documents_per_s"] for r in runs)
+    in_bulk = statistics.median(r["documents_per_s"] for r in bulk)
     noop = statistics.median(r["messages_per_s"] for r in noops)
     return {
         "documents": docs,
         "documents_per_s": round(run, 1),
         "per_message_ms": round(1000 / run, 3),
+        "bulk_documents_per_s": round(in_bulk, 1),
+        "bulk_per_document_ms": round(1000 / in_bulk, 3),
+        "bulk_documents_per_message": MAX_BULK_DOCUMENTS,
         "celery_noop_per_s": round(noop, 1),
         "vs_celery_noop": round(run / noop, 3),
-        "rounds": {"ingest": runs, "celery_noop": noops},
+        "bulk_vs_celery_noop": round(in_bulk / noop, 3),
+        "rounds": {"ingest": runs, "bulk": bulk, "celery_noop": noops},
     }
 
 
@@ -479,17 +515,23 @@ def goals(models: dict[str, Any]) -> dict[str, Any]:
     """Issue 17's goals 1 and 2, read off the figures (each model's)."""
     out: dict[str, Any] = {}
     for name, m in models.items():
-        docs_per_s = m["pipeline_ceiling"]["documents_per_s"]
+        ceiling_ = m["pipeline_ceiling"]
+        best = max(ceiling_["documents_per_s"], ceiling_["bulk_documents_per_s"])
         out[f"1_pipeline_ceiling_{name}"] = {
-            "documents_per_s": docs_per_s,
+            "documents_per_s": best,
+            "one_document_per_message": ceiling_["documents_per_s"],
+            "bulk_messages": ceiling_["bulk_documents_per_s"],
             "target": ">= 1000",
-            "met": docs_per_s >= 1000,
+            "met": best >= 1000,
         }
-        default = m["e2e_ingest_default_backend"]["throughput_vs_st_encode"]
+        single = m["e2e_ingest_default_backend"]["throughput_vs_st_encode"]
+        bulk = m["e2e_ingest_default_backend_bulk"]["throughput_vs_st_encode"]
         out[f"2_default_backend_e2e_vs_st_encode_{name}"] = {
-            "ratio": default,
+            "ratio": max(single, bulk),
+            "one_document_per_message": single,
+            "bulk_messages": bulk,
             "target": ">= 1.5",
-            "met": default >= 1.5,
+            "met": max(single, bulk) >= 1.5,
         }
     mpnet = models.get("mpnet")
     if mpnet is not None and "e2e_ingest_score" in mpnet:

@@ -17,9 +17,14 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import loads
 
 from jobfit.shared import repository as repo
-from jobfit.shared.celery_app import INGEST_RESUME, create_celery_app
+from jobfit.shared.celery_app import INGEST_RESUME, INGEST_RESUMES, create_celery_app
 from jobfit.shared.config import Settings
-from jobfit.shared.schemas import MessageRejectedError
+from jobfit.shared.schemas import (
+    MAX_BULK_DOCUMENTS,
+    BulkIngestResult,
+    IngestResult,
+    MessageRejectedError,
+)
 from jobfit.tasks.consumer import (
     Batcher,
     RecordingConsumer,
@@ -106,7 +111,7 @@ GOOD = {"id": "r1", "skills": ["Python"]}
 )
 def test_valid_messages(ingest_resume, req, score):
     item = ingest_resume.parse(req)
-    assert item.result is None and item.doc is not None and item.doc.id == "r1"
+    assert item.result is None and [d.id for d in item.docs] == ["r1"]
     assert item.score is score
 
 
@@ -124,8 +129,70 @@ def test_valid_messages(ingest_resume, req, score):
 )
 def test_invalid_messages_are_rejected_with_a_reason(ingest_resume, req, reason):
     item = ingest_resume.parse(req)
-    assert item.doc is None and item.result is None
+    assert item.docs == [] and item.result is None
     assert isinstance(item.error, MessageRejectedError) and reason in str(item.error), item
+
+
+def bulk_request(*args: Any, **kwargs: Any) -> Context:
+    return Context(id="b1", task=INGEST_RESUMES, args=list(args), kwargs=kwargs, retries=0)
+
+
+def test_a_bulk_message_refuses_its_invalid_documents_alone(app):
+    task = app.tasks[INGEST_RESUMES]
+    documents = [GOOD, {"skills": ["no id"]}, json.dumps({"id": "r2"}), {"id": "r3", "x": 1}]
+    item = task.parse(bulk_request(documents, score=False))
+    assert item.error is None and item.bulk and item.score is False
+    assert [d.id for d in item.docs] == ["r1", "r2"] and item.positions == [0, 2]
+    assert sorted(item.refused) == [1, 3]
+    assert (
+        item.refused[1][0].startswith("document 1: ") and "id: Field required" in item.refused[1][0]
+    )
+    assert item.refused[3][1] == {"id": "r3", "x": 1}, "the refused document as it was sent"
+    assert task.documents_in(bulk_request(documents)) == 4
+    assert task.documents_in(bulk_request(documents="not a list")) == 1
+    # The answer: every document in its place, the refused ones saying why.
+    item.results = [
+        IngestResult(status="created", document_id="r1"),
+        IngestResult(status="unchanged", document_id="r2"),
+    ]
+    answer = BulkIngestResult.model_validate(item.result)
+    assert [(d.status, d.document_id) for d in answer.documents] == [
+        ("created", "r1"),
+        ("refused", None),
+        ("unchanged", "r2"),
+        ("refused", "r3"),
+    ]
+    assert item.summary == {"created": 1, "refused": 2, "unchanged": 1}
+
+
+@pytest.mark.parametrize(
+    "req,reason",
+    [
+        (bulk_request([]), "documents must be a list of 1 to"),
+        (bulk_request([GOOD] * (MAX_BULK_DOCUMENTS + 1)), f"of {MAX_BULK_DOCUMENTS + 1}"),
+        (bulk_request(GOOD), "got dict"),
+        (bulk_request(document=GOOD), "TypeError"),
+        (bulk_request([GOOD], score="yes"), "score must be true or false"),
+    ],
+)
+def test_a_bulk_message_that_is_not_a_list_of_documents_is_refused_whole(app, req, reason):
+    item = app.tasks[INGEST_RESUMES].parse(req)
+    assert item.docs == [] and item.result is None
+    assert isinstance(item.error, MessageRejectedError) and reason in str(item.error), item
+
+
+def test_bulk_messages_are_ingested_in_groups_of_whole_messages(app):
+    task = app.tasks[INGEST_RESUMES]
+    limit = app.settings.batch.max_documents
+    sizes = [MAX_BULK_DOCUMENTS] * (2 * limit // MAX_BULK_DOCUMENTS + 1) + [1]
+    items = [
+        task.parse(bulk_request([dict(GOOD, id=f"r{i}-{j}") for j in range(n)]))
+        for i, n in enumerate(sizes)
+    ]
+    groups = list(task._groups(items))
+    assert [it for g in groups for it in g] == items, "every message once, in order"
+    assert all(sum(len(it.docs) for it in g) <= limit for g in groups)
+    assert len(groups) == -(-sum(sizes) // (limit // MAX_BULK_DOCUMENTS * MAX_BULK_DOCUMENTS))
 
 
 class Message:
@@ -303,13 +370,21 @@ class Consumer:
         self.on_invalid_task = lambda body, message, exc: decoding_errors.append((message, exc))
 
 
-def batcher(max_tasks: int, requeue: set[str]) -> tuple[Batcher, Consumer, Pipeline, list[Any]]:
-    settings = Settings(batch={"max_tasks": max_tasks, "max_wait_s": 0.05})
+def batcher(
+    max_tasks: int, requeue: set[str], max_documents: int = 512
+) -> tuple[Batcher, Consumer, Pipeline, list[Any]]:
+    settings = Settings(
+        batch={"max_tasks": max_tasks, "max_wait_s": 0.05, "max_documents": max_documents}
+    )
     task = SimpleNamespace(
         app=SimpleNamespace(settings=settings),
         name=INGEST_RESUME,
         send_events=False,
         run_batch=lambda requests: requeue,
+        # A message's documents: its first argument's length where that is a list (bulk).
+        documents_in=lambda request: (
+            len(request.args[0]) if request.args and isinstance(request.args[0], list) else 1
+        ),
     )
     errors: list[Any] = []
     consumer = Consumer(task.app, errors)
@@ -317,8 +392,9 @@ def batcher(max_tasks: int, requeue: set[str]) -> tuple[Batcher, Consumer, Pipel
     return Batcher(task, consumer, pipeline), consumer, pipeline, errors  # type: ignore[arg-type]
 
 
-def deliver(b: Batcher, task_id: str, outcome: list[tuple[str, str]]) -> None:
-    msg = Message([[GOOD], {}, {}], task_id=task_id)
+def deliver(b: Batcher, task_id: str, outcome: list[tuple[str, str]], documents: int = 0) -> None:
+    """One message (a bulk one of ``documents`` documents, if given) to the batcher."""
+    msg = Message([[[GOOD] * documents] if documents else [GOOD], {}, {}], task_id=task_id)
     b.on_message(
         msg,
         None,
@@ -344,6 +420,15 @@ def test_the_batcher_flushes_on_count_and_on_its_timer_and_acks_or_requeues():
     assert entry.cancelled and b.timer is None
     deliver(b, "m5", outcome)
     assert len(consumer.timer.entries) == 2
+
+
+def test_the_batcher_flushes_when_bulk_messages_fill_a_batch_with_documents():
+    b, _, pipeline, _ = batcher(max_tasks=10, requeue=set(), max_documents=100)
+    outcome: list[tuple[str, str]] = []
+    for i in range(3):
+        deliver(b, f"bulk{i}", outcome, documents=40)
+    assert pipeline.ran == [["bulk0", "bulk1", "bulk2"]], "120 documents: full before 10 messages"
+    assert b.documents == 0 and b.buffer == []
 
 
 def test_a_batch_that_raised_puts_every_message_back():
