@@ -149,10 +149,11 @@ class BatchSettings(BaseModel):
     # running one and the next one, reserved meanwhile).
     max_tasks: int = Field(default=256, ge=1)
     max_wait_s: float = Field(default=0.05, gt=0)
-    # Documents per transaction and ``encode`` call where bulk messages (up to
-    # ``schemas.MAX_BULK_DOCUMENTS`` documents each) fill a batch: whole messages, at most
-    # this many documents (a batch of single-document messages has at most ``max_tasks``).
-    max_documents: int = Field(default=512, ge=1)
+    # Documents per batch (one transaction, one ``encode``) where bulk messages (up to
+    # ``schemas.MAX_BULK_DOCUMENTS`` documents each) fill it: whole messages, at most this
+    # many documents unless one message has more. At most the repository's statement chunk
+    # (1,000 rows), so a batch's documents are locked in one statement, in one order.
+    max_documents: int = Field(default=512, ge=1, le=1000)
 
 
 def equal_weights() -> dict[PairType, float]:

@@ -267,13 +267,16 @@ class IngestResult(BaseModel):
 
 class BulkIngestResult(BaseModel):
     """What a bulk ingest message did: one ``IngestResult`` per document it carried, in its
-    order (a refused one says why; its position is its index here)."""
+    order (a refused one says why, in at most 300 characters; its position is its index
+    here), without ``top``: a bulk load's rankings are read with ``JobfitClient.top_jobs`` /
+    ``top_candidates``, so the result stays small whatever the message carried."""
 
     documents: list[IngestResult]
 
 
 # The most documents one bulk ingest message carries: its result lists each of them, and a
-# worker holds up to two batches of prefetched messages in memory.
+# worker holds up to ``2 * batch.max_tasks`` prefetched messages in memory (README
+# "Delivery and storage").
 MAX_BULK_DOCUMENTS = 100
 
 

@@ -15,6 +15,12 @@ engine that can bind these types has them, whoever made it. A connection that fo
 extension (a database before its first migration, the server's ``postgres`` database) tries
 again at its next checkout. The column types in the schema are unchanged: ``vector`` and
 ``halfvec``.
+
+``register_vector`` also registers pgvector's loaders: a ``vector`` or ``halfvec`` column
+read without a cast comes back as a ``Vector`` / ``HalfVector`` (pgvector's SQLAlchemy types
+read those too); the repository reads vectors as ``vector_send`` / ``halfvec_send`` bytes,
+which are unaffected. The oids are a connection's for its life: an extension dropped and
+created again needs new connections (``engine.dispose()``).
 """
 
 from __future__ import annotations

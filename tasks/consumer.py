@@ -271,11 +271,14 @@ class Batcher:
         except InvalidTaskError as exc:
             consumer.on_invalid_task(body, message, exc)
             return
+        documents = self.task.documents_in(request)
+        if self.buffer and self.documents + documents > self.max_documents:
+            self.flush()  # a batch never passes max_documents, unless one message does
         errors = consumer.connection_errors
         self.buffer.append(
             Received(request, partial(ack, log, errors), partial(reject, log, errors, True))
         )
-        self.documents += self.task.documents_in(request)
+        self.documents += documents
         signals.task_received.send(sender=consumer, request=request)
         if self.timer is None:
             self.timer = consumer.timer.call_repeatedly(self.max_wait_s, self.flush)
@@ -288,7 +291,7 @@ class Batcher:
         if not self.buffer:
             self.discard()
             return
-        batch, self.buffer, self.documents = self.buffer, [], 0
+        batch, documents, self.buffer, self.documents = self.buffer, self.documents, [], 0
         self._received(batch)
 
         def on_return(requeue: Collection[str] | None) -> None:
@@ -300,7 +303,7 @@ class Batcher:
             on_return(run_items(self._run, batch))
             return
         # Not submitted (the worker is stopping): left unacknowledged, delivered again.
-        self.pipeline.submit(Job(self.task, batch, self._run, on_return))
+        self.pipeline.submit(Job(self.task, batch, self._run, on_return, documents))
 
     def _received(self, batch: list[Received]) -> None:
         """A ``task-received`` event for each message of the batch, sent as the batch is
@@ -373,7 +376,8 @@ def get_pipeline(app: Any) -> BatchPipeline:
     """This process's pipeline (one per worker process, shared by the ingest tasks)."""
     pipeline: BatchPipeline | None = getattr(app, "_jobfit_pipeline", None)
     if pipeline is None or pipeline.closed:
-        pipeline = BatchPipeline(int(app.settings.batch.max_tasks))
+        batch = app.settings.batch
+        pipeline = BatchPipeline(int(batch.max_tasks), int(batch.max_documents))
         app._jobfit_pipeline = pipeline
     return pipeline
 

@@ -19,9 +19,10 @@ worker's batch is delivered again and redone idempotently.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -60,13 +61,20 @@ from jobfit.workers.runtime import WorkerRuntime, get_runtime
 
 log = logging.getLogger(__name__)
 
+# A bulk message's result stays well under the size every stored result keeps to (README
+# "Faults and security": 100 kB): per document, a reason of at most 300 ASCII characters and
+# an id whose JSON is at most 210 characters (else no id: its position tells it).
+BULK_REASON_CHARS = 300
+BULK_ID_JSON_CHARS = 210
+
 
 @dataclass
 class Item:
     """One message of a batch and what became of it: its documents' ``results``, an
     ``error`` (it failed, or was refused: ``MessageRejectedError``), or ``duplicate`` (it
     had finished before). A bulk message's documents that were invalid are in ``refused``
-    (position: reason and the document as sent); ``positions`` are the others'."""
+    (position: reason and the document as sent); ``positions`` are the others'; ``failed``:
+    those that could not be stored when its documents were stored one by one."""
 
     request: Context
     docs: list[Document] = field(default_factory=list)
@@ -75,6 +83,7 @@ class Item:
     positions: list[int] = field(default_factory=list)
     refused: dict[int, tuple[str, Any]] = field(default_factory=dict)
     results: list[IngestResult] = field(default_factory=list)
+    failed: list[tuple[str, Any]] = field(default_factory=list)  # reason, document
     error: BaseException | None = None
     duplicate: bool = False
 
@@ -93,9 +102,20 @@ class Item:
             return None
         if not self.bulk:
             return self.results[0].model_dump()
-        answers = dict(zip(self.positions, self.results, strict=True))
+        # Small whatever the message carried: no ``top`` (read with ``top_jobs`` /
+        # ``top_candidates``) and short reasons (whole in ``failed_messages``).
+        answers = {
+            i: r.model_copy(
+                update={
+                    "top": [],
+                    "reason": _short(r.reason),
+                    "document_id": _short_id(r.document_id),
+                }
+            )
+            for i, r in zip(self.positions, self.results, strict=True)
+        }
         answers |= {
-            i: IngestResult(status="refused", document_id=_document_id(raw), reason=reason)
+            i: IngestResult(status="refused", document_id=_document_id(raw), reason=_short(reason))
             for i, (reason, raw) in self.refused.items()
         }
         return BulkIngestResult(documents=[answers[i] for i in sorted(answers)]).model_dump()
@@ -110,10 +130,25 @@ class Item:
         return {status: statuses.count(status) for status in sorted(set(statuses))}
 
 
+def _short(reason: str | None) -> str | None:
+    """A reason in at most ``BULK_REASON_CHARS`` ASCII characters (what is not ASCII,
+    escaped: JSON would spend up to 12 bytes on one such character)."""
+    if reason is None:
+        return None
+    return cut(reason.encode("ascii", "backslashreplace").decode("ascii"), BULK_REASON_CHARS)
+
+
+def _short_id(value: Any) -> str | None:
+    """A document's id where its JSON form is short (the position tells the document in
+    any case: a 200-character id beyond ASCII is ~2.4 kB of JSON)."""
+    if not isinstance(value, str) or len(json.dumps(value)) > BULK_ID_JSON_CHARS:
+        return None
+    return value
+
+
 def _document_id(raw: Any) -> str | None:
-    """The id a refused document gave, if it gave one that is a string."""
-    value = raw.get("id") if isinstance(raw, dict) else None
-    return value[:200] if isinstance(value, str) else None
+    """The id a refused document gave, if it gave one that is a short string."""
+    return _short_id(raw.get("id") if isinstance(raw, dict) else None)
 
 
 class IngestBatch(JobfitTask):
@@ -186,25 +221,35 @@ class IngestBatch(JobfitTask):
         for it in sorted_.done:
             log.info("%s[%s] delivered again after it finished: not run", self.name, it.id)
             it.duplicate = True
+        self._record_refused(sorted_.fresh + sorted_.suspects)
+        fresh = [it for it in sorted_.fresh if it.error is None]
+        suspects = [it for it in sorted_.suspects if it.error is None]
         rt = get_runtime(self.app)
-        if sorted_.fresh:
-            self._ingest(rt, sorted_.fresh, one_by_one_on_error=True)
-        for it in sorted_.suspects:  # one at a time, those last tried alone last
+        if fresh:
+            self._ingest(rt, fresh, one_by_one_on_error=True)
+        for it in suspects:  # one at a time, those last tried alone last
             set_delivery_state(self.app, [it.key], "alone")
-            self._ingest(rt, [it])
+            self._ingest(rt, [it], one_by_one_on_error=it.bulk)
         requeue = {it.id for it in items if isinstance(it.error, TRANSIENT)}
         failures = [
             self.failure_of(self._reason(it), it.request.args, it.request.kwargs, it.id)
             for it in items
             if it.id not in requeue and it.error is not None
-        ] + [  # a bulk message's refused documents, each with what it was
-            failure(reason, {"document": raw}, self.name, it.id)
-            for it in items
-            if it.id not in requeue and it.error is None
-            for reason, raw in it.refused.values()
         ]
         if not record_failures(self.app, failures):
             requeue |= {str(f.task_id) for f in failures}
+        # A bulk message's documents that failed alone: their rows are not stored, the
+        # message's are (its delivery is done): recorded, or logged if that cannot be done;
+        # the message's result says it either way.
+        record_failures(
+            self.app,
+            [
+                failure(reason, {"document": raw}, self.name, it.id)
+                for it in items
+                if it.id not in requeue
+                for reason, raw in it.failed
+            ],
+        )
         set_delivery_state(self.app, [it.key for it, _ in sorted_.dead], "dead")
         self._answer_all(items, requeue)
         runtime = time.monotonic() - t0
@@ -227,29 +272,22 @@ class IngestBatch(JobfitTask):
         )
         return requeue
 
+    def _record_refused(self, items: Sequence[Item]) -> None:
+        """Record the refused documents of bulk messages, each with what it was, before
+        anything of those messages is stored: a message whose refusals cannot be recorded
+        (the database is down after the retries) goes back to the queue unrun."""
+        refused = [it for it in items if it.refused]
+        failures = [
+            failure(reason, {"document": raw}, self.name, it.id)
+            for it in refused
+            for reason, raw in it.refused.values()
+        ]
+        if not record_failures(self.app, failures):
+            for it in refused:
+                # Transient (``delivery.TRANSIENT``): put back, run when it can be recorded.
+                it.error = ConnectionError("its refused documents could not be recorded")
+
     def _ingest(
-        self, rt: WorkerRuntime, items: list[Item], one_by_one_on_error: bool = False
-    ) -> None:
-        """Ingest items together, in groups of whole messages of at most
-        ``batch.max_documents`` documents each (bulk messages make batches of many more
-        documents than messages)."""
-        for group in self._groups(items):
-            self._ingest_group(rt, group, one_by_one_on_error)
-
-    def _groups(self, items: list[Item]) -> Iterator[list[Item]]:
-        limit = int(self.app.settings.batch.max_documents)
-        group: list[Item] = []
-        size = 0
-        for it in items:
-            if group and size + len(it.docs) > limit:
-                yield group
-                group, size = [], 0
-            group.append(it)
-            size += len(it.docs)
-        if group:
-            yield group
-
-    def _ingest_group(
         self, rt: WorkerRuntime, items: list[Item], one_by_one_on_error: bool = False
     ) -> None:
         """Ingest items together (their deliveries marked done with their rows), setting each
@@ -271,7 +309,7 @@ class IngestBatch(JobfitTask):
             if one_by_one_on_error and len(items) > 1 and not isinstance(exc, TRANSIENT):
                 log.exception("batch of %d failed; processing its messages one by one", len(items))
                 for it in items:
-                    self._ingest_group(rt, [it], one_by_one_on_error=True)
+                    self._ingest(rt, [it], one_by_one_on_error=True)
                 return
             if one_by_one_on_error and items[0].bulk and not isinstance(exc, TRANSIENT):
                 log.exception("bulk message %s failed; its documents one by one", items[0].id)
@@ -282,7 +320,7 @@ class IngestBatch(JobfitTask):
                 it.error = exc
             return
         start = 0
-        for it in items:
+        for it in items:  # each message's documents' results, in its order
             it.results = results[start : start + len(it.docs)]
             start += len(it.docs)
 
@@ -304,11 +342,9 @@ class IngestBatch(JobfitTask):
                 log.warning("%s[%s]: document %r failed: %r", self.name, item.id, doc.id, exc)
                 reason = cut(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
                 result = IngestResult(status="failed", document_id=doc.id, reason=reason)
+                item.failed.append((reason, doc.model_dump(mode="json")))
             item.results.append(result)
-        try:
-            set_delivery_state(self.app, [item.key], "done")
-        except TRANSIENT as exc:
-            item.error = exc
+        set_delivery_state(self.app, [item.key], "done")  # best effort, as for every batch
 
     def _answer_all(self, items: Sequence[Item], requeue: set[str]) -> None:
         """Each message's result in the result backend, the batch's together (one round trip

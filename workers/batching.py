@@ -49,6 +49,11 @@ class Job:
     items: list[Any]
     run: Callable[[list[Any]], Any]
     on_return: Callback
+    documents: int = 0  # what its messages carry (a bulk message: many); 0: one each
+
+    @property
+    def size(self) -> int:
+        return self.documents or len(self.items)
 
 
 def run_items(run: Callable[[list[Any]], Any], items: list[Any]) -> Any:
@@ -63,8 +68,9 @@ def run_items(run: Callable[[list[Any]], Any], items: list[Any]) -> Any:
 class BatchPipeline:
     """One thread that runs batch jobs in order, merging queued jobs of the same task."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, max_documents: int | None = None) -> None:
         self.max_batch = max_batch
+        self.max_documents = max_documents or max_batch
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         # Calls for the event loop, in the order they were made (see ``_after``).
@@ -114,21 +120,24 @@ class BatchPipeline:
         return True
 
     def _take(self) -> list[Job] | None:
-        """The next job and the queued jobs of the same task after it, within max_batch."""
+        """The next job and the queued jobs of the same task after it, within max_batch
+        messages and max_documents documents."""
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
             jobs = [self._queue.popleft()]
-            size = len(jobs[0].items)
+            size, documents = len(jobs[0].items), jobs[0].size
             while (
                 self._queue
                 and self._queue[0].task is jobs[0].task
                 and size + len(self._queue[0].items) <= self.max_batch
+                and documents + self._queue[0].size <= self.max_documents
             ):
                 jobs.append(self._queue.popleft())
                 size += len(jobs[-1].items)
+                documents += jobs[-1].size
             return jobs
 
     def _loop(self) -> None:

@@ -32,8 +32,8 @@ def binary_rows(
 ) -> list[tuple[Any, ...]]:
     """The rows of ``statement`` (``%(name)s`` parameters, bound by psycopg as they are: a list
     is an array) read in the binary format. Its columns must be of types psycopg loads in
-    binary (integers, text, ``bytea``, JSON, arrays; another type comes back as its raw
-    bytes)."""
+    binary (integers, text, ``bytea``, JSON, arrays; pgvector's types as pgvector's objects,
+    ``shared.vector_types``; another type comes back as its raw bytes)."""
     if session.autoflush:  # as ``session.execute`` would: the session's pending writes first
         session.flush()
     conn = session.connection()

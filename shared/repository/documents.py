@@ -85,6 +85,8 @@ def upsert_documents(
             ((r.kind, r.external_id), r)
             for r in session.execute(
                 select(DocumentRow)
+                # Not read here: a changed document's payload is replaced, not merged.
+                .options(defer(DocumentRow.payload))
                 .where(
                     tuple_(DocumentRow.kind, DocumentRow.external_id).in_(
                         select(wanted.c.kind, wanted.c.external_id)

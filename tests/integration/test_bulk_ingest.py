@@ -39,10 +39,12 @@ def test_a_bulk_message_stores_its_documents_and_answers_each(
     answers = [d for o in out for d in o.documents]
     assert [a.document_id for a in answers] == [d["id"] for d in docs], "in the message's order"
     assert {a.status for a in answers} == {"created"}
-    assert all(len(a.top) == 3 for a in answers), "each scored against the stored jobs"
+    assert all(a.scored == 3 and a.top == [] for a in answers), "scored; rankings read back"
+    top = client.top_jobs(docs[0]["id"], k=10)
+    assert sorted(m.job_id for m in top) == sorted(j["id"] for j in jobs)
     assert count(session_factory, DocumentRow) == len(docs) + len(jobs)
     assert count(session_factory, MatchRow) == len(docs) * len(jobs)
-    # The same documents again (a producer's retry, or a redelivery): nothing new.
+    # The same documents again, in new messages (a producer's retry): nothing new.
     again = client.submit_resumes(docs, per_message=MAX_BULK_DOCUMENTS)
     (result,) = [BulkIngestResult.model_validate(r.get(timeout=TIMEOUT)) for r in again]
     assert {a.status for a in result.documents} == {"unchanged"}
@@ -90,3 +92,16 @@ def test_the_client_validates_every_document_before_sending_any(client):
         client.submit_resumes([{"id": "fine"}, {"id": "bad", "skills": [1, 2]}])
     with pytest.raises(ValueError, match="per_message"):
         client.submit_jobs([{"id": "j", "title": "T"}], per_message=MAX_BULK_DOCUMENTS + 1)
+
+
+def test_a_bulk_result_stays_small_whatever_its_documents_say(worker, celery_app, clean_db):
+    """100 refused documents with the longest ids beyond ASCII and field names that make long
+    reasons: the stored result stays under the 100 kB every result keeps to."""
+    long_id = "😀" * 200
+    documents = [{"id": long_id, "😀" * 150 + str(i): ["x"]} for i in range(MAX_BULK_DOCUMENTS)]
+    res = celery_app.send_task(INGEST_RESUMES, kwargs={"documents": documents})
+    out = BulkIngestResult.model_validate(res.get(timeout=TIMEOUT))
+    assert [d.status for d in out.documents] == ["refused"] * MAX_BULK_DOCUMENTS
+    assert all(d.document_id is None and d.reason for d in out.documents)
+    stored = celery_app.backend.client.get(celery_app.backend.get_key_for_task(res.id))
+    assert len(stored) < 100_000, len(stored)

@@ -30,6 +30,10 @@ def test_vectors_are_sent_in_binary_and_stored_exactly(session_factory):
         driver = s.connection().connection.driver_connection
         for cls in (Vector, HalfVector):  # pgvector's adapters, binary where the format is free
             assert driver.adapters.get_dumper(cls, PyFormat.AUTO).format == Format.BINARY
+        # and the columns bind those objects (pgvector's own types bind text)
+        dialect = s.get_bind().dialect
+        assert isinstance(BinaryVector().bind_processor(dialect)(full), Vector)
+        assert isinstance(BinaryHalfVector().bind_processor(dialect)(half.tolist()), HalfVector)
         table.create(s.connection())
         s.execute(
             table.insert(),

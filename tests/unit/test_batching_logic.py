@@ -35,6 +35,7 @@ from jobfit.tasks.consumer import (
     task_envelope,
 )
 from jobfit.tasks.delivery import sort_deliveries
+from jobfit.workers.batching import BatchPipeline, Job
 from jobfit.workers.embedders.packing import pack_by_tokens
 
 
@@ -181,18 +182,19 @@ def test_a_bulk_message_that_is_not_a_list_of_documents_is_refused_whole(app, re
     assert isinstance(item.error, MessageRejectedError) and reason in str(item.error), item
 
 
-def test_bulk_messages_are_ingested_in_groups_of_whole_messages(app):
-    task = app.tasks[INGEST_RESUMES]
-    limit = app.settings.batch.max_documents
-    sizes = [MAX_BULK_DOCUMENTS] * (2 * limit // MAX_BULK_DOCUMENTS + 1) + [1]
-    items = [
-        task.parse(bulk_request([dict(GOOD, id=f"r{i}-{j}") for j in range(n)]))
-        for i, n in enumerate(sizes)
+def test_the_pipeline_merges_queued_batches_within_messages_and_documents():
+    pipeline = BatchPipeline(max_batch=10, max_documents=100)
+    task = object()
+    ran: list[list[str]] = []
+    jobs = [
+        Job(task, [f"m{i}"], lambda items: ran.append(items), lambda result: None, documents=40)
+        for i in range(4)
     ]
-    groups = list(task._groups(items))
-    assert [it for g in groups for it in g] == items, "every message once, in order"
-    assert all(sum(len(it.docs) for it in g) <= limit for g in groups)
-    assert len(groups) == -(-sum(sizes) // (limit // MAX_BULK_DOCUMENTS * MAX_BULK_DOCUMENTS))
+    for job in jobs:
+        pipeline._queue.append(job)  # queued while another batch ran
+    taken = [pipeline._take(), pipeline._take()]
+    assert [[j.items[0] for j in t] for t in taken if t] == [["m0", "m1"], ["m2", "m3"]]
+    assert Job(task, ["a", "b"], print, print).size == 2, "one document a message by default"
 
 
 class Message:
@@ -427,8 +429,11 @@ def test_the_batcher_flushes_when_bulk_messages_fill_a_batch_with_documents():
     outcome: list[tuple[str, str]] = []
     for i in range(3):
         deliver(b, f"bulk{i}", outcome, documents=40)
-    assert pipeline.ran == [["bulk0", "bulk1", "bulk2"]], "120 documents: full before 10 messages"
-    assert b.documents == 0 and b.buffer == []
+    # The third would pass 100 documents: the first two go before it is buffered.
+    assert pipeline.ran == [["bulk0", "bulk1"]], "a batch by documents, before 10 messages"
+    assert b.documents == 40 and len(b.buffer) == 1
+    deliver(b, "bulk3", outcome, documents=60)  # exactly full: goes at once
+    assert pipeline.ran[-1] == ["bulk2", "bulk3"] and b.documents == 0
 
 
 def test_a_batch_that_raised_puts_every_message_back():
