@@ -45,13 +45,15 @@ def upsert_documents(
     first: dict[tuple[str, str], Document] = {}
     for doc in docs:
         first.setdefault((doc.kind, doc.id), doc)
+    hashes = [doc.content_hash() for doc in docs]  # once each: a canonical JSON and a sha256
+    hash_of = {id(doc): h for doc, h in zip(docs, hashes, strict=True)}
     now = utcnow()
     table = table_of(DocumentRow)
     new_rows = [
         {
             "kind": doc.kind,
             "external_id": doc.id,
-            "content_hash": doc.content_hash(),
+            "content_hash": hash_of[id(doc)],
             "schema_version": doc.schema_version,
             "payload": doc.model_dump(mode="json"),
             "revision": doc.revision,
@@ -98,9 +100,9 @@ def upsert_documents(
         )
     out: list[tuple[DocumentRow, DocStatus]] = []
     stale: dict[int, StaleRevision] = {}
-    for doc in docs:
+    for doc, content_hash in zip(docs, hashes, strict=True):
         key = (doc.kind, doc.id)
-        row, content_hash = rows[key], doc.content_hash()
+        row = rows[key]
         status: DocStatus
         if key in inserted and first[key] is doc:
             status = "created"
