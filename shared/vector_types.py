@@ -43,32 +43,35 @@ def _list_or_array(value: Any) -> Any:
     return value if isinstance(value, list) or hasattr(value, "__array__") else list(value)
 
 
-class BinaryVector(VECTOR):
+class _BindsPgvectorObjects:
+    """A pgvector column type whose values bind as ``pgvector_class`` objects (sent in binary
+    by pgvector's psycopg adapters) instead of pgvector's text."""
+
+    pgvector_class: type[Vector] | type[HalfVector]
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        wrap = self.pgvector_class
+
+        def process(value: Any) -> Any:
+            if value is None or isinstance(value, wrap):
+                return value
+            return wrap(_list_or_array(value))
+
+        return process
+
+
+class BinaryVector(_BindsPgvectorObjects, VECTOR):
     """``vector``, bound as pgvector's binary form (float32)."""
 
     cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        def process(value: Any) -> Vector | None:
-            if value is None or isinstance(value, Vector):
-                return value
-            return Vector(_list_or_array(value))
-
-        return process
+    pgvector_class = Vector
 
 
-class BinaryHalfVector(HALFVEC):
+class BinaryHalfVector(_BindsPgvectorObjects, HALFVEC):
     """``halfvec``, bound as pgvector's binary form (float16)."""
 
     cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        def process(value: Any) -> HalfVector | None:
-            if value is None or isinstance(value, HalfVector):
-                return value
-            return HalfVector(_list_or_array(value))
-
-        return process
+    pgvector_class = HalfVector
 
 
 @event.listens_for(Pool, "checkout")

@@ -42,25 +42,24 @@ def upsert_documents(
     it would get alone, after the ones before it."""
     if not docs:
         return []
-    first: dict[tuple[str, str], Document] = {}
-    for doc in docs:
-        first.setdefault((doc.kind, doc.id), doc)
     hashes = [doc.content_hash() for doc in docs]  # once each: a canonical JSON and a sha256
-    hash_of = {id(doc): h for doc, h in zip(docs, hashes, strict=True)}
+    first: dict[tuple[str, str], tuple[Document, str]] = {}
+    for doc, content_hash in zip(docs, hashes, strict=True):
+        first.setdefault((doc.kind, doc.id), (doc, content_hash))
     now = utcnow()
     table = table_of(DocumentRow)
     new_rows = [
         {
             "kind": doc.kind,
             "external_id": doc.id,
-            "content_hash": hash_of[id(doc)],
+            "content_hash": content_hash,
             "schema_version": doc.schema_version,
             "payload": doc.model_dump(mode="json"),
             "revision": doc.revision,
             "created_at": now,
             "updated_at": now,
         }
-        for _, doc in sorted(first.items(), key=lambda kv: kv[0])
+        for _, (doc, content_hash) in sorted(first.items(), key=lambda kv: kv[0])
     ]
     # One statement text for any number of rows (psycopg batches them: "insertmanyvalues");
     # a multi-row ``values([...])`` was compiled anew per batch, ~0.3 ms a document.
@@ -104,7 +103,7 @@ def upsert_documents(
         key = (doc.kind, doc.id)
         row = rows[key]
         status: DocStatus
-        if key in inserted and first[key] is doc:
+        if key in inserted and first[key][0] is doc:
             status = "created"
         elif (
             doc.revision is not None
