@@ -139,7 +139,8 @@ class ModelSettings(BaseModel):
 
 class BatchSettings(BaseModel):
     """Cross-task batching on embed workers: ingest messages are gathered into one batch of
-    at most ``max_tasks`` messages, or whatever arrived within ``max_wait_s``; its texts are
+    at most ``max_tasks`` messages, or whatever arrived within ``max_wait_s`` while the worker
+    was busy (an idle worker takes what it has at once); its texts are
     embedded together and its rows written in one transaction, then its messages acked."""
 
     # 256: a bulk load then runs in few large batches, which pack almost as well as one

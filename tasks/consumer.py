@@ -14,7 +14,11 @@ The batching strategy is what Celery calls for each message of a batch task
 headers ``id``/``task``/``retries``, body ``[args, kwargs, embed]``) into the task's request
 context, buffers it, and hands the buffer to the batch pipeline (``workers.batching``) when
 it holds ``batch.max_tasks`` messages or every ``batch.max_wait_s`` (their ``task-received``
-events go then, together). When a batch returns, its messages are acknowledged, or put back
+events go then, together), or at once when the pipeline is idle: on the event loop's next turn
+(what arrived in the same turn joins), and when a batch of its returns with messages buffered.
+A batch so waits to be gathered only while another one runs (measured: the 50 ms window of an
+idle worker was an eighth of the pipeline's time on a 372-document bulk load, and the whole of
+a lone document's wait). When a batch returns, its messages are acknowledged, or put back
 on the queue, through the promises Celery gave with each message, on the event loop: after
 their rows are committed. The ETA, expiry, rate limit
 and revocation of a message are not looked at (producers send ingest messages plainly).
@@ -257,6 +261,7 @@ class Batcher:
         self.buffer: list[Received] = []
         self.documents = 0  # in the buffer: a bulk message counts its documents
         self.timer: Any = None
+        self.soon = False  # a flush is due on the loop's next turn (the pipeline was idle)
 
     def on_message(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
@@ -285,6 +290,20 @@ class Batcher:
         # A full batch goes at once: ``max_tasks`` messages, or ``max_documents`` documents.
         if len(self.buffer) >= self.max_tasks or self.documents >= self.max_documents:
             self.flush()
+        else:
+            self.flush_soon_if_idle()
+
+    def flush_soon_if_idle(self) -> None:
+        """An idle pipeline gets the buffer on the loop's next turn, not at the timer."""
+        if self.soon or self.pipeline is None or not self.buffer or not self.pipeline.idle:
+            return
+        self.soon = True
+        self.consumer.hub.call_soon(self._flush_if_idle)
+
+    def _flush_if_idle(self) -> None:
+        self.soon = False
+        if self.pipeline is not None and self.pipeline.idle:
+            self.flush()
 
     def flush(self) -> None:
         """Hand the buffer to the pipeline; an idle timer stops until the next message."""
@@ -298,6 +317,7 @@ class Batcher:
             # None: the batch raised; every message goes back.
             for r in batch:
                 (r.requeue if requeue is None or r.request.id in requeue else r.ack)()
+            self.flush_soon_if_idle()  # what arrived while it ran
 
         if self.pipeline is None:  # no event loop (in-memory broker): here, in this thread
             on_return(run_items(self._run, batch))

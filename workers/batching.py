@@ -13,7 +13,9 @@ nothing is fetched, and the next batch starts from an empty buffer (measured: th
 and the 50 ms gathering windows cost ~5 % of a bulk load, and the small batches that result
 another ~8 % in packing). Here the batches run in one background thread instead; the event
 loop goes on fetching (the model releases the GIL while it computes), and what queued up
-meanwhile becomes the next batch, merged up to ``batch.max_tasks`` messages.
+meanwhile becomes the next batch, merged up to ``batch.max_tasks`` messages. An idle
+pipeline takes a buffer at once (``tasks.consumer``): messages wait to be gathered only while
+a batch runs, when waiting costs nothing.
 
 At-least-once is kept: a message is acknowledged (or put back) by its batch's callback, which
 runs on the event loop (``hub.call_soon``), after the batch's rows are committed. A batch that
@@ -76,6 +78,7 @@ class BatchPipeline:
         # Calls for the event loop, in the order they were made (see ``_after``).
         self._done: deque[Callable[[], None]] = deque()
         self._closed = False
+        self._running = False  # a batch is running (set and cleared by the pipeline thread)
         self._thread: threading.Thread | None = None
         self._call_soon: Callable[[Callable[[], None]], Any] | None = None
 
@@ -127,6 +130,7 @@ class BatchPipeline:
                 self._cond.wait()
             if self._closed:
                 return None
+            self._running = True
             jobs = [self._queue.popleft()]
             size, documents = len(jobs[0].items), jobs[0].size
             while (
@@ -143,6 +147,8 @@ class BatchPipeline:
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
             result = run_items(jobs[0].run, [it for job in jobs for it in job.items])
+            with self._cond:  # idle before the callbacks: they may hand in the next batch
+                self._running = False
             for job in jobs:
                 self._after(partial(job.on_return, result))
 
@@ -162,6 +168,12 @@ class BatchPipeline:
     def closed(self) -> bool:
         with self._cond:
             return self._closed
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing queued: a batch handed in now starts at once."""
+        with self._cond:
+            return not self._running and not self._queue
 
     @property
     def pending(self) -> int:

@@ -3,6 +3,7 @@ process that uses them (after any fork), the model loaded once and warmed up."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -69,7 +70,12 @@ class WorkerRuntime:
             now = time.monotonic()
             if refresh or self._ctx is None or now - self._checked >= self._interval:
                 self._checked = now
+                previous = self._ctx
                 self._ctx = self._follow_registry(factory)
+                swapped = self._ctx is not previous
+                del previous
+                if swapped:
+                    settle_heap()
             return self._ctx
 
     def _follow_registry(self, factory: sessionmaker[Session]) -> ModelContext:
@@ -135,6 +141,19 @@ class WorkerRuntime:
             if self._engine is not None:
                 self._engine.dispose()
             self._engine, self._factory = None, None
+
+
+def settle_heap() -> None:
+    """Collect what the last model swap left (the previous model's cycles), then freeze the
+    heap: the model and the libraries it loaded (torch, transformers: millions of objects that
+    live as long as the process) move out of the cycle collector's sight. Otherwise every
+    full collection walks them all, in the middle of whatever batch triggered it (measured:
+    ~200 ms, a batch of 344 documents taking 0.47 s instead of 0.25 s). Objects made later
+    are collected as usual; the next swap unfreezes the frozen ones first, so a replaced
+    model's cycles are collected then."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def get_runtime(app: Any) -> WorkerRuntime:

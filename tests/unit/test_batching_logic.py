@@ -351,11 +351,28 @@ class Timer:
         return entry
 
 
+class Hub:
+    """The event loop's ``call_soon``: calls wait for the loop's next turn (``turn``)."""
+
+    def __init__(self) -> None:
+        self.ready: list[Any] = []
+
+    def call_soon(self, fn: Any) -> None:
+        self.ready.append(fn)
+
+    def turn(self) -> None:
+        ready, self.ready = self.ready, []
+        for fn in ready:
+            fn()
+
+
 class Pipeline:
-    """Runs each submitted job at once and returns its result to its callback."""
+    """Runs each submitted job at once and returns its result to its callback; ``idle``: as
+    set (busy unless a test says otherwise, so that only the timer and the limits flush)."""
 
     def __init__(self) -> None:
         self.ran: list[list[str]] = []
+        self.idle = False
 
     def submit(self, job: Any) -> bool:
         self.ran.append([r.request.id for r in job.items])
@@ -368,6 +385,7 @@ class Consumer:
         self.app, self.hostname, self.connection_errors = app, "w@h", ()
         self.event_dispatcher = None
         self.timer = Timer()
+        self.hub = Hub()
         self.on_decode_error = lambda message, exc: decoding_errors.append((message, exc))
         self.on_invalid_task = lambda body, message, exc: decoding_errors.append((message, exc))
 
@@ -434,6 +452,53 @@ def test_the_batcher_flushes_when_bulk_messages_fill_a_batch_with_documents():
     assert b.documents == 40 and len(b.buffer) == 1
     deliver(b, "bulk3", outcome, documents=60)  # exactly full: goes at once
     assert pipeline.ran[-1] == ["bulk2", "bulk3"] and b.documents == 0
+
+
+def test_an_idle_pipeline_gets_the_buffer_on_the_loops_next_turn_not_at_the_timer():
+    b, consumer, pipeline, _ = batcher(max_tasks=10, requeue=set())
+    pipeline.idle = True
+    outcome: list[tuple[str, str]] = []
+    deliver(b, "m0", outcome)
+    deliver(b, "m1", outcome)  # arrived in the same turn: joins
+    assert pipeline.ran == [] and len(consumer.hub.ready) == 1, "one flush due, not yet run"
+    consumer.hub.turn()
+    assert pipeline.ran == [["m0", "m1"]]
+    assert outcome == [("ack", "m0"), ("ack", "m1")]
+    # Busy: messages wait for the timer (or for a batch of theirs to return).
+    pipeline.idle = False
+    deliver(b, "m2", outcome)
+    consumer.hub.turn()
+    assert pipeline.ran == [["m0", "m1"]] and consumer.hub.ready == []
+    # Idle again by the time the due flush runs? A flush that finds the pipeline busy waits.
+    pipeline.idle = True
+    deliver(b, "m3", outcome)
+    pipeline.idle = False
+    consumer.hub.turn()
+    assert pipeline.ran == [["m0", "m1"]] and len(b.buffer) == 2
+    consumer.timer.entries[-1].fn()
+    assert pipeline.ran[-1] == ["m2", "m3"]
+
+
+def test_a_returning_batch_hands_on_what_arrived_while_it_ran():
+    b, consumer, pipeline, _ = batcher(max_tasks=2, requeue=set())
+    outcome: list[tuple[str, str]] = []
+    returns: list[Any] = []
+
+    def submit(job: Any) -> bool:  # runs later: ``returns`` holds its callback
+        pipeline.ran.append([r.request.id for r in job.items])
+        returns.append(lambda: job.on_return(job.run(job.items)))
+        return True
+
+    pipeline.submit = submit  # type: ignore[method-assign]
+    deliver(b, "m0", outcome)
+    deliver(b, "m1", outcome)  # full: runs
+    deliver(b, "m2", outcome)  # buffered while the batch runs
+    assert pipeline.ran == [["m0", "m1"]] and consumer.hub.ready == []
+    pipeline.idle = True
+    returns.pop()()  # the batch returns on the loop: acks, then the buffer is due
+    assert outcome == [("ack", "m0"), ("ack", "m1")]
+    consumer.hub.turn()
+    assert pipeline.ran[-1] == ["m2"]
 
 
 def test_a_batch_that_raised_puts_every_message_back():

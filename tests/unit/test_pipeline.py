@@ -76,6 +76,20 @@ def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
     pipeline.close()
 
 
+def test_the_pipeline_is_idle_only_with_nothing_running_or_queued():
+    task = object()
+    pipeline = BatchPipeline(max_batch=4)
+    assert pipeline.idle
+    loop, gate, results, pipeline = busy(4, task, ["a"])
+    assert not pipeline.idle, "running"
+    pipeline.submit(job(task, ["b"], gate, results))
+    gate.release.set()
+    loop.run_once()  # a's callback: by then the pipeline has left a behind
+    loop.run_once()  # b's
+    assert [items for items, _ in results] == [["a"], ["b"]]
+    assert pipeline.idle
+
+
 def test_a_merged_batch_hands_its_result_to_every_flush():
     task = object()
     loop, gate, results, pipeline = busy(10, task, ["first"])
