@@ -597,11 +597,15 @@ def bench(
     result["goals"] = goals(result["models"])
     if quick:
         return result
-    from jobfit.workers.embedders.gate import compare
+    from jobfit.workers.embedders.export import quantization_ladder
+    from jobfit.workers.embedders.gate import judge_ladder
 
     result["backends"] = {}
     for name, path in models.items():
         console.print(f"[bold]{name}[/bold]: backends on the check set")
         spec = ModelSpec.from_settings(settings.model, path)
-        result["backends"][name] = compare(spec, settings.model.store)
+        # What the gate does on this CPU (every scheme until one passes), judged afresh.
+        result["backends"][name] = judge_ladder(
+            spec, settings.model.store, quantization_ladder(cpu_features())
+        )
     return result

@@ -53,6 +53,13 @@ def model_export_onnx(
             help="int8 weights: 'reduced' (7 bits), 'full' (8 bits) or 'auto' (by CPU features)"
         ),
     ] = "auto",
+    int8_scheme: Annotated[
+        str,
+        typer.Option(
+            help="Which ops are quantised: 'all', 'ffn-down-fp32', or 'auto' (each in turn"
+            " until one passes the gate, as a worker does)"
+        ),
+    ] = "auto",
 ) -> None:
     """Export the configured model to ONNX (fp32 and int8, in the model store) and judge both
     against torch fp32 on the check set, as JSON: the fp32 check (``fp32_check``: served by
@@ -60,14 +67,21 @@ def model_export_onnx(
     with JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed)."""
     worker_env()
     from jobfit.workers.embedders.base import ModelSpec
-    from jobfit.workers.embedders.export import cpu_features, quantization_settings
+    from jobfit.workers.embedders.export import INT8_SCHEMES, cpu_features, quantization_settings
     from jobfit.workers.embedders.gate import check_fp32, gate
 
     settings = get_settings()
     spec = ModelSpec.from_settings(settings.model)
-    quantization = quantization_settings(cpu_features())
-    if int8_range != "auto":
-        quantization["reduce_range"] = int8_range == "reduced"
+    quantization = None  # this CPU's ladder, as a worker judges it
+    if int8_range != "auto" or int8_scheme != "auto":
+        scheme = INT8_SCHEMES[0] if int8_scheme == "auto" else int8_scheme
+        try:
+            quantization = quantization_settings(cpu_features(), scheme)
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        if int8_range != "auto":
+            quantization["reduce_range"] = int8_range == "reduced"
     verdict = {
         "fp32_check": check_fp32(spec, settings.model.store),
         **gate(spec, settings.model.store, quantization),

@@ -22,10 +22,13 @@ from jobfit.workers.embedders import gate as gate_module
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.export import (
     FP32_FILE,
+    INT8_FILE,
     OPT_FILE,
     QUANT_FILE,
     cpu_features,
     export_dir,
+    narrowing_matmuls,
+    quantization_ladder,
     quantization_settings,
     quantize,
     quantized_with,
@@ -74,6 +77,12 @@ def test_fp32_equals_torch_and_int8_stays_close(spec, onnx_store):
     cos8 = np.sum(int8.encode(texts) * ref, axis=1)
     assert cos32.min() > 0.9999
     assert cos8.mean() > 0.98 and cos8.min() > 0.95, (cos8.mean(), cos8.min())
+    # The careful scheme: the down-projections in fp32, closer still.
+    careful = quantization_settings(cpu_features(), "ffn-down-fp32")
+    down = OnnxEmbedder(spec, quantize(spec, onnx_store, careful), int8=True)
+    assert quantized_with(directory) == careful
+    cos_down = np.sum(down.encode(texts) * ref, axis=1)
+    assert cos_down.mean() > 0.98 and cos_down.min() > 0.95, (cos_down.mean(), cos_down.min())
     assert fp32.version == f"{version_of(spec.path)}+onnx"
     assert int8.version == f"{version_of(spec.path)}+onnx-int8"
     assert base_version(int8.version) == version_of(spec.path)
@@ -82,11 +91,14 @@ def test_fp32_equals_torch_and_int8_stays_close(spec, onnx_store):
 
 def test_int8_serves_only_if_it_passed_the_gate(spec, onnx_store):
     verdict = gate(spec, onnx_store)
-    assert set(verdict) == {"torch", "onnx", "onnx-int8", "gate", "quantization"}
+    assert set(verdict) == {"torch", "onnx", "onnx-int8", "gate", "quantization", "ladder", "tried"}
     assert verdict["quantization"]["cpu_features"] == cpu_features()
+    assert verdict["ladder"] == quantization_ladder(cpu_features())
+    assert verdict["quantization"] == verdict["tried"][-1]["quantization"]
+    assert [t["passes"] for t in verdict["tried"][:-1]] == [False] * (len(verdict["tried"]) - 1)
     assert verdict["onnx"]["spearman_drop"] == pytest.approx(0.0, abs=1e-3)
     int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
-    path = quantize(spec, onnx_store) / GATE_FILE
+    path = export_dir(spec, onnx_store) / GATE_FILE
     for passes, expected in ((False, SentenceTransformerEmbedder), (True, OnnxEmbedder)):
         verdict["gate"]["int8_passes"] = passes
         path.write_text(json.dumps(verdict), encoding="utf-8")
@@ -202,29 +214,65 @@ def test_exact_verdict_naming_no_graph_is_checked_again(spec, onnx_store, tmp_pa
     assert check_fp32(auto, store) == {"exact": False, "error": "x"}  # refusals stay
 
 
-def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):
-    directory = quantize(spec, onnx_store)
-    here = quantization_settings(cpu_features())
-    judged: list[int] = []
+def judged_by_scheme(monkeypatch: pytest.MonkeyPatch, passing: set[str]) -> list[str]:
+    """The gate's judgement stood in for: int8 made with each settings judged, as ``compare``
+    makes it, passing for the schemes in ``passing``; returns the schemes judged, in order."""
+    judged: list[str] = []
 
-    def compare(*_: object, **__: object) -> dict[str, object]:
-        judged.append(1)
-        return {"gate": {"int8_passes": False}}
+    def compare(spec, store, check=None, quantization=None, reference=None):
+        judged.append(quantization["scheme"])
+        quantize(spec, store, quantization)
+        return {"onnx-int8": {}, "gate": {"int8_passes": quantization["scheme"] in passing}}
 
     monkeypatch.setattr(gate_module, "compare", compare)
+    monkeypatch.setattr(gate_module.Reference, "of", classmethod(lambda cls, *_: None))
+    return judged
+
+
+def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):
+    directory = quantize(spec, onnx_store)
+    here = quantization_ladder(cpu_features())
+    judged = judged_by_scheme(monkeypatch, passing=set())
     foreign = quantization_settings(
         [f for f in cpu_features() if "vnni" not in f and "amx" not in f]
     )
-    foreign = foreign if foreign != here else quantization_settings(["avx512_vnni"])
-    # An int8 graph made on another CPU (other settings): made again here, and judged again.
+    foreign = foreign if foreign != here[0] else quantization_settings(["avx512_vnni"])
+    # An int8 graph made on another CPU (other settings): made again here, and judged again,
+    # every scheme in turn (none passes here).
     (directory / QUANT_FILE).write_text(json.dumps(foreign), encoding="utf-8")
-    (directory / GATE_FILE).write_text(json.dumps({"quantization": foreign}), encoding="utf-8")
-    assert gate(spec, onnx_store)["quantization"] == here == quantized_with(directory)
+    (directory / GATE_FILE).write_text(
+        json.dumps({"quantization": foreign, "ladder": [foreign]}), encoding="utf-8"
+    )
+    verdict = gate(spec, onnx_store)
+    assert verdict["ladder"] == here and verdict["quantization"] == here[-1]
+    assert quantized_with(directory) == here[-1]
+    assert judged == ["all", "ffn-down-fp32"]
     # A verdict that does not say what it was judged with (stale): judged again.
     (directory / GATE_FILE).write_text(json.dumps({"gate": {}}), encoding="utf-8")
-    assert gate(spec, onnx_store)["quantization"] == here
-    assert len(judged) == 2
-    assert gate(spec, onnx_store)["quantization"] == here and len(judged) == 2  # kept
+    assert gate(spec, onnx_store)["quantization"] == here[-1]
+    assert len(judged) == 4
+    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 4  # kept
+
+
+def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch):
+    fp32 = export_dir(spec, onnx_store) / FP32_FILE
+    down = narrowing_matmuls(fp32)
+    assert len(down) == 6 and all("output/dense" in n for n in down), down  # MiniLM: 6 layers
+    judged = judged_by_scheme(monkeypatch, passing={"ffn-down-fp32"})
+    (export_dir(spec, onnx_store) / GATE_FILE).unlink(missing_ok=True)
+    verdict = gate(spec, onnx_store)
+    assert judged == ["all", "ffn-down-fp32"]
+    assert [(t["quantization"]["scheme"], t["passes"]) for t in verdict["tried"]] == [
+        ("all", False),
+        ("ffn-down-fp32", True),
+    ]
+    int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
+    graph = export_dir(spec, onnx_store) / INT8_FILE
+    made = graph.stat().st_mtime_ns
+    served = make_embedder(int8_spec, onnx_store)
+    assert type(served) is OnnxEmbedder and judged == ["all", "ffn-down-fp32"]  # kept
+    assert quantized_with(export_dir(spec, onnx_store))["scheme"] == "ffn-down-fp32"
+    assert graph.stat().st_mtime_ns == made, "the graph that passed serves: not made again"
 
 
 def serve_one(settings, store: Path, backend: str, log_path: Path) -> dict:

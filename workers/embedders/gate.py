@@ -8,10 +8,11 @@ export and its optimised form (onnxruntime's fusions), and timed on the check se
 optimised one serves where it is exact and faster by ``OPT_MIN_GAIN``, else the plain one.
 
 int8 serves only if its check-set Spearman stays within ``GATE_MAX_DROP`` of torch fp32's
-and its vectors stay close to fp32's (mean cosine ``GATE_MIN_COSINE``). The verdict is
-computed once per model version and kept next to the export (``gate.json``), with the
-quantisation settings and CPU features it was judged with: a verdict made on a CPU with other
-features (or one that does not say) is judged again.
+and its vectors stay close to fp32's (mean cosine ``GATE_MIN_COSINE``). The quantisation
+schemes are tried fastest first (``export.INT8_SCHEMES``); the first that passes serves. The
+verdict is computed once per model version and kept next to the export (``gate.json``), with
+the settings and CPU features it was judged with and every scheme tried: a verdict made on a
+CPU with other features (or one that does not say) is judged again.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from jobfit.workers.embedders.base import Embedder, ModelSpec
 from jobfit.workers.embedders.export import (
     FP32_FILE,
     OPT_FILE,
+    cpu_features,
     export,
     export_dir,
     export_lock,
     optimize,
+    quantization_ladder,
     quantize,
     quantized_with,
 )
@@ -127,62 +130,119 @@ def judge(embedder: Embedder, check: CheckSet) -> tuple[dict[str, float], np.nda
     }, vectors
 
 
+@dataclass(frozen=True)
+class Reference:
+    """torch fp32 and ONNX fp32 on the check set: judged once, whatever int8 settings are
+    compared with them."""
+
+    check: CheckSet
+    torch: dict[str, Any]
+    vectors: np.ndarray  # torch's
+    onnx: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: ModelSpec, store: Path, check: CheckSet) -> Reference:
+        torch_metrics, ref = judge(SentenceTransformerEmbedder(spec), check)
+        onnx = _versus(
+            OnnxEmbedder(spec, export(spec, store), int8=False), check, torch_metrics, ref
+        )
+        return cls(check, torch_metrics, ref, onnx)
+
+
+def _versus(
+    embedder: Embedder, check: CheckSet, torch_metrics: dict[str, Any], ref: np.ndarray
+) -> dict[str, Any]:
+    """A backend's figures on the check set, and against torch fp32's."""
+    metrics, vecs = judge(embedder, check)
+    cos = np.sum(vecs * ref, axis=1)
+    return {
+        **metrics,
+        "speedup_vs_torch": round(metrics["sentences_per_s"] / torch_metrics["sentences_per_s"], 3),
+        "spearman_drop": round(torch_metrics["spearman"] - metrics["spearman"], 4),
+        "cosine_to_torch_mean": round(float(cos.mean()), 5),
+        "cosine_to_torch_min": round(float(cos.min()), 5),
+    }
+
+
 def compare(
     spec: ModelSpec,
     store: Path,
     check: CheckSet | None = None,
     quantization: dict[str, Any] | None = None,
+    reference: Reference | None = None,
 ) -> dict[str, Any]:
-    """torch fp32, ONNX fp32 and ONNX int8 on the check set: sentences/s, Spearman, drop vs
-    torch fp32, cosine of each vector to the torch one; and whether int8 passes the gate."""
-    check = check or sample_check_set()
-    directory = quantize(spec, store, quantization)
-    torch_metrics, ref = judge(SentenceTransformerEmbedder(spec), check)
-    out: dict[str, Any] = {"torch": torch_metrics}
-    for name, int8 in (("onnx", False), ("onnx-int8", True)):
-        metrics, vecs = judge(OnnxEmbedder(spec, directory, int8=int8), check)
-        cos = np.sum(vecs * ref, axis=1)
-        metrics.update(
-            speedup_vs_torch=round(
-                metrics["sentences_per_s"] / torch_metrics["sentences_per_s"], 3
-            ),
-            spearman_drop=round(torch_metrics["spearman"] - metrics["spearman"], 4),
-            cosine_to_torch_mean=round(float(cos.mean()), 5),
-            cosine_to_torch_min=round(float(cos.min()), 5),
-        )
-        out[name] = metrics
+    """torch fp32, ONNX fp32 and ONNX int8 (quantised with ``quantization``: default, this
+    CPU's first scheme) on the check set: sentences/s, Spearman, drop vs torch fp32, cosine
+    of each vector to the torch one; and whether int8 passes the gate."""
+    if reference is None:
+        reference = Reference.of(spec, store, check or sample_check_set())
+    int8 = OnnxEmbedder(spec, quantize(spec, store, quantization), int8=True)
+    out: dict[str, Any] = {
+        "torch": reference.torch,
+        "onnx": reference.onnx,
+        "onnx-int8": _versus(int8, reference.check, reference.torch, reference.vectors),
+    }
     out["gate"] = {
         "max_drop": GATE_MAX_DROP,
         "min_cosine": GATE_MIN_COSINE,
         # "within": a rise beyond the bound means the ranking changed as much as a drop.
         "int8_passes": abs(out["onnx-int8"]["spearman_drop"]) <= GATE_MAX_DROP
         and out["onnx-int8"]["cosine_to_torch_mean"] >= GATE_MIN_COSINE,
-        "check_set": f"bundled sample: {len(check.matches)} labelled matches",
+        "check_set": f"bundled sample: {len(reference.check.matches)} labelled matches",
     }
     return out
+
+
+def judge_ladder(spec: ModelSpec, store: Path, ladder: list[dict[str, Any]]) -> dict[str, Any]:
+    """int8 quantised with each settings of ``ladder`` in turn, judged, until one passes: the
+    comparison (``compare``) of the one that passed (else of the last), with ``tried`` (each
+    one's int8 figures) and ``ladder``. The int8 graph left in the export is the one judged
+    last."""
+    reference = Reference.of(spec, store, sample_check_set())
+    tried = []
+    for settings in ladder:
+        result = compare(spec, store, quantization=settings, reference=reference)
+        int8 = result["onnx-int8"]
+        tried.append(
+            {
+                "quantization": settings,
+                "passes": result["gate"]["int8_passes"],
+                **{
+                    k: int8.get(k)
+                    for k in ("speedup_vs_torch", "spearman_drop", "cosine_to_torch_mean")
+                },
+            }
+        )
+        if result["gate"]["int8_passes"]:
+            break
+    return {**result, "quantization": settings, "ladder": ladder, "tried": tried}
 
 
 def gate(
     spec: ModelSpec, store: Path, quantization: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The gate's verdict for this model on this CPU (computed once, kept in ``gate.json``;
-    again when the int8 graph there was made for a CPU with other features). ``quantization``:
-    other settings than this CPU's (``export.quantization_settings``), to compare them."""
+    """The gate's verdict for this model on this CPU (``judge_ladder`` over this CPU's
+    schemes, ``export.quantization_ladder``: the first that passes serves), computed once and
+    kept in ``gate.json``; judged again when the verdict was made for another ladder (a CPU
+    with other features, or a verdict that does not say) or the int8 graph there is not the
+    one it judged. ``quantization``: one settings to judge instead (to compare settings)."""
+    ladder = [quantization] if quantization is not None else quantization_ladder(cpu_features())
     with export_lock(spec, store):
-        directory = quantize(spec, store, quantization)  # made again if made otherwise
+        directory = export(spec, store)
         path = directory / GATE_FILE
         if path.is_file():
             verdict = dict(json.loads(path.read_text("utf-8")))
-            if verdict.get("quantization") == quantized_with(directory):
+            if verdict.get("ladder") == ladder and verdict.get("quantization") == quantized_with(
+                directory
+            ):
                 return verdict
             log.warning(
-                "int8 verdict of %s was made with %s, this CPU quantises with %s: judging again",
+                "int8 verdict of %s was judged with %s, this CPU quantises with %s: judging again",
                 version_of(spec.path),
-                verdict.get("quantization"),
-                quantized_with(directory),
+                verdict.get("ladder", verdict.get("quantization")),
+                ladder,
             )
-        result = compare(spec, store, quantization=quantization)
-        result["quantization"] = quantized_with(directory)
+        result = judge_ladder(spec, store, ladder)
         _write_json(path, result)
         return result
 
@@ -299,5 +359,6 @@ def refusal(spec_version: str, verdict: dict[str, Any]) -> QualityGateError:
         f"{verdict['onnx-int8']['spearman']} vs fp32 {verdict['torch']['spearman']} "
         f"(allowed ±{GATE_MAX_DROP}), mean cosine to fp32 "
         f"{verdict['onnx-int8']['cosine_to_torch_mean']} (at least {GATE_MIN_COSINE}); "
+        f"schemes tried: {', '.join(str(t['quantization'].get('scheme')) for t in verdict.get('tried', []))}; "
         "serving torch fp32"
     )

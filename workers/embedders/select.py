@@ -45,6 +45,7 @@ def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     if spec.backend == "onnx-int8":
         verdict = gate(spec, store)
         if verdict["gate"]["int8_passes"]:
-            return OnnxEmbedder(spec, quantize(spec, store), int8=True)
+            directory = quantize(spec, store, verdict["quantization"])  # the scheme that passed
+            return OnnxEmbedder(spec, directory, int8=True)
         log.error("%s", refusal(version_of(spec.path), verdict))
     return SentenceTransformerEmbedder(spec)
