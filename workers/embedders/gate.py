@@ -359,6 +359,11 @@ def refusal(spec_version: str, verdict: dict[str, Any]) -> QualityGateError:
         f"{verdict['onnx-int8']['spearman']} vs fp32 {verdict['torch']['spearman']} "
         f"(allowed ±{GATE_MAX_DROP}), mean cosine to fp32 "
         f"{verdict['onnx-int8']['cosine_to_torch_mean']} (at least {GATE_MIN_COSINE}); "
-        f"schemes tried: {', '.join(str(t['quantization'].get('scheme')) for t in verdict.get('tried', []))}; "
+        f"schemes tried: {', '.join(_schemes(verdict))}; "
         "serving torch fp32"
     )
+
+
+def _schemes(verdict: dict[str, Any]) -> list[str]:
+    """The int8 schemes a verdict tried, in order."""
+    return [str(t["quantization"].get("scheme")) for t in verdict.get("tried", [])]
