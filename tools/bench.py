@@ -545,6 +545,29 @@ def goals(models: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def int8_goals(backends: dict[str, Any]) -> dict[str, Any]:
+    """Issue 17's goal 3, read off each model's gate ladder (``judge_ladder``): the scheme
+    that serves, its speed against torch fp32 on the check set, and every scheme tried."""
+    out: dict[str, Any] = {}
+    for name, verdict in backends.items():
+        passes = bool(verdict["gate"]["int8_passes"])
+        speedup = verdict["onnx-int8"]["speedup_vs_torch"]
+        out[f"3_int8_served_vs_torch_{name}"] = {
+            "served": verdict["quantization"].get("scheme") if passes else None,
+            "speedup_vs_torch": speedup if passes else None,
+            "tried": {
+                t["quantization"].get("scheme"): {
+                    k: t[k]
+                    for k in ("passes", "speedup_vs_torch", "spearman_drop", "cosine_to_torch_mean")
+                }
+                for t in verdict["tried"]
+            },
+            "target": "served at >= 2x torch fp32",
+            "met": passes and speedup >= 2.0,
+        }
+    return out
+
+
 def cpu_model() -> dict[str, Any]:
     """The CPU's name and the vector extensions that decide int8 speed and accuracy
     (onnxruntime's u8s8 kernels can saturate on x86 without VNNI)."""
@@ -608,4 +631,5 @@ def bench(
         result["backends"][name] = judge_ladder(
             spec, settings.model.store, quantization_ladder(cpu_features())
         )
+    result["goals"].update(int8_goals(result["backends"]))
     return result

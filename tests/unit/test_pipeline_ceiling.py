@@ -23,7 +23,7 @@ from jobfit.tasks.results import Outcome, batchable, result_meta
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.instant import DEFAULT_DIM, InstantEmbedder, model_dim
 from jobfit.workers.embedders.select import make_embedder
-from tools.bench import goals
+from tools.bench import goals, int8_goals
 
 
 def fake_model(tmp_path: Path, config: dict[str, Any] | None) -> Path:
@@ -238,3 +238,33 @@ def test_goals_read_the_ceiling_and_the_default_backend() -> None:
     assert out["1_pipeline_ceiling_minilm"]["one_document_per_message"] == 800.0
     assert out["2_default_backend_e2e_vs_st_encode_minilm"]["met"] is False
     assert out["2_default_backend_e2e_vs_st_encode_minilm"]["ratio"] == 1.45
+
+
+def test_the_int8_goal_reads_the_scheme_that_serves_and_every_one_tried() -> None:
+    def tried(scheme: str, passes: bool, speedup: float) -> dict[str, Any]:
+        figures = {"speedup_vs_torch": speedup, "spearman_drop": 0.0, "cosine_to_torch_mean": 0.99}
+        return {"quantization": {"scheme": scheme}, "passes": passes, **figures}
+
+    def verdict(*ladder: dict[str, Any]) -> dict[str, Any]:
+        last = ladder[-1]
+        return {
+            "gate": {"int8_passes": last["passes"]},
+            "onnx-int8": {"speedup_vs_torch": last["speedup_vs_torch"]},
+            "quantization": last["quantization"],
+            "tried": list(ladder),
+        }
+
+    out = int8_goals(
+        {
+            "mpnet": verdict(tried("all", False, 3.5), tried("ffn-down-fp32", True, 2.1)),
+            "slow": verdict(tried("all", True, 1.8)),
+            "refused": verdict(tried("all", False, 3.0), tried("ffn-down-fp32", False, 2.2)),
+        }
+    )
+    assert out["3_int8_served_vs_torch_mpnet"]["served"] == "ffn-down-fp32"
+    assert out["3_int8_served_vs_torch_mpnet"]["met"] is True
+    assert out["3_int8_served_vs_torch_mpnet"]["tried"]["all"]["speedup_vs_torch"] == 3.5
+    assert out["3_int8_served_vs_torch_slow"]["met"] is False  # serves, but below 2x
+    refused = out["3_int8_served_vs_torch_refused"]
+    assert refused["met"] is False and refused["served"] is None
+    assert refused["speedup_vs_torch"] is None
