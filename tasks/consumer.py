@@ -12,16 +12,17 @@ other error raised while a message is handled is a bug, and stops the worker lou
 The batching strategy is what Celery calls for each message of a batch task
 (``Task.Strategy``), on the worker's event loop: it decodes the message (task protocol 2:
 headers ``id``/``task``/``retries``, body ``[args, kwargs, embed]``) into the task's request
-context, buffers it, and hands the buffer to the batch pipeline (``workers.batching``) when
-it holds ``batch.max_tasks`` messages or every ``batch.max_wait_s`` (their ``task-received``
+context, buffers it, and hands the buffer to the batch pipeline (``workers.batching``) when it
+holds ``batch.max_tasks`` messages or every ``batch.max_wait_s`` (their ``task-received``
 events go then, together), or at once when the pipeline is idle: on the event loop's next turn
 (what arrived in the same turn joins), and when a batch of its returns with messages buffered.
-A batch so waits to be gathered only while another one runs (measured: the 50 ms window of an
-idle worker was an eighth of the pipeline's time on a 372-document bulk load, and the whole of
-a lone document's wait). When a batch returns, its messages are acknowledged, or put back
-on the queue, through the promises Celery gave with each message, on the event loop: after
-their rows are committed. The ETA, expiry, rate limit
-and revocation of a message are not looked at (producers send ingest messages plainly).
+A batch so waits to be gathered only while another one runs (or, at most ``batch.max_wait_s``,
+for the timer to find the pipeline free after another task's batch). Measured: the 50 ms
+window of an idle worker was an eighth of the pipeline's time on a 372-document bulk load, and
+the whole of a lone document's wait. When a batch returns, its messages are acknowledged, or
+put back on the queue, through the promises Celery gave with each message, on the event loop:
+after their rows are committed. The ETA, expiry, rate limit and revocation of a message are
+not looked at (producers send ingest messages plainly).
 
 Batches need the solo pool: the pipeline thread runs beside the event loop of the process
 that holds the model. A worker that consumes the embed queue with another pool is refused at
@@ -302,7 +303,7 @@ class Batcher:
 
     def _flush_if_idle(self) -> None:
         self.soon = False
-        if self.pipeline is not None and self.pipeline.idle:
+        if self.buffer and self.pipeline is not None and self.pipeline.idle:
             self.flush()
 
     def flush(self) -> None:

@@ -64,27 +64,34 @@ def model_export_onnx(
     """Export the configured model to ONNX (fp32 and int8, in the model store) and judge both
     against torch fp32 on the check set, as JSON: the fp32 check (``fp32_check``: served by
     the default backend ``auto`` on a CPU only if exact) and the int8 gate's verdict (workers
-    with JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed)."""
+    with JOBFIT_MODEL__BACKEND=onnx-int8 serve int8 only if it passed). Other settings than
+    a worker's replace the kept verdict: a worker's next load judges its own again."""
     worker_env()
     from jobfit.workers.embedders.base import ModelSpec
-    from jobfit.workers.embedders.export import INT8_SCHEMES, cpu_features, quantization_settings
+    from jobfit.workers.embedders.export import (
+        cpu_features,
+        quantization_ladder,
+        quantization_settings,
+    )
     from jobfit.workers.embedders.gate import check_fp32, gate
 
     settings = get_settings()
     spec = ModelSpec.from_settings(settings.model)
-    quantization = None  # this CPU's ladder, as a worker judges it
-    if int8_range != "auto" or int8_scheme != "auto":
-        scheme = INT8_SCHEMES[0] if int8_scheme == "auto" else int8_scheme
-        try:
-            quantization = quantization_settings(cpu_features(), scheme)
-        except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
-        if int8_range != "auto":
-            quantization["reduce_range"] = int8_range == "reduced"
+    # This CPU's ladder, as a worker judges it, or the one scheme named; then the range.
+    try:
+        ladder = (
+            quantization_ladder(cpu_features())
+            if int8_scheme == "auto"
+            else [quantization_settings(cpu_features(), int8_scheme)]
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if int8_range != "auto":
+        ladder = [{**q, "reduce_range": int8_range == "reduced"} for q in ladder]
     verdict = {
         "fp32_check": check_fp32(spec, settings.model.store),
-        **gate(spec, settings.model.store, quantization),
+        **gate(spec, settings.model.store, ladder),
     }
     sys.stdout.write(json.dumps(verdict, indent=2) + "\n")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,10 @@ from jobfit.workers.embedders import gate as gate_module
 from jobfit.workers.embedders.base import ModelSpec
 from jobfit.workers.embedders.export import (
     FP32_FILE,
-    INT8_FILE,
     OPT_FILE,
-    QUANT_FILE,
     cpu_features,
     export_dir,
+    int8_file,
     narrowing_matmuls,
     quantization_ladder,
     quantization_settings,
@@ -77,10 +77,12 @@ def test_fp32_equals_torch_and_int8_stays_close(spec, onnx_store):
     cos8 = np.sum(int8.encode(texts) * ref, axis=1)
     assert cos32.min() > 0.9999
     assert cos8.mean() > 0.98 and cos8.min() > 0.95, (cos8.mean(), cos8.min())
-    # The careful scheme: the down-projections in fp32, closer still.
+    # The careful scheme (the down-projections in fp32): a graph of its own, as close.
     careful = quantization_settings(cpu_features(), "ffn-down-fp32")
-    down = OnnxEmbedder(spec, quantize(spec, onnx_store, careful), int8=True)
-    assert quantized_with(directory) == careful
+    graph = int8_file(careful)
+    down = OnnxEmbedder(spec, quantize(spec, onnx_store, careful), int8=True, graph=graph)
+    assert quantized_with(directory / graph) == careful
+    assert int8.graph == int8_file(quantization_settings(cpu_features())) != graph
     cos_down = np.sum(down.encode(texts) * ref, axis=1)
     assert cos_down.mean() > 0.98 and cos_down.min() > 0.95, (cos_down.mean(), cos_down.min())
     assert fp32.version == f"{version_of(spec.path)}+onnx"
@@ -214,51 +216,63 @@ def test_exact_verdict_naming_no_graph_is_checked_again(spec, onnx_store, tmp_pa
     assert check_fp32(auto, store) == {"exact": False, "error": "x"}  # refusals stay
 
 
-def judged_by_scheme(monkeypatch: pytest.MonkeyPatch, passing: set[str]) -> list[str]:
+def judged_by_scheme(
+    monkeypatch: pytest.MonkeyPatch, passing: set[str], broken: Collection[str] = ()
+) -> list[str]:
     """The gate's judgement stood in for: int8 made with each settings judged, as ``compare``
-    makes it, passing for the schemes in ``passing``; returns the schemes judged, in order."""
+    makes it, passing for the schemes in ``passing``, raising for those in ``broken``;
+    returns the schemes judged, in order."""
     judged: list[str] = []
 
     def compare(spec, store, check=None, quantization=None, reference=None):
         judged.append(quantization["scheme"])
+        if quantization["scheme"] in broken:
+            raise RuntimeError("the quantiser failed")
         quantize(spec, store, quantization)
         return {"onnx-int8": {}, "gate": {"int8_passes": quantization["scheme"] in passing}}
 
     monkeypatch.setattr(gate_module, "compare", compare)
-    monkeypatch.setattr(gate_module.Reference, "of", classmethod(lambda cls, *_: None))
+    monkeypatch.setattr(gate_module.Reference, "of", classmethod(lambda cls, *_: _reference()))
     return judged
+
+
+def _reference() -> gate_module.Reference:
+    return gate_module.Reference(sample_check_set(), {"spearman": 0.3}, np.zeros(1), {})
 
 
 def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):
     directory = quantize(spec, onnx_store)
     here = quantization_ladder(cpu_features())
     judged = judged_by_scheme(monkeypatch, passing=set())
-    foreign = quantization_settings(
-        [f for f in cpu_features() if "vnni" not in f and "amx" not in f]
-    )
-    foreign = foreign if foreign != here[0] else quantization_settings(["avx512_vnni"])
-    # An int8 graph made on another CPU (other settings): made again here, and judged again,
-    # every scheme in turn (none passes here).
-    (directory / QUANT_FILE).write_text(json.dumps(foreign), encoding="utf-8")
+    foreign = quantization_ladder([f for f in cpu_features() if "vnni" not in f and "amx" not in f])
+    foreign = foreign if foreign != here else quantization_ladder(["avx512_vnni"])
+    # A verdict judged on a CPU with other features (its ladder says so), even a passing
+    # one: judged again here, every scheme in turn (none passes here), each its own graph.
     (directory / GATE_FILE).write_text(
-        json.dumps({"quantization": foreign, "ladder": [foreign]}), encoding="utf-8"
+        json.dumps({"quantization": foreign[0], "ladder": foreign, "gate": {"int8_passes": True}}),
+        encoding="utf-8",
     )
     verdict = gate(spec, onnx_store)
     assert verdict["ladder"] == here and verdict["quantization"] == here[-1]
-    assert quantized_with(directory) == here[-1]
     assert judged == ["all", "ffn-down-fp32"]
+    assert all(quantized_with(directory / int8_file(q)) == q for q in here)
     # A verdict that does not say what it was judged with (stale): judged again.
     (directory / GATE_FILE).write_text(json.dumps({"gate": {}}), encoding="utf-8")
     assert gate(spec, onnx_store)["quantization"] == here[-1]
     assert len(judged) == 4
-    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 4  # kept
+    # The graph it judged is gone: judged again (the graph made again).
+    (directory / int8_file(here[-1])).unlink()
+    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 6
+    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 6  # kept
 
 
 def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch):
     fp32 = export_dir(spec, onnx_store) / FP32_FILE
     down = narrowing_matmuls(fp32)
-    assert len(down) == 6 and all("output/dense" in n for n in down), down  # MiniLM: 6 layers
-    judged = judged_by_scheme(monkeypatch, passing={"ffn-down-fp32"})
+    # MiniLM has 6 layers: one down-projection each.
+    assert len(down) == 6 and all("output/dense" in n for n in down), down
+    # The first scheme cannot be made here: refused with its error, the next one judged.
+    judged = judged_by_scheme(monkeypatch, passing={"all", "ffn-down-fp32"}, broken={"all"})
     (export_dir(spec, onnx_store) / GATE_FILE).unlink(missing_ok=True)
     verdict = gate(spec, onnx_store)
     assert judged == ["all", "ffn-down-fp32"]
@@ -266,13 +280,33 @@ def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch):
         ("all", False),
         ("ffn-down-fp32", True),
     ]
+    assert "the quantiser failed" in verdict["tried"][0]["error"]
     int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
-    graph = export_dir(spec, onnx_store) / INT8_FILE
+    graph = export_dir(spec, onnx_store) / int8_file(verdict["quantization"])
     made = graph.stat().st_mtime_ns
+    # Another scheme's graph made meanwhile (a comparison, a CPU with other features
+    # sharing the store) changes nothing for the one that passed.
+    other = quantization_settings(cpu_features(), "all")
+    quantize(spec, onnx_store, {**other, "reduce_range": not other["reduce_range"]})
     served = make_embedder(int8_spec, onnx_store)
     assert type(served) is OnnxEmbedder and judged == ["all", "ffn-down-fp32"]  # kept
-    assert quantized_with(export_dir(spec, onnx_store))["scheme"] == "ffn-down-fp32"
+    assert served.graph == graph.name
+    assert quantized_with(graph) == verdict["quantization"]
     assert graph.stat().st_mtime_ns == made, "the graph that passed serves: not made again"
+
+
+def test_a_ladder_none_of_which_can_be_made_is_refused_with_the_errors(
+    spec, onnx_store, monkeypatch
+):
+    judged_by_scheme(monkeypatch, passing=set(), broken={"all", "ffn-down-fp32"})
+    (export_dir(spec, onnx_store) / GATE_FILE).unlink(missing_ok=True)
+    verdict = gate(spec, onnx_store)
+    assert verdict["gate"]["int8_passes"] is False
+    assert all("the quantiser failed" in t["error"] for t in verdict["tried"])
+    int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
+    assert type(make_embedder(int8_spec, onnx_store)) is SentenceTransformerEmbedder
+    assert "the quantiser failed" in str(gate_module.refusal("v", verdict))
+    (export_dir(spec, onnx_store) / GATE_FILE).unlink()
 
 
 def serve_one(settings, store: Path, backend: str, log_path: Path) -> dict:

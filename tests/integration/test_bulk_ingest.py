@@ -4,10 +4,11 @@ alone and recorded, a redelivery idempotent."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from jobfit.shared.celery_app import INGEST_JOBS, INGEST_RESUMES
 from jobfit.shared.orm import DocumentRow, FailedMessageRow, MatchRow
@@ -22,6 +23,19 @@ from tests.integration.test_batching import count, resumes
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 180
+# A real, non-transient failure for one document: Postgres refuses its row.
+POISON = "bulk-poison"
+POISON_SQL = (
+    "CREATE FUNCTION jobfit_test_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    f" IF NEW.external_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned row %', NEW.external_id;"
+    " END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER jobfit_test_poison BEFORE INSERT OR UPDATE ON documents"
+    " FOR EACH ROW EXECUTE FUNCTION jobfit_test_poison()",
+)
+UNPOISON_SQL = (
+    "DROP TRIGGER IF EXISTS jobfit_test_poison ON documents",
+    "DROP FUNCTION IF EXISTS jobfit_test_poison()",
+)
 
 
 def test_a_bulk_message_stores_its_documents_and_answers_each(
@@ -105,3 +119,42 @@ def test_a_bulk_result_stays_small_whatever_its_documents_say(worker, celery_app
     assert all(d.document_id is None and d.reason for d in out.documents)
     stored = celery_app.backend.client.get(celery_app.backend.get_key_for_task(res.id))
     assert len(stored) < 100_000, len(stored)
+
+
+def test_a_document_that_cannot_be_stored_fails_alone_and_is_recorded(
+    worker, celery_app, clean_db, session_factory
+):
+    """A bulk message whose batch fails on something other than a transient error has its
+    documents stored one at a time: the one Postgres refuses is ``failed`` in the result and
+    recorded with its document; the others are stored and scored; the message succeeds."""
+    job = {"id": "bulk-each-job", "title": "Data Engineer", "skills_required": ["SQL"]}
+    documents = [
+        {"id": "bulk-each-1", "skills": ["Python"]},
+        {"id": POISON, "skills": ["SQL"]},
+        {"id": "bulk-each-2", "positions": ["Analyst"]},
+    ]
+    with session_factory.begin() as s:
+        for statement in POISON_SQL:
+            s.execute(text(statement))
+    try:
+        celery_app.send_task(INGEST_JOBS, kwargs={"documents": [job]}).get(timeout=TIMEOUT)
+        res = celery_app.send_task(INGEST_RESUMES, kwargs={"documents": documents})
+        out = BulkIngestResult.model_validate(res.get(timeout=TIMEOUT))
+    finally:
+        with session_factory.begin() as s:
+            for statement in UNPOISON_SQL:
+                s.execute(text(statement))
+    assert res.state == "SUCCESS"
+    assert [(a.status, a.document_id) for a in out.documents] == [
+        ("created", "bulk-each-1"),
+        ("failed", POISON),
+        ("created", "bulk-each-2"),
+    ]
+    assert out.documents[1].reason is not None and "poisoned row" in out.documents[1].reason
+    assert [a.scored for a in out.documents] == [1, 0, 1]
+    with session_factory() as s:
+        ids = set(s.execute(select(DocumentRow.external_id)).scalars())
+        (row,) = s.execute(select(FailedMessageRow)).scalars()
+    assert ids == {"bulk-each-1", "bulk-each-2", job["id"]}
+    assert row.task_id == res.id and "poisoned row" in row.reason
+    assert json.loads(row.payload)["document"]["id"] == POISON

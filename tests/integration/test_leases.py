@@ -64,15 +64,22 @@ def test_renewed_messages_stay_and_unrenewed_ones_come_back(settings):
 def test_batches_longer_than_the_timeout_are_delivered_once(
     settings, clean_db, tmp_path, session_factory
 ):
-    """A worker whose messages wait longer than a 2 s visibility timeout (batches of 128, two
-    reserved: the later ones wait for the earlier) is delivered each message once."""
+    """A worker whose messages wait longer than a 2 s visibility timeout (queued before it
+    starts, with long texts, batches of up to 128, two batches reserved: the later messages
+    wait for the earlier batches) is delivered each message once."""
     own, app = isolated(settings, "lease")
     env = {"JOBFIT_BROKER__VISIBILITY_TIMEOUT_S": "2", "JOBFIT_BATCH__MAX_TASKS": "128"}
-    docs = resumes(512, "lease")
+    # A long text of its own for each (a batch of 128 takes seconds to embed), all queued
+    # first: a worker that keeps up with its producer runs small batches (an idle one does
+    # not wait to gather), and would hold nothing for long.
+    docs = [
+        {**d, "career_objective": f"{i} " + " ".join(f"objective {i} part {j}" for j in range(60))}
+        for i, d in enumerate(resumes(384, "lease"))
+    ]
+    sent = [JobfitClient(app=app).submit_resume(d, score=False) for d in docs]
     w = WorkerProcess(own, app, "lease", tmp_path / "lease.log", env=env)
     w.start()
     try:
-        sent = [JobfitClient(app=app).submit_resume(d, score=False) for d in docs]
         assert {r.get(timeout=TIMEOUT)["status"] for r in sent} == {"created"}
     finally:
         w.stop()

@@ -469,7 +469,7 @@ def test_an_idle_pipeline_gets_the_buffer_on_the_loops_next_turn_not_at_the_time
     deliver(b, "m2", outcome)
     consumer.hub.turn()
     assert pipeline.ran == [["m0", "m1"]] and consumer.hub.ready == []
-    # Idle again by the time the due flush runs? A flush that finds the pipeline busy waits.
+    # Busy again by the time the due flush runs: it waits (for the timer, here).
     pipeline.idle = True
     deliver(b, "m3", outcome)
     pipeline.idle = False

@@ -78,8 +78,7 @@ def test_jobs_queued_while_busy_are_merged_per_task_within_the_limit():
 
 def test_the_pipeline_is_idle_only_with_nothing_running_or_queued():
     task = object()
-    pipeline = BatchPipeline(max_batch=4)
-    assert pipeline.idle
+    assert BatchPipeline(max_batch=4).idle, "new: nothing ran yet"
     loop, gate, results, pipeline = busy(4, task, ["a"])
     assert not pipeline.idle, "running"
     pipeline.submit(job(task, ["b"], gate, results))
@@ -88,6 +87,7 @@ def test_the_pipeline_is_idle_only_with_nothing_running_or_queued():
     loop.run_once()  # b's
     assert [items for items, _ in results] == [["a"], ["b"]]
     assert pipeline.idle
+    pipeline.close()
 
 
 def test_a_merged_batch_hands_its_result_to_every_flush():

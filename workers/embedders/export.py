@@ -7,9 +7,10 @@ whole sentence-transformers pipeline (transformer, pooling, any trained Dense he
 normalisation) as one graph, and run with onnxruntime (``embedders.onnx``).
 
 Exports live in ``<model store>/onnx/<version>/`` (``model.onnx``, its optimised form
-``model_opt.onnx``, ``model_qint8.onnx``, the fp32 check's ``fp32.json``, the gate's
-``gate.json``), made once, atomically (a temporary directory renamed into place), and under a
-file lock (``export_lock``) so that two workers loading the same version do not export it twice.
+``model_opt.onnx``, an int8 graph per quantisation settings ``model_qint8.<digest>.onnx``,
+the fp32 check's ``fp32.json``, the gate's ``gate.json``), made once, atomically (a
+temporary directory renamed into place), and under a file lock (``export_lock``) so that two
+workers loading the same version do not export it twice.
 
 The optimised graph (``optimize``) is the fp32 graph after onnxruntime's transformer fusions
 (``onnxruntime.transformers.optimizer``: fused attention, embedding and skip LayerNorm, bias
@@ -18,26 +19,27 @@ exactness check as the plain export (``gate.check_fp32``), which serves otherwis
 
 int8 quantisation depends on the CPU: without VNNI (or AMX) the int8 multiply-add
 instructions can saturate on 8-bit weights, so the weights are quantised to 7 bits there
-(onnxruntime's ``reduce_range``). The settings and the CPU features they were chosen for are
-kept with the int8 graph (``quantization.json``); on a CPU with other features it is made
-again (and judged again, see ``gate.gate``).
+(onnxruntime's ``reduce_range``). The settings and the CPU features they were chosen for name
+the int8 graph's file and are kept beside it; on a CPU with other features another graph is
+made (and judged, see ``gate.gate``).
 
 Which ops are quantised is a ladder of schemes, fastest first (``INT8_SCHEMES``); the gate
 serves the first one that passes. ``all``: every op type onnxruntime quantises dynamically
-(MatMul, Gather, Transpose). ``ffn-down-fp32``: MatMul weights only, and the MatMuls whose
-weights narrow their input (the feed-forward down-projections) left in fp32: their input, the
-GELU's output, has a few channels far larger than the rest, which one per-tensor activation
-scale cannot resolve. Measured on mpnet's check set (AVX-512 VNNI): ``all`` 3.6x torch but
-cosine to fp32 0.859 (refused); MatMul only 0.861; the attention projections or the
-up-projections or the first and last layers left in fp32, 0.860-0.865; the down-projections
-left in fp32, **0.989** and Spearman within 0.002 (passes, 2.2x torch); those of layers 6-11
-only, 0.985 but Spearman 0.008 off (refused).
+(on these graphs: MatMul, Gather, Transpose). ``ffn-down-fp32``: MatMul weights only, and
+the MatMuls whose weights narrow their input (the feed-forward down-projections) left in
+fp32: their input, the GELU's output, has a few channels far larger than the rest, which one
+per-tensor activation scale cannot resolve. Measured on mpnet's check set (AVX-512 VNNI):
+``all`` 3.6x torch but cosine to fp32 0.859 (refused); MatMul only 0.861; the attention
+projections or the up-projections or the first and last layers left in fp32, 0.860-0.865;
+the down-projections left in fp32, **0.989** and Spearman within 0.002 (passes, 2.2x torch);
+those of layers 6-11 only, 0.985 but Spearman 0.008 off (refused).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -56,8 +58,6 @@ OPT_FILE = "model_opt.onnx"
 # onnxruntime's fusions for encoder-only transformers (BERT, MPNet, ...): the one model type
 # of its optimizer for them. What it fused is kept in the fp32 check's verdict.
 OPT_MODEL_TYPE = "bert"
-INT8_FILE = "model_qint8.onnx"
-QUANT_FILE = "quantization.json"
 # The CPU flags that decide how int8 runs (Linux /proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 # Which ops are quantised, fastest first (the module's docstring says why).
@@ -218,15 +218,25 @@ def attention_shape(spec: ModelSpec) -> tuple[int, int]:
         return 0, 0
 
 
+def int8_file(settings: dict[str, Any]) -> str:
+    """The int8 graph's file name for ``settings``: one file per settings, made once and
+    never replaced, so a graph that passed the gate is the one that serves whatever else is
+    quantised in the same store (another scheme judged, a CPU with other features)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"model_qint8.{digest}.onnx"
+
+
 def quantize(spec: ModelSpec, store: Path, settings: dict[str, Any] | None = None) -> Path:
-    """The int8 graph next to the fp32 one: onnxruntime's pre-processing (graph optimisation,
-    shape inference), then dynamic int8 quantisation of the weights with ``settings``
-    (default: ``quantization_settings`` of this CPU). Made again when the graph there was made
-    with other settings. Measured on MiniLM (2 cores, check-set texts): 351 sentences/s with
-    every supported op type quantised vs 293 with MatMul only, same cosine to fp32 (0.9925)."""
+    """The export's directory, with the int8 graph of ``settings`` (default:
+    ``quantization_settings`` of this CPU) in it (``int8_file``; its settings beside it, in a
+    ``.json`` of the same name): onnxruntime's pre-processing (graph optimisation, shape
+    inference), then dynamic int8 quantisation of the weights. Measured on MiniLM (2 cores,
+    check-set texts): 351 sentences/s with every supported op type quantised vs 293 with
+    MatMul only, same cosine to fp32 (0.9925)."""
     out = export(spec, store)
     settings = settings or quantization_settings(cpu_features())
-    if (out / INT8_FILE).is_file() and quantized_with(out) == settings:
+    graph = out / int8_file(settings)
+    if graph.is_file():
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -240,10 +250,10 @@ def quantize(spec: ModelSpec, store: Path, settings: dict[str, Any] | None = Non
             quant_pre_process(str(out / FP32_FILE), str(pre), skip_symbolic_shape=True)
             ops: dict[str, Any] = {}
             if settings.get("scheme", INT8_SCHEMES[0]) == "ffn-down-fp32":
-                ops = {
-                    "op_types_to_quantize": ["MatMul"],
-                    "nodes_to_exclude": narrowing_matmuls(pre),
-                }
+                kept = narrowing_matmuls(pre)
+                if not kept:
+                    raise ValueError("no MatMul narrows its input: no down-projection to keep")
+                ops = {"op_types_to_quantize": ["MatMul"], "nodes_to_exclude": kept}
             quantize_dynamic(
                 str(pre),
                 str(tmp),
@@ -252,17 +262,19 @@ def quantize(spec: ModelSpec, store: Path, settings: dict[str, Any] | None = Non
                 weight_type=QuantType.QInt8,
                 **ops,
             )
-        os.replace(tmp, out / INT8_FILE)
-        meta = Path(scratch) / QUANT_FILE
+        meta = Path(scratch) / "settings.json"
         meta.write_text(json.dumps(settings), encoding="utf-8")
-        os.replace(meta, out / QUANT_FILE)
+        os.replace(meta, graph.with_suffix(".json"))  # the settings first: a graph has them
+        os.replace(tmp, graph)
     return out
 
 
-def quantized_with(directory: Path) -> dict[str, Any] | None:
-    """The settings the int8 graph in ``directory`` was made with (None: unknown)."""
-    path = directory / QUANT_FILE
-    return dict(json.loads(path.read_text("utf-8"))) if path.is_file() else None
+def quantized_with(graph: Path) -> dict[str, Any] | None:
+    """The settings the int8 graph at ``graph`` was made with (None: no such graph)."""
+    path = graph.with_suffix(".json")
+    if not graph.is_file() or not path.is_file():
+        return None
+    return dict(json.loads(path.read_text("utf-8")))
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -37,8 +37,10 @@ from jobfit.workers.embedders.export import (
     export,
     export_dir,
     export_lock,
+    int8_file,
     optimize,
     quantization_ladder,
+    quantization_settings,
     quantize,
     quantized_with,
 )
@@ -176,7 +178,9 @@ def compare(
     of each vector to the torch one; and whether int8 passes the gate."""
     if reference is None:
         reference = Reference.of(spec, store, check or sample_check_set())
-    int8 = OnnxEmbedder(spec, quantize(spec, store, quantization), int8=True)
+    quantization = quantization or quantization_settings(cpu_features())
+    directory = quantize(spec, store, quantization)
+    int8 = OnnxEmbedder(spec, directory, int8=True, graph=int8_file(quantization))
     out: dict[str, Any] = {
         "torch": reference.torch,
         "onnx": reference.onnx,
@@ -195,13 +199,21 @@ def compare(
 
 def judge_ladder(spec: ModelSpec, store: Path, ladder: list[dict[str, Any]]) -> dict[str, Any]:
     """int8 quantised with each settings of ``ladder`` in turn, judged, until one passes: the
-    comparison (``compare``) of the one that passed (else of the last), with ``tried`` (each
-    one's int8 figures) and ``ladder``. The int8 graph left in the export is the one judged
-    last."""
+    comparison (``compare``) of the one that passed (else of the last judged), its settings
+    (``quantization``), ``tried`` (each one's int8 figures, or the error that kept it from
+    being made: refused, and the next is tried) and ``ladder``."""
     reference = Reference.of(spec, store, sample_check_set())
-    tried = []
+    tried: list[dict[str, Any]] = []
+    judged: tuple[dict[str, Any], dict[str, Any]] | None = None
     for settings in ladder:
-        result = compare(spec, store, quantization=settings, reference=reference)
+        try:
+            result = compare(spec, store, quantization=settings, reference=reference)
+        except Exception as exc:  # this scheme cannot be made here: the next may
+            log.exception("int8 %s of %s could not be made", settings, version_of(spec.path))
+            error = f"{type(exc).__name__}: {exc}"
+            tried.append({"quantization": settings, "passes": False, "error": error})
+            continue
+        judged = (settings, result)
         int8 = result["onnx-int8"]
         tried.append(
             {
@@ -215,31 +227,38 @@ def judge_ladder(spec: ModelSpec, store: Path, ladder: list[dict[str, Any]]) -> 
         )
         if result["gate"]["int8_passes"]:
             break
+    if judged is None:  # none could be made: refused
+        judged = (ladder[-1], {"torch": reference.torch, "onnx": reference.onnx})
+        judged[1]["gate"] = {"int8_passes": False, "error": "no int8 graph could be made"}
+    settings, result = judged
     return {**result, "quantization": settings, "ladder": ladder, "tried": tried}
 
 
 def gate(
-    spec: ModelSpec, store: Path, quantization: dict[str, Any] | None = None
+    spec: ModelSpec, store: Path, ladder: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The gate's verdict for this model on this CPU (``judge_ladder`` over this CPU's
-    schemes, ``export.quantization_ladder``: the first that passes serves), computed once and
-    kept in ``gate.json``; judged again when the verdict was made for another ladder (a CPU
-    with other features, or a verdict that does not say) or the int8 graph there is not the
-    one it judged. ``quantization``: one settings to judge instead (to compare settings)."""
-    ladder = [quantization] if quantization is not None else quantization_ladder(cpu_features())
+    """The gate's verdict for this model on this CPU (``judge_ladder`` over ``ladder``,
+    default this CPU's schemes, ``export.quantization_ladder``: the first that passes
+    serves), computed once and kept in ``gate.json``; judged again when the verdict was made
+    for another ladder (a CPU with other features, a comparison of other settings, or a
+    verdict that does not say) or the int8 graph it judged is gone."""
+    ladder = ladder or quantization_ladder(cpu_features())
     with export_lock(spec, store):
         directory = export(spec, store)
         path = directory / GATE_FILE
         if path.is_file():
             verdict = dict(json.loads(path.read_text("utf-8")))
-            if verdict.get("ladder") == ladder and verdict.get("quantization") == quantized_with(
-                directory
+            settings = verdict.get("quantization")
+            if (
+                verdict.get("ladder") == ladder
+                and isinstance(settings, dict)
+                and quantized_with(directory / int8_file(settings)) == settings
             ):
                 return verdict
             log.warning(
                 "int8 verdict of %s was judged with %s, this CPU quantises with %s: judging again",
                 version_of(spec.path),
-                verdict.get("ladder", verdict.get("quantization")),
+                verdict.get("ladder", settings),
                 ladder,
             )
         result = judge_ladder(spec, store, ladder)
@@ -354,16 +373,24 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 def refusal(spec_version: str, verdict: dict[str, Any]) -> QualityGateError:
     """Why the gate refused int8 for ``spec_version``, in the verdict's own numbers."""
+    int8 = verdict.get("onnx-int8")
+    figures = (
+        f"check-set Spearman {int8['spearman']} vs fp32 {verdict['torch']['spearman']} "
+        f"(allowed ±{GATE_MAX_DROP}), mean cosine to fp32 {int8['cosine_to_torch_mean']} "
+        f"(at least {GATE_MIN_COSINE})"
+        if int8 is not None
+        else str(verdict["gate"].get("error"))
+    )
     return QualityGateError(
-        f"int8 backend refused for {spec_version}: check-set Spearman "
-        f"{verdict['onnx-int8']['spearman']} vs fp32 {verdict['torch']['spearman']} "
-        f"(allowed ±{GATE_MAX_DROP}), mean cosine to fp32 "
-        f"{verdict['onnx-int8']['cosine_to_torch_mean']} (at least {GATE_MIN_COSINE}); "
-        f"schemes tried: {', '.join(_schemes(verdict))}; "
-        "serving torch fp32"
+        f"int8 backend refused for {spec_version}: {figures}; schemes tried:"
+        f" {', '.join(_schemes(verdict))}; serving torch fp32"
     )
 
 
 def _schemes(verdict: dict[str, Any]) -> list[str]:
-    """The int8 schemes a verdict tried, in order."""
-    return [str(t["quantization"].get("scheme")) for t in verdict.get("tried", [])]
+    """The int8 schemes a verdict tried, in order (with the error of one that could not be
+    made)."""
+    return [
+        str(t["quantization"].get("scheme")) + (f" ({t['error']})" if "error" in t else "")
+        for t in verdict.get("tried", [])
+    ]

@@ -19,7 +19,13 @@ import numpy as np
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
-from jobfit.workers.embedders.export import FP32_FILE, INT8_FILE, OPT_FILE
+from jobfit.workers.embedders.export import (
+    FP32_FILE,
+    OPT_FILE,
+    cpu_features,
+    int8_file,
+    quantization_settings,
+)
 from jobfit.workers.embedders.packing import pack_by_tokens
 
 log = logging.getLogger(__name__)
@@ -33,15 +39,18 @@ class OnnxEmbedder(BaseEmbedder):
     def __init__(
         self, spec: ModelSpec, directory: Path, *, int8: bool, graph: str | None = None
     ) -> None:
-        """``graph``: the file in ``directory`` to run (default: the plain fp32 or the int8
-        export; ``export.OPT_FILE``: the optimised fp32 graph, once it passed its check)."""
+        """``graph``: the file in ``directory`` to run (default: the plain fp32 export, or the
+        int8 graph of this CPU's first scheme; ``export.OPT_FILE``: the optimised fp32 graph,
+        once it passed its check; ``export.int8_file(settings)``: an int8 graph)."""
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
         super().__init__()
         self.spec = spec
         self._base = version_of(spec.path)
-        self.graph = graph or (INT8_FILE if int8 else FP32_FILE)
+        if graph is None:
+            graph = int8_file(quantization_settings(cpu_features())) if int8 else FP32_FILE
+        self.graph = graph
         # The optimised graph's vectors differ from the plain one's in the last bits, and
         # which of the two serves is measured per store: each caches under its own version.
         self.backend = "onnx-int8" if int8 else "onnx-opt" if self.graph == OPT_FILE else "onnx"

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from jobfit.shared.model_store import version_of
 from jobfit.workers.embedders.base import BaseEmbedder, ModelSpec
-from jobfit.workers.embedders.export import FP32_FILE, OPT_FILE, export, export_dir, quantize
+from jobfit.workers.embedders.export import (
+    FP32_FILE,
+    OPT_FILE,
+    export,
+    export_dir,
+    int8_file,
+    quantize,
+)
 from jobfit.workers.embedders.gate import check_fp32, gate, refusal
 from jobfit.workers.embedders.instant import InstantEmbedder
 from jobfit.workers.embedders.onnx import OnnxEmbedder
@@ -45,7 +52,9 @@ def make_embedder(spec: ModelSpec, store: Path) -> BaseEmbedder:
     if spec.backend == "onnx-int8":
         verdict = gate(spec, store)
         if verdict["gate"]["int8_passes"]:
-            directory = quantize(spec, store, verdict["quantization"])  # the scheme that passed
-            return OnnxEmbedder(spec, directory, int8=True)
+            # The graph of the settings that passed (its own file: never replaced).
+            directory = quantize(spec, store, verdict["quantization"])
+            graph = int8_file(verdict["quantization"])
+            return OnnxEmbedder(spec, directory, int8=True, graph=graph)
         log.error("%s", refusal(version_of(spec.path), verdict))
     return SentenceTransformerEmbedder(spec)
