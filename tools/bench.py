@@ -551,19 +551,26 @@ def int8_goals(backends: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, verdict in backends.items():
         passes = bool(verdict["gate"]["int8_passes"])
-        speedup = verdict["onnx-int8"]["speedup_vs_torch"]
+        speedup = verdict.get("onnx-int8", {}).get("speedup_vs_torch")  # none: none was made
         out[f"3_int8_served_vs_torch_{name}"] = {
             "served": verdict["quantization"].get("scheme") if passes else None,
             "speedup_vs_torch": speedup if passes else None,
             "tried": {
                 t["quantization"].get("scheme"): {
-                    k: t[k]
-                    for k in ("passes", "speedup_vs_torch", "spearman_drop", "cosine_to_torch_mean")
+                    k: t.get(k)
+                    for k in (
+                        "passes",
+                        "speedup_vs_torch",
+                        "spearman_drop",
+                        "cosine_to_torch_mean",
+                        "error",
+                    )
+                    if k in t
                 }
                 for t in verdict["tried"]
             },
             "target": "served at >= 2x torch fp32",
-            "met": passes and speedup >= 2.0,
+            "met": passes and speedup is not None and speedup >= 2.0,
         }
     return out
 

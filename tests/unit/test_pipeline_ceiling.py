@@ -259,8 +259,16 @@ def test_the_int8_goal_reads_the_scheme_that_serves_and_every_one_tried() -> Non
             "mpnet": verdict(tried("all", False, 3.5), tried("ffn-down-fp32", True, 2.1)),
             "slow": verdict(tried("all", True, 1.8)),
             "refused": verdict(tried("all", False, 3.0), tried("ffn-down-fp32", False, 2.2)),
+            # None could be made: the verdict has no int8 figures, its tries say why.
+            "unmade": {
+                "gate": {"int8_passes": False, "error": "no int8 graph could be made"},
+                "quantization": {"scheme": "ffn-down-fp32"},
+                "tried": [{"quantization": {"scheme": "all"}, "passes": False, "error": "boom"}],
+            },
         }
     )
+    unmade = out["3_int8_served_vs_torch_unmade"]
+    assert unmade["met"] is False and unmade["tried"]["all"] == {"passes": False, "error": "boom"}
     assert out["3_int8_served_vs_torch_mpnet"]["served"] == "ffn-down-fp32"
     assert out["3_int8_served_vs_torch_mpnet"]["met"] is True
     assert out["3_int8_served_vs_torch_mpnet"]["tried"]["all"]["speedup_vs_torch"] == 3.5
