@@ -557,7 +557,7 @@ def int8_goals(backends: dict[str, Any]) -> dict[str, Any]:
             "speedup_vs_torch": speedup if passes else None,
             "tried": {
                 t["quantization"].get("scheme"): {
-                    k: t.get(k)
+                    k: t[k]
                     for k in (
                         "passes",
                         "speedup_vs_torch",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +216,15 @@ def test_exact_verdict_naming_no_graph_is_checked_again(spec, onnx_store, tmp_pa
     assert check_fp32(auto, store) == {"exact": False, "error": "x"}  # refusals stay
 
 
+@pytest.fixture()
+def fresh_verdict(spec: ModelSpec, onnx_store: Path) -> Iterator[None]:
+    """No kept verdict before the test, none after it (the module shares one store)."""
+    path = export_dir(spec, onnx_store) / GATE_FILE
+    path.unlink(missing_ok=True)
+    yield
+    path.unlink(missing_ok=True)
+
+
 def judged_by_scheme(
     monkeypatch: pytest.MonkeyPatch, passing: set[str], broken: Collection[str] = ()
 ) -> list[str]:
@@ -240,7 +249,9 @@ def _reference() -> gate_module.Reference:
     return gate_module.Reference(sample_check_set(), {"spearman": 0.3}, np.zeros(1), {})
 
 
-def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, monkeypatch):
+def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(
+    spec, onnx_store, monkeypatch, fresh_verdict
+):
     directory = quantize(spec, onnx_store)
     here = quantization_ladder(cpu_features())
     judged = judged_by_scheme(monkeypatch, passing=set())
@@ -260,20 +271,20 @@ def test_stale_or_foreign_cpu_int8_verdict_is_judged_again(spec, onnx_store, mon
     (directory / GATE_FILE).write_text(json.dumps({"gate": {}}), encoding="utf-8")
     assert gate(spec, onnx_store)["quantization"] == here[-1]
     assert len(judged) == 4
-    # The graph it judged is gone: judged again (the graph made again).
-    (directory / int8_file(here[-1])).unlink()
-    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 6
-    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 6  # kept
+    assert gate(spec, onnx_store)["quantization"] == here[-1] and len(judged) == 4  # kept
+    # A refusal does not need its graphs: kept without them.
+    for q in here:
+        (directory / int8_file(q)).unlink()
+    assert gate(spec, onnx_store)["gate"]["int8_passes"] is False and len(judged) == 4
 
 
-def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch):
+def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch, fresh_verdict):
     fp32 = export_dir(spec, onnx_store) / FP32_FILE
     down = narrowing_matmuls(fp32)
     # MiniLM has 6 layers: one down-projection each.
     assert len(down) == 6 and all("output/dense" in n for n in down), down
     # The first scheme cannot be made here: refused with its error, the next one judged.
     judged = judged_by_scheme(monkeypatch, passing={"all", "ffn-down-fp32"}, broken={"all"})
-    (export_dir(spec, onnx_store) / GATE_FILE).unlink(missing_ok=True)
     verdict = gate(spec, onnx_store)
     assert judged == ["all", "ffn-down-fp32"]
     assert [(t["quantization"]["scheme"], t["passes"]) for t in verdict["tried"]] == [
@@ -293,20 +304,37 @@ def test_the_first_scheme_that_passes_serves(spec, onnx_store, monkeypatch):
     assert served.graph == graph.name
     assert quantized_with(graph) == verdict["quantization"]
     assert graph.stat().st_mtime_ns == made, "the graph that passed serves: not made again"
+    # The graph that passed is gone: judged again (and made again), before anything serves.
+    graph.unlink()
+    assert type(make_embedder(int8_spec, onnx_store)) is OnnxEmbedder
+    assert judged == ["all", "ffn-down-fp32"] * 2 and graph.is_file()
 
 
 def test_a_ladder_none_of_which_can_be_made_is_refused_with_the_errors(
-    spec, onnx_store, monkeypatch
+    spec, onnx_store, monkeypatch, fresh_verdict
 ):
-    judged_by_scheme(monkeypatch, passing=set(), broken={"all", "ffn-down-fp32"})
-    (export_dir(spec, onnx_store) / GATE_FILE).unlink(missing_ok=True)
+    judged = judged_by_scheme(monkeypatch, passing=set(), broken={"all", "ffn-down-fp32"})
     verdict = gate(spec, onnx_store)
-    assert verdict["gate"]["int8_passes"] is False
+    assert verdict["gate"]["int8_passes"] is False and verdict["quantization"] is None
     assert all("the quantiser failed" in t["error"] for t in verdict["tried"])
     int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
     assert type(make_embedder(int8_spec, onnx_store)) is SentenceTransformerEmbedder
+    assert len(judged) == 2, "the refusal is kept: not judged again at each load"
     assert "the quantiser failed" in str(gate_module.refusal("v", verdict))
-    (export_dir(spec, onnx_store) / GATE_FILE).unlink()
+
+
+def test_a_model_whose_reference_cannot_be_run_is_refused_and_kept(
+    spec, onnx_store, monkeypatch, fresh_verdict
+):
+    def broken(*_: object) -> None:
+        raise OSError("no such tokenizer")
+
+    monkeypatch.setattr(gate_module.Reference, "of", classmethod(broken))
+    verdict = gate(spec, onnx_store)
+    assert verdict["gate"]["int8_passes"] is False
+    assert "no such tokenizer" in verdict["gate"]["error"]
+    int8_spec = ModelSpec(**{**spec.__dict__, "backend": "onnx-int8"})
+    assert type(make_embedder(int8_spec, onnx_store)) is SentenceTransformerEmbedder
 
 
 def serve_one(settings, store: Path, backend: str, log_path: Path) -> dict:

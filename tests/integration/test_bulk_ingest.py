@@ -26,7 +26,8 @@ TIMEOUT = 180
 # A real, non-transient failure for one document: Postgres refuses its row.
 POISON = "bulk-poison"
 POISON_SQL = (
-    "CREATE FUNCTION jobfit_test_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    "DROP TRIGGER IF EXISTS jobfit_test_poison ON documents",
+    "CREATE OR REPLACE FUNCTION jobfit_test_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
     f" IF NEW.external_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned row %', NEW.external_id;"
     " END IF; RETURN NEW; END $$",
     "CREATE TRIGGER jobfit_test_poison BEFORE INSERT OR UPDATE ON documents"
@@ -133,10 +134,10 @@ def test_a_document_that_cannot_be_stored_fails_alone_and_is_recorded(
         {"id": POISON, "skills": ["SQL"]},
         {"id": "bulk-each-2", "positions": ["Analyst"]},
     ]
-    with session_factory.begin() as s:
-        for statement in POISON_SQL:
-            s.execute(text(statement))
     try:
+        with session_factory.begin() as s:
+            for statement in POISON_SQL:
+                s.execute(text(statement))
         celery_app.send_task(INGEST_JOBS, kwargs={"documents": [job]}).get(timeout=TIMEOUT)
         res = celery_app.send_task(INGEST_RESUMES, kwargs={"documents": documents})
         out = BulkIngestResult.model_validate(res.get(timeout=TIMEOUT))

@@ -87,7 +87,8 @@ def test_batches_longer_than_the_timeout_are_delivered_once(
         r"batch of (\d+) jobfit.ingest_resume: .* ([\d.]+)s$", w.log_path.read_text(), re.M
     )
     # Two batches reserved: a message of the next one is held while one runs and while its
-    # own runs, longer than a timeout and a sweep (without leases: 860 deliveries of 512).
+    # own runs, longer than a timeout and a sweep (without leases, an earlier version of this
+    # test: 860 deliveries of 512 messages).
     runtimes = [float(s) for _, s in batches]
     held_s = max(a + b for a, b in pairwise(runtimes))
     assert held_s > 3, f"too quick to test leases: {batches}"

@@ -8,9 +8,10 @@ normalisation) as one graph, and run with onnxruntime (``embedders.onnx``).
 
 Exports live in ``<model store>/onnx/<version>/`` (``model.onnx``, its optimised form
 ``model_opt.onnx``, an int8 graph per quantisation settings ``model_qint8.<digest>.onnx``,
-the fp32 check's ``fp32.json``, the gate's ``gate.json``), made once, atomically (a
-temporary directory renamed into place), and under a file lock (``export_lock``) so that two
-workers loading the same version do not export it twice.
+the fp32 check's ``fp32.json``, the gate's ``gate.json``), made once, atomically (the
+export a temporary directory renamed into place; an int8 graph written aside and renamed,
+after its settings), and under a file lock (``export_lock``) so that two workers loading the
+same version do not export it twice.
 
 The optimised graph (``optimize``) is the fp32 graph after onnxruntime's transformer fusions
 (``onnxruntime.transformers.optimizer``: fused attention, embedding and skip LayerNorm, bias
@@ -236,7 +237,7 @@ def quantize(spec: ModelSpec, store: Path, settings: dict[str, Any] | None = Non
     out = export(spec, store)
     settings = settings or quantization_settings(cpu_features())
     graph = out / int8_file(settings)
-    if graph.is_file():
+    if quantized_with(graph) == settings:
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -227,9 +227,15 @@ def judge_ladder(spec: ModelSpec, store: Path, ladder: list[dict[str, Any]]) -> 
         )
         if result["gate"]["int8_passes"]:
             break
-    if judged is None:  # none could be made: refused
-        judged = (ladder[-1], {"torch": reference.torch, "onnx": reference.onnx})
-        judged[1]["gate"] = {"int8_passes": False, "error": "no int8 graph could be made"}
+    if judged is None:  # none could be made: refused, naming no graph
+        return {
+            "torch": reference.torch,
+            "onnx": reference.onnx,
+            "gate": {"int8_passes": False, "error": "no int8 graph could be made"},
+            "quantization": None,
+            "ladder": ladder,
+            "tried": tried,
+        }
     settings, result = judged
     return {**result, "quantization": settings, "ladder": ladder, "tried": tried}
 
@@ -241,19 +247,20 @@ def gate(
     default this CPU's schemes, ``export.quantization_ladder``: the first that passes
     serves), computed once and kept in ``gate.json``; judged again when the verdict was made
     for another ladder (a CPU with other features, a comparison of other settings, or a
-    verdict that does not say) or the int8 graph it judged is gone."""
+    verdict that does not say) or the int8 graph that passed is gone. A model whose export
+    or reference run fails is refused, and the error kept (delete the file to try again)."""
     ladder = ladder or quantization_ladder(cpu_features())
     with export_lock(spec, store):
-        directory = export(spec, store)
-        path = directory / GATE_FILE
+        path = export_dir(spec, store) / GATE_FILE
         if path.is_file():
             verdict = dict(json.loads(path.read_text("utf-8")))
             settings = verdict.get("quantization")
-            if (
-                verdict.get("ladder") == ladder
-                and isinstance(settings, dict)
-                and quantized_with(directory / int8_file(settings)) == settings
-            ):
+            passed = bool(verdict.get("gate", {}).get("int8_passes"))
+            graph_here = (
+                isinstance(settings, dict)
+                and quantized_with(export_dir(spec, store) / int8_file(settings)) == settings
+            )
+            if verdict.get("ladder") == ladder and (graph_here or not passed):
                 return verdict
             log.warning(
                 "int8 verdict of %s was judged with %s, this CPU quantises with %s: judging again",
@@ -261,7 +268,14 @@ def gate(
                 verdict.get("ladder", settings),
                 ladder,
             )
-        result = judge_ladder(spec, store, ladder)
+        try:
+            result = judge_ladder(spec, store, ladder)
+        except Exception as exc:  # no export, or no reference to judge against: refused
+            log.exception("int8 of %s could not be judged", version_of(spec.path))
+            error = f"{type(exc).__name__}: {exc}"
+            result = {"gate": {"int8_passes": False, "error": error}, "quantization": None}
+            result |= {"ladder": ladder, "tried": []}
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, result)
         return result
 

@@ -50,7 +50,7 @@ class OnnxEmbedder(BaseEmbedder):
         self._base = version_of(spec.path)
         if graph is None:
             graph = int8_file(quantization_settings(cpu_features())) if int8 else FP32_FILE
-        self.graph = graph
+        self.graph = graph  # int8: the caller names the graph that passed (``select``)
         # The optimised graph's vectors differ from the plain one's in the last bits, and
         # which of the two serves is measured per store: each caches under its own version.
         self.backend = "onnx-int8" if int8 else "onnx-opt" if self.graph == OPT_FILE else "onnx"
