@@ -122,11 +122,11 @@ class Item:
 
     @property
     def summary(self) -> Any:
-        """What Flower shows of the answer: a bulk message's counts by status."""
-        result = self.result
-        if not self.bulk or result is None:
-            return result
-        statuses = [d["status"] for d in result["documents"]]
+        """What Flower shows of the answer: a bulk message's counts by status (read off its
+        results, without building the answer a second time)."""
+        if not self.bulk or self.error is not None or len(self.results) != len(self.docs):
+            return self.result
+        statuses = [r.status for r in self.results] + ["refused"] * len(self.refused)
         return {status: statuses.count(status) for status in sorted(set(statuses))}
 
 

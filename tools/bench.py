@@ -209,17 +209,11 @@ def submit_all(
     per task and a busy progress bar cost the 2-core run ~7 %)."""
     from jobfit.shared.console import progress_bar
 
-    client = JobfitClient(app=stage.app)
     row: Any = MatchRow if score else DocumentRow
     expected = len(resumes) * len(jobs) if score else len(resumes) + len(jobs)
     engine = create_engine(make_url(stage.settings.db.url))
     t0 = time.perf_counter()
-    if bulk:
-        results = client.submit_jobs(jobs, score=score)
-        results += client.submit_resumes(resumes, score=score)
-    else:
-        results = [client.submit_job(j, score=score) for j in jobs]
-        results += [client.submit_resume(r, score=score) for r in resumes]
+    results = send_documents(stage, resumes, jobs, bulk=bulk, score=score)()
     try:
         with progress_bar(refresh_per_second=2) as bar:
             task = bar.add_task(f"{row.__tablename__} committed", total=expected)
@@ -402,22 +396,20 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
-def send_documents(stage: Stage, resumes: Docs, jobs: Docs) -> Callable[[], list[AsyncResult]]:
+def send_documents(
+    stage: Stage, resumes: Docs, jobs: Docs, *, bulk: bool = False, score: bool = False
+) -> Callable[[], list[AsyncResult]]:
+    """Jobs then resumes, one per message or with ``bulk`` in bulk messages
+    (``MAX_BULK_DOCUMENTS`` to a message)."""
     client = JobfitClient(app=stage.app)
 
     def send() -> list[AsyncResult]:
-        results = [client.submit_job(j, score=False) for j in jobs]
-        return results + [client.submit_resume(r, score=False) for r in resumes]
-
-    return send
-
-
-def send_bulk(stage: Stage, resumes: Docs, jobs: Docs) -> Callable[[], list[AsyncResult]]:
-    """The same documents in bulk messages (``MAX_BULK_DOCUMENTS`` to a message)."""
-    client = JobfitClient(app=stage.app)
-
-    def send() -> list[AsyncResult]:
-        return client.submit_jobs(jobs, score=False) + client.submit_resumes(resumes, score=False)
+        if bulk:
+            return client.submit_jobs(jobs, score=score) + client.submit_resumes(
+                resumes, score=score
+            )
+        results = [client.submit_job(j, score=score) for j in jobs]
+        return results + [client.submit_resume(r, score=score) for r in resumes]
 
     return send
 
@@ -461,7 +453,7 @@ def ceiling(
             noops.append(drain(stage, send_noops(stage, docs)))
             runs.append(drain(stage, send_documents(stage, resumes, jobs)))
             empty_tables(stage.settings)
-            bulk.append(drain(stage, send_bulk(stage, resumes, jobs), docs))
+            bulk.append(drain(stage, send_documents(stage, resumes, jobs, bulk=True), docs))
     run = statistics.median(r["documents_per_s"] for r in runs)
     in_bulk = statistics.median(r["documents_per_s"] for r in bulk)
     noop = statistics.median(r["messages_per_s"] for r in noops)
