@@ -24,6 +24,7 @@ from jobfit.shared.celery_app import EMBED_QUEUE, TRAIN_QUEUE, JobfitCelery, cre
 from jobfit.shared.client import JobfitClient, read_documents
 from jobfit.shared.config import BrokerSettings, Settings
 from jobfit.shared.db import ensure_database, make_engine, make_session_factory, upgrade
+from jobfit.shared.model_store import base_version
 from jobfit.shared.orm import DocumentRow, FailedMessageRow, MatchRow, ModelVersionRow
 from jobfit.shared.sample import SAMPLE_DIR, load_labels
 from tools.postgres import pgvector_settings
@@ -208,13 +209,14 @@ def run_demo(
         worker_env={"JOBFIT_DB__URL": settings.db.url},
         after=then,
     )
-    versions = {s["model_version"] for s in summaries if s.get("model_version")}
+    served = {s["model_version"] for s in summaries if s.get("model_version")}
     embedded = sum(s.get("embedded", 0) for s in summaries)
     console.print(
         f"worker ready in {timing['worker_start_s']:.1f}s; {len(resumes)} resumes × {len(jobs)} "
         f"jobs submitted and scored in {timing['score_s']:.1f}s ({embedded} texts embedded; "
-        f"model {', '.join(sorted(versions))})"
+        f"model {', '.join(sorted(served))})"
     )
+    versions = {base_version(v) for v in served}
     if trained:
         active = trained.get("active_version") or trained.get("parent_version")
         metrics = trained.get("metrics") or {}
@@ -244,12 +246,22 @@ def report(
 
     from jobfit.shared.cli import ranked_table
 
-    if len(versions) != 1:
-        console.print(f"[red]expected one model version, got {versions}[/red]")
-        return 1
-    (version,) = versions
     rids, jids = [r["id"] for r in resumes], [j["id"] for j in jobs]
     engine = make_engine(settings)
+    with make_session_factory(engine)() as session:
+        # The rows name the version as served: the registry's, or a backend variant of it
+        # (``…+onnx``), whichever the worker ran.
+        scored = session.scalars(
+            select(ModelVersionRow.version)
+            .join(MatchRow, MatchRow.model_version_id == ModelVersionRow.id)
+            .distinct()
+        )
+        served = {v for v in scored if base_version(v) in versions}
+    if len(served) != 1:
+        engine.dispose()
+        console.print(f"[red]expected one served model version of {versions}, got {served}")
+        return 1
+    (version,) = served
     with make_session_factory(engine)() as session:
         r_doc, j_doc = aliased(DocumentRow), aliased(DocumentRow)
         rows = session.execute(

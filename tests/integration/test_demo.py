@@ -49,8 +49,11 @@ def test_demo_on_services_fine_tunes_and_scores_every_pair(settings, demo_db, tm
 
 
 def test_demo_falls_back_to_embedded_when_services_are_down(settings, tmp_path):
+    """... and reports the version as served: on ONNX (the default on a CPU) the rows name
+    ``<version>+onnx``, not the registry's version."""
     env = settings_env(settings)
     env["JOBFIT_MODEL__STORE"] = str(tmp_path / "models")
+    env["JOBFIT_MODEL__BACKEND"] = "onnx"
     env["JOBFIT_BROKER__URL"] = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     env["JOBFIT_DB__URL"] = "postgresql+psycopg://postgres@127.0.0.1:1/jobfit"  # nor here
     out = run_demo(env, "auto")
@@ -58,4 +61,5 @@ def test_demo_falls_back_to_embedded_when_services_are_down(settings, tmp_path):
     assert "unreachable" in out.stdout
     assert "backend: embedded" in out.stdout
     assert "match rows in the database for the sample: 840 of 840" in out.stdout
+    assert "+onnx" in out.stdout  # the ranked tables name the served variant
     assert "database: embedded Postgres with pgvector" in out.stdout

@@ -15,6 +15,7 @@ from jobfit.workers.training.data import (
     TrainingData,
     match_examples,
     pair_examples,
+    rank_targets,
     read_pair_file,
     split_both,
     split_examples,
@@ -254,6 +255,42 @@ def test_a_candidate_better_on_resumes_but_worse_on_jobs_is_refused_by_the_job_c
     no_gain = judge_candidate({"resume": {metric: 0.60}, "job": {metric: 0.40}}, active, **rule)
     assert no_gain.refused_by == ("held-out resumes", "held-out jobs")
     assert judge_candidate({"resume": {metric: 0.3}, "job": {metric: 0.1}}, None, **rule).promoted
+
+
+def test_rank_targets_keep_the_order_and_spread_it_over_the_label_range():
+    """Each label becomes its rank (ties share their mean rank) on the labels' own scale:
+    (rank - 0.5) / n of the way from the lowest label to the highest; ids and pairs stay."""
+    labels = [0.35, 0.1, 0.85, 0.35, 0.8]
+    matches = [
+        m(f"r{i}", "j", y, [(S, f"Skills: {i}", "Skills required: x")])
+        for i, y in enumerate(labels)
+    ]
+    ranked = rank_targets(matches)
+    # ranks 2.5, 1, 5, 2.5, 4 of 5 -> shares 0.4, 0.1, 0.9, 0.4, 0.7 of 0.1..0.85
+    assert [t.label for t in ranked] == pytest.approx([0.4, 0.175, 0.775, 0.4, 0.625])
+    assert [(t.resume_id, t.pairs) for t in ranked] == [(x.resume_id, x.pairs) for x in matches]
+    assert rank_targets([]) == []
+
+
+def test_training_hands_the_trainers_rank_targets_by_default_and_labels_when_asked(
+    monkeypatch, tmp_path: Path
+):
+    from jobfit.workers.training import trainers
+
+    seen: list[list[float]] = []
+
+    def spy(model, matches, params, **_):
+        seen.append([x.label for x in matches])
+        return trainers.TrainResult(model, {}, {})
+
+    monkeypatch.setattr(trainers, "train_head", spy)
+    matches = _tiny_matches()
+    result = trainers.train(None, matches, trainers.TrainParams(), work_dir=tmp_path)
+    trainers.train(None, matches, trainers.TrainParams(target="label"), work_dir=tmp_path)
+    assert seen == [[x.label for x in rank_targets(matches)], [x.label for x in matches]]
+    assert result.info["target"] == "rank"
+    with pytest.raises(ValueError, match="target"):
+        trainers.TrainParams(target="score")  # type: ignore[arg-type]
 
 
 def test_read_pair_file_csv_jsonl_and_errors(tmp_path: Path):

@@ -9,7 +9,7 @@ import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,9 @@ from jobfit.shared.fields import field_texts, usable_pairs
 from jobfit.shared.splits import SPLITS, SplitName
 
 MIN_TRAIN, MIN_EVAL = 2, 3
+
+# What a match's score is trained towards (``TrainParams.target``).
+Target = Literal["rank", "label"]
 
 
 class NotEnoughDataError(ValueError):
@@ -84,6 +87,27 @@ def match_examples(
         if pairs:
             out.append(MatchExample(rid, jid, float(y), pairs))
     return out, pending
+
+
+def rank_targets(matches: Sequence[MatchExample]) -> list[MatchExample]:
+    """The matches with each label replaced by its rank among them, spread evenly over the
+    labels' own range: (rank - 0.5) / n of the way from the lowest label to the highest
+    (tied labels share their mean rank). A monotone map of the label: every ranking the
+    service returns, and Spearman and NDCG against the real labels, mean the same with
+    either target. The real labels bunch (345 distinct values over 9.6k matches, 30 % of
+    them within 0.78-0.85); MSE against their ranks spends its effort on the order of the
+    matches rather than on the distances inside those bunches (README "Which path on which
+    hardware")."""
+    from scipy.stats import rankdata
+
+    if not matches:
+        return []
+    labels = np.array([m.label for m in matches], dtype=np.float64)
+    low, high = float(labels.min()), float(labels.max())
+    share = (rankdata(labels) - 0.5) / len(labels)
+    return [
+        replace(m, label=low + (high - low) * float(q)) for m, q in zip(matches, share, strict=True)
+    ]
 
 
 def split_examples(
