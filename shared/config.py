@@ -246,12 +246,19 @@ class ScoringSettings(BaseModel):
         return equal_weights()
 
 
+TrainTarget = Literal["rank", "label"]
+
+
 class TrainSettings(BaseModel):
     # head: encoder frozen, a head trained on its cached embeddings (minutes on a CPU).
     # full: sentence-transformers' trainer on all weights (use a GPU). Both train the served
-    # rule: a match's weighted mean pair cosine against its label (workers.training).
+    # rule: a match's weighted mean pair cosine against its target (workers.training).
     mode: Literal["head", "full", "full+head"] = "head"
     epochs: int = Field(default=1, ge=1)
+    # What a match's score is trained towards: rank, the label's rank among the training
+    # matches on the label's scale (a monotone map of the label; measured better on held-out
+    # resumes and jobs, README "Which path on which hardware"), or the label itself.
+    target: TrainTarget = "rank"
     # A candidate becomes active only if its match-level Spearman on the stored evaluation
     # split beats the active version's by more than this.
     promote_margin: float = 0.005

@@ -143,8 +143,9 @@ def fine_tune(
     client: JobfitClient, labels: dict[tuple[str, str], float], console: Console
 ) -> dict[str, Any]:
     """Send the sample's labels, retrain on the train queue (a head on the frozen encoder:
-    seconds on a CPU), and, if the new version wins on the held-out resumes, wait for the
-    worker to switch to it and rescore. Returns the retrain summary."""
+    seconds on a CPU), and, if the gate promotes the new version (better on the held-out
+    resumes, not worse on the held-out jobs), wait for the worker to switch to it and
+    rescore. Returns the retrain summary."""
     from jobfit.shared.cli_train import wait_with_progress
 
     sent = [client.submit_label(r, j, y, source="demo") for (r, j), y in sorted(labels.items())]
@@ -248,38 +249,38 @@ def report(
 
     rids, jids = [r["id"] for r in resumes], [j["id"] for j in jobs]
     engine = make_engine(settings)
-    with make_session_factory(engine)() as session:
-        # The rows name the version as served: the registry's, or a backend variant of it
-        # (``…+onnx``), whichever the worker ran.
-        scored = session.scalars(
-            select(ModelVersionRow.version)
-            .join(MatchRow, MatchRow.model_version_id == ModelVersionRow.id)
-            .distinct()
-        )
-        served = {v for v in scored if base_version(v) in versions}
-    if len(served) != 1:
-        engine.dispose()
-        console.print(f"[red]expected one served model version of {versions}, got {served}")
-        return 1
-    (version,) = served
-    with make_session_factory(engine)() as session:
-        r_doc, j_doc = aliased(DocumentRow), aliased(DocumentRow)
-        rows = session.execute(
-            select(r_doc.external_id, j_doc.external_id, MatchRow.score)
-            .join(r_doc, MatchRow.resume_id == r_doc.id)
-            .join(j_doc, MatchRow.job_id == j_doc.id)
-            .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
-            .where(
-                ModelVersionRow.version == version,
-                r_doc.external_id.in_(rids),
-                j_doc.external_id.in_(jids),
+    try:
+        with make_session_factory(engine)() as session:
+            # The rows name the version as served: the registry's, or a backend variant of
+            # it (``…+onnx``), whichever the worker ran.
+            scored = session.scalars(
+                select(ModelVersionRow.version)
+                .join(MatchRow, MatchRow.model_version_id == ModelVersionRow.id)
+                .distinct()
             )
-        ).all()
-        failed = session.execute(select(func.count()).select_from(FailedMessageRow)).scalar()
-        for rid in rids[:show]:
-            ranked = repo.ranked(session=session, resume_id=rid, model_version=version, top=top)
-            console.print(ranked_table(ranked, by_job=True, labels=labels))
-    engine.dispose()
+            served = {v for v in scored if base_version(v) in versions}
+            if len(served) != 1:
+                console.print(f"[red]expected one served version of {versions}, got {served}[/red]")
+                return 1
+            (version,) = served
+            r_doc, j_doc = aliased(DocumentRow), aliased(DocumentRow)
+            rows = session.execute(
+                select(r_doc.external_id, j_doc.external_id, MatchRow.score)
+                .join(r_doc, MatchRow.resume_id == r_doc.id)
+                .join(j_doc, MatchRow.job_id == j_doc.id)
+                .join(ModelVersionRow, MatchRow.model_version_id == ModelVersionRow.id)
+                .where(
+                    ModelVersionRow.version == version,
+                    r_doc.external_id.in_(rids),
+                    j_doc.external_id.in_(jids),
+                )
+            ).all()
+            failed = session.execute(select(func.count()).select_from(FailedMessageRow)).scalar()
+            for rid in rids[:show]:
+                ranked = repo.ranked(session=session, resume_id=rid, model_version=version, top=top)
+                console.print(ranked_table(ranked, by_job=True, labels=labels))
+    finally:
+        engine.dispose()
     expected = len(rids) * len(jids)
     console.print(f"match rows in the database for the sample: {len(rows)} of {expected}")
     pairs = [(s, labels[(r, j)]) for r, j, s in rows if s is not None and (r, j) in labels]

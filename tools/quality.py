@@ -227,7 +227,8 @@ def run_quality(
             "pair_types": sorted({p.value for m in matches for p, _, _ in m.pairs}),
         },
         "objective": "match-level MSE: a match's score (the weighted mean of its pair cosines, "
-        "pair-type weights learned) against its label",
+        "pair-type weights learned) against its target (params.target: rank, the label's rank "
+        "on the label's scale; label, the label itself)",
         "params": [{"model": r.name, **r.params.as_dict()} for r in runs],
         "embed_s": embed_s,
         "results": results,

@@ -270,6 +270,10 @@ def test_rank_targets_keep_the_order_and_spread_it_over_the_label_range():
     assert [t.label for t in ranked] == pytest.approx([0.4, 0.175, 0.775, 0.4, 0.625])
     assert [(t.resume_id, t.pairs) for t in ranked] == [(x.resume_id, x.pairs) for x in matches]
     assert rank_targets([]) == []
+    noisy = [m("a", "j", 0.1 + 0.2, []), m("b", "j", 0.3, []), m("c", "j", 0.9, [])]
+    # ranks 1.5, 1.5, 3 of 3 -> shares 1/3, 1/3, 5/6 of 0.3..0.9
+    assert [t.label for t in rank_targets(noisy)] == pytest.approx([0.5, 0.5, 0.8])
+    assert [t.label for t in rank_targets([m("a", "j", 0.5, [])] * 2)] == [0.5, 0.5]
 
 
 def test_training_hands_the_trainers_rank_targets_by_default_and_labels_when_asked(
@@ -284,9 +288,11 @@ def test_training_hands_the_trainers_rank_targets_by_default_and_labels_when_ask
         return trainers.TrainResult(model, {}, {})
 
     monkeypatch.setattr(trainers, "train_head", spy)
+    monkeypatch.setattr(trainers, "train_full", spy)
     matches = _tiny_matches()
     result = trainers.train(None, matches, trainers.TrainParams(), work_dir=tmp_path)
-    trainers.train(None, matches, trainers.TrainParams(target="label"), work_dir=tmp_path)
+    full = trainers.TrainParams(mode="full", target="label")
+    assert trainers.train(None, matches, full, work_dir=tmp_path).info["target"] == "label"
     assert seen == [[x.label for x in rank_targets(matches)], [x.label for x in matches]]
     assert result.info["target"] == "rank"
     with pytest.raises(ValueError, match="target"):

@@ -15,8 +15,10 @@ Training data
     and held-out jobs are both unseen.
 
 The objective is the served score (``match_loss``): a match's score, the weighted mean of its
-pair cosines (``workers.scoring.weighted_mean``), against its label, squared error; the
-pair-type weights are learned with it and stored with the version. Two ways to train, both
+pair cosines (``workers.scoring.weighted_mean``), against its target, squared error: the
+label's rank among the training matches on the label's scale by default
+(``data.rank_targets``; ``TrainParams.target``). The pair-type weights are learned with it
+and stored with the version. Two ways to train, both
 ending in a sentence-transformers directory the workers load as is:
     ``full``  sentence-transformers' trainer on all weights, the match-level loss over all of
               a batch of matches' texts at once (GPU; a time budget bounds it on a CPU).

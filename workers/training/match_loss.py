@@ -1,8 +1,10 @@
 """The match-level objective: a match's score is the weighted mean of its pair cosines (what
 the workers serve, ``workers.scoring.score_match``), and the loss is its squared error
-against the match's label. ``MatchTensors`` is that rule on a table of embeddings (the head
-trains on cached ones); ``MatchScoreLoss`` and ``MatchCollator`` are the same rule as a
-sentence-transformers loss over all of a batch of matches' texts at once (``full``).
+against the match's label (the training target ``trainers.train`` hands in: by default
+the label's rank, ``data.rank_targets``). ``MatchTensors`` is that rule on a table of
+embeddings (the head trains on cached ones); ``MatchScoreLoss`` and ``MatchCollator`` are
+the same rule as a sentence-transformers loss over all of a batch of matches' texts at once
+(``full``).
 
 Pair types are indexed in ``PairType`` order; one more index, with a fixed weight of 1, is
 for generic pair-file examples (a one-pair match of no pair type).

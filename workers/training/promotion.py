@@ -242,6 +242,7 @@ def retrain(
         parent_weights = repo.pair_weights(session=session, version=parent_version)
     params = TrainParams(
         mode=request.mode or settings.train.mode,
+        target=settings.train.target,
         epochs=request.epochs or settings.train.epochs,
         max_steps=request.max_steps,
         time_budget_s=request.time_budget_s,

@@ -1,6 +1,6 @@
 """The two ways to train (``head``: a small head on the frozen encoder, minutes on a CPU;
 ``full``: sentence-transformers' trainer on all weights), both with the served rule as the
-objective (a match's score, the weighted mean of its pair cosines, against its label; the
+objective (a match's score, the weighted mean of its pair cosines, against its target; the
 pair-type weights learned with it), and saving a trained model into the
 model store atomically: a temporary directory renamed into place only once complete, so a
 killed run leaves at most a ``.tmp-*`` directory (swept by the next run)."""
@@ -21,9 +21,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from jobfit.shared.config import PairType
+from jobfit.shared.config import PairType, TrainTarget
 from jobfit.shared.model_store import check_model_dir
-from jobfit.workers.training.data import MatchExample, Target, rank_targets
+from jobfit.workers.training.data import MatchExample, rank_targets
 from jobfit.workers.training.encoding import Progress, encode_unique, no_progress
 
 Mode = Literal["head", "full", "full+head"]
@@ -72,16 +72,17 @@ class TrainParams:
     # serving see them whole): validation 0.669 -> 0.675.
     head_dropout: float = 0.1
     # What a match's score is trained towards: ``rank``, its label's rank among the training
-    # matches on the labels' scale (``match_loss.rank_targets``), or the ``label`` itself.
-    # Ranks: held-out resumes 0.748 -> 0.751 and held-out jobs 0.631 -> 0.667 (MiniLM head,
-    # mean of four seeds; README "Which path on which hardware").
-    target: Target = "rank"
+    # matches on the labels' scale (``data.rank_targets``), or the ``label`` itself. Ranks:
+    # held-out resumes 0.748 -> 0.751 and held-out jobs 0.631 -> 0.667 (MiniLM head, mean of
+    # four seeds; README "Which path on which hardware"). ``full`` trains towards the same
+    # target, not measured with it (no GPU).
+    target: TrainTarget = "rank"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), not {self.head_dropout}")
-        if self.target not in get_args(Target):
-            raise ValueError(f"target must be one of {get_args(Target)}, not {self.target!r}")
+        if self.target not in get_args(TrainTarget):
+            raise ValueError(f"target must be one of {get_args(TrainTarget)}, not {self.target!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -293,9 +294,9 @@ def train_head(
     """Freeze the encoder; train a Dense(tanh) -> Dense head (and the pair-type weights) on
     its embeddings of the unique texts, full batch, AdamW with weight decay. The loss is the
     served rule: MSE between a match's score (the weighted mean of its pair cosines) and its
-    label. ``head_epochs`` steps on every training match; with ``head_val_fraction`` (off by
-    default), a validation slice of unseen resumes and unseen jobs picks the number of steps
-    first (early stopping).
+    label (``train`` hands in the training target). ``head_epochs`` steps on every training
+    match; with ``head_val_fraction`` (off by default), a validation slice of unseen resumes
+    and unseen jobs picks the number of steps first (early stopping).
 
     ``base_vectors``: encoder embeddings already computed (a cache); otherwise they are
     encoded here. A head the model already has is the starting point (fine-tuning from the
@@ -447,7 +448,7 @@ def train(
     their own labels (``params.target`` applies to the labelled matches)."""
     if params.target == "rank":
         matches = rank_targets(matches)
-    result = TrainResult(model, dict(init_weights or {}), {"target": params.target})
+    result = TrainResult(model, dict(init_weights or {}), {})
     if params.mode in ("full", "full+head"):
         result = train_full(
             model,
@@ -468,7 +469,7 @@ def train(
             progress=progress,
         )
         result = TrainResult(head.model, head.pair_weights, {**result.info, **head.info})
-    return result
+    return TrainResult(result.model, result.pair_weights, {"target": params.target, **result.info})
 
 
 def base_name(name: str) -> str:
