@@ -380,7 +380,7 @@ def query_top(
         t0 = time.perf_counter()
         pool = index_pool(session=session, ctx=ctx, doc=q, limit=limit)
         t1 = time.perf_counter()
-        ranked = rank_pool(session=session, ctx=ctx, doc=q, pool=pool, limit=limit)
+        ranked, _ = rank_pool(session=session, ctx=ctx, doc=q, pool=pool, limit=limit)
         t2 = time.perf_counter()
         session.rollback()
     return [i for i, _ in ranked[:k]], t1 - t0, t2 - t0

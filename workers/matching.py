@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 EXACT_PAGE = 2_000
 
 Pair = tuple[int, int]  # (resume row id, job row id)
-Scored = dict[Pair, tuple[DocumentRow, DocumentRow, MatchScore]]
+# A ranking (``ranking.rank``), with the stored vectors it was made on, by document row id.
+Found = tuple[list[Ranked], dict[int, repo.StoredVectors]]
+Scored = dict[Pair, tuple[repo.MatchSide, repo.MatchSide, MatchScore]]
 
 
 def score_documents(
@@ -104,35 +106,44 @@ def match_top_k(
     document's own top K."""
     k, version = ctx.scoring.top_k, ctx.model_version_id
     own, embedded = document_vectors(session=session, ctx=ctx, rows=rows)
-    candidates: dict[int, set[int]] = {}
+    found: dict[int, dict[int, MatchScore]] = {}
+    pooled: dict[int, repo.StoredVectors] = {}
     for row in rows:
-        if not own[row.id].slots:
-            candidates[row.id] = set()
-            continue
-        found = nearest(
-            session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
-        )
-        candidates[row.id] = {i for i, _ in found}
+        found[row.id] = {}
+        if own[row.id].slots:
+            ranked, stored = nearest_found(
+                session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
+            )
+            found[row.id], pooled = dict(ranked), pooled | stored
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
         existing |= repo.stale_partners(
             session=session, model_version_id=version, side=kind, ids=ids, key=ctx.scoring_key
         )
-    others = repo.documents_by_id(
-        session=session, ids=[c for i in candidates for c in candidates[i] | existing[i]]
+    heads = repo.document_heads(
+        session=session, ids=[o for i in found for o in found[i].keys() | existing[i]]
     )
-    vecs, more = document_vectors(session=session, ctx=ctx, rows=list(others.values()))
-    vecs |= own
+    again, more = _scored_again(
+        session=session,
+        ctx=ctx,
+        rows=rows,
+        own=own,
+        found=found,
+        existing=existing,
+        heads=heads,
+        pooled=pooled,
+    )
     kth: dict[int, float | None] = {}
     if reverse:
         for kind in ("resume", "job"):
-            ids = [o.id for o in others.values() if o.kind == kind]
+            ids = [h.id for h in heads.values() if h.kind == kind]
             kth |= repo.kth_best(session=session, model_version_id=version, side=kind, ids=ids, k=k)
     chosen: Scored = {}
     for row in rows:
-        ranked = _ranked(row, (others[c] for c in candidates[row.id] | existing[row.id]), vecs, ctx)
-        for place, (pair, r, j, m) in enumerate(ranked):
+        mine = found[row.id] | again.get(row.id, {})
+        order = _ranked(repo.DocumentHead.of(row), [(heads[o], m) for o, m in mine.items()])
+        for place, (pair, r, j, m) in enumerate(order):
             other = j if row.kind == "resume" else r
             enters = reverse and m.score is not None and _beats(m.score, kth.get(other.id, None))
             if place < k or enters or other.id in existing[row.id]:
@@ -147,6 +158,47 @@ def match_top_k(
     return _write(session, ctx, todo, per_doc), embedded + more
 
 
+def _scored_again(
+    *,
+    session: Session,
+    ctx: ModelContext,
+    rows: Sequence[DocumentRow],
+    own: Mapping[int, DocumentVectors],
+    found: dict[int, dict[int, MatchScore]],
+    existing: Mapping[int, set[int]],
+    heads: Mapping[int, repo.DocumentHead],
+    pooled: Mapping[int, repo.StoredVectors],
+) -> tuple[dict[int, dict[int, MatchScore]], int]:
+    """The matches ``match_top_k`` scores on vectors read (or made) for the purpose, as
+    ``all`` mode does, per document: its existing partners that are not among its
+    candidates, and the candidates whose stored vectors, which ranked them, hold other content
+    than theirs now or were made under other weights (these leave ``found``); a document gone
+    since is dropped. Most often none: a candidate's match is the one its ranking computed,
+    on the vectors the index query read, which are not read twice. Returns them and the texts
+    embedded."""
+    todo: dict[int, set[int]] = {}
+    for row in rows:
+        stale = {
+            o
+            for o in found[row.id]
+            if o not in heads
+            or pooled[o].content_hash != heads[o].content_hash
+            or pooled[o].scoring_key != ctx.vectors_key
+        }
+        found[row.id] = {o: m for o, m in found[row.id].items() if o not in stale}
+        todo[row.id] = (stale | (existing[row.id] - found[row.id].keys())) & heads.keys()
+    if not any(todo.values()):
+        return {}, 0
+    others = repo.documents_by_id(session=session, ids=[o for t in todo.values() for o in t])
+    vecs, embedded = document_vectors(session=session, ctx=ctx, rows=list(others.values()))
+    out: dict[int, dict[int, MatchScore]] = {}
+    for row in rows:
+        them = sorted(o for o in todo[row.id] if o in vecs)
+        scores = score_many(own[row.id], [vecs[o] for o in them], ctx.weights)
+        out[row.id] = dict(zip(them, scores, strict=True))
+    return out, embedded
+
+
 def nearest(
     *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
 ) -> list[Ranked]:
@@ -155,6 +207,14 @@ def nearest(
     times ``limit`` whose index entries are nearest its query where their kind has a basis
     (``index_pool``); else, and where the index returns fewer than it was asked for, of
     every stored one (``rank_pool``)."""
+    return nearest_found(session=session, ctx=ctx, doc=doc, limit=limit)[0]
+
+
+def nearest_found(
+    *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
+) -> Found:
+    """``nearest``, with the stored vectors each was ranked on (their content hash and
+    weights say whether its match can be stored as it is: ``match_top_k``)."""
     return rank_pool(
         session=session,
         ctx=ctx,
@@ -166,10 +226,10 @@ def nearest(
 
 def index_pool(
     *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
-) -> list[int] | None:
-    """Row ids of the ``index_oversample`` times ``limit`` documents of the other kind whose
-    index entries are nearest ``doc``'s query (``repository.vectors.nearest_entries``);
-    None where their kind has no basis yet."""
+) -> list[repo.StoredVectors] | None:
+    """Stored vectors of the ``index_oversample`` times ``limit`` documents of the other kind
+    whose index entries are nearest ``doc``'s query (``repository.vectors.nearest_vectors``:
+    the index query reads them); None where their kind has no basis yet."""
     kind = other_kind(doc.kind)
     version = ctx.model_version_id
     entry_query, entry_dims = index_basis.query_entry(
@@ -177,7 +237,7 @@ def index_pool(
     )
     if entry_query is None or entry_dims is None:
         return None
-    return repo.nearest_entries(
+    return repo.nearest_vectors(
         session=session,
         model_version_id=version,
         kind=kind,
@@ -196,25 +256,26 @@ def rank_pool(
     session: Session,
     ctx: ModelContext,
     doc: DocumentVectors,
-    pool: Sequence[int] | None,
+    pool: Sequence[repo.StoredVectors] | None,
     limit: int,
-) -> list[Ranked]:
+) -> Found:
     """The ``limit`` best for ``doc`` of the ``pool`` (``index_pool``), by exact score on
-    their stored vectors; of every stored document of the other kind, read in pages, where
-    there is no pool or it holds fewer entries than the index was asked for."""
+    their stored vectors, with those vectors; of every stored document of the other kind,
+    read in pages, where there is no pool or it holds fewer entries than the index was asked
+    for."""
     version = ctx.model_version_id
     asked = min(repo.MAX_EF_SEARCH, limit * ctx.scoring.index_oversample)
     if pool is not None and len(pool) >= asked:
-        stored = repo.load_vectors(session=session, model_version_id=version, document_ids=pool)
-        return rank(doc, list(stored.values()), ctx.weights, limit)
+        return _with_stored(rank(doc, pool, ctx.weights, limit), pool)
     kind = other_kind(doc.kind)
-    best: list[Ranked] = []
+    best: Found = ([], {})
     after = seen = 0
     while True:
         page = repo.vector_page(
             session=session, model_version_id=version, kind=kind, after=after, n=EXACT_PAGE
         )
-        best = merge(best, rank(doc, page, ctx.weights, limit), limit)
+        ranked = merge(best[0], rank(doc, page, ctx.weights, limit), limit)
+        best = _with_stored(ranked, [*best[1].values(), *page])
         seen += len(page)
         if len(page) < EXACT_PAGE:
             break
@@ -235,22 +296,23 @@ def rank_pool(
     return best
 
 
+def _with_stored(ranked: list[Ranked], stored: Iterable[repo.StoredVectors]) -> Found:
+    """A ranking, with the stored vectors of the documents in it."""
+    ids = {i for i, _ in ranked}
+    return ranked, {s.document_id: s for s in stored if s.document_id in ids}
+
+
 def _beats(score_: float, kth: float | None) -> bool:
     return kth is None or score_ > kth
 
 
 def _ranked(
-    row: DocumentRow,
-    others: Iterable[DocumentRow],
-    vecs: Mapping[int, DocumentVectors],
-    ctx: ModelContext,
-) -> list[tuple[Pair, DocumentRow, DocumentRow, MatchScore]]:
-    """``row`` scored against each of ``others``, best first (no score last, then by id)."""
-    them = list(others)
-    scores = score_many(vecs[row.id], [vecs[o.id] for o in them], ctx.weights)
+    head: repo.DocumentHead, others: Sequence[tuple[repo.DocumentHead, MatchScore]]
+) -> list[tuple[Pair, repo.DocumentHead, repo.DocumentHead, MatchScore]]:
+    """``head``'s matches with ``others``, best first (no score last, then by id)."""
     out = []
-    for o, m in zip(them, scores, strict=True):
-        r, j = (row, o) if row.kind == "resume" else (o, row)
+    for o, m in others:
+        r, j = (head, o) if head.kind == "resume" else (o, head)
         out.append(((r.id, j.id), r, j, m))
     out.sort(key=lambda t: (t[3].score is None, -(t[3].score or 0.0), t[0]))
     return out

@@ -43,8 +43,9 @@ def rank(
     limit: int,
 ) -> list[Ranked]:
     """The ``limit`` best of ``stored`` (documents of the other kind) for ``doc``, best first
-    (``order_key``), each with its match score and pair scores (float32 products: equal to
-    ``vectors.score_many``'s to about 1e-6)."""
+    (``order_key``), each with its match score and pair scores: float64, as
+    ``vectors.score_many``'s to rounding (what ``matching.match_top_k`` stores for a
+    candidate)."""
     if not stored:
         return []
     mine = doc.pair_vectors()
@@ -55,18 +56,21 @@ def rank(
     num, den = np.zeros(n), np.zeros(n)
     cos: dict[PairType, np.ndarray] = {}
     has: dict[PairType, np.ndarray] = {}
+    wide: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # column -> (float64 rows, their norms)
     for p in PairType:
         if p not in mine or p not in theirs:
             continue
         col = order.index(theirs[p])
         if not present[:, col].any():
             continue
-        has[p], mat = present[:, col], x[:, col, :]
-        q = np.asarray(mine[p], dtype=np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", mat, mat)) * np.float32(np.linalg.norm(q))
+        if col not in wide:
+            mat = x[:, col, :].astype(np.float64)
+            wide[col] = mat, np.sqrt(np.einsum("ij,ij->i", mat, mat))
+        has[p], (mat, row_norms) = present[:, col], wide[col]
+        q = np.asarray(mine[p], dtype=np.float64)
+        norms = row_norms * float(np.linalg.norm(q))
         with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.where(norms == 0.0, 0.0, (mat @ q) / np.where(norms == 0.0, 1.0, norms))
-        cos[p] = c.astype(np.float64)
+            cos[p] = np.where(norms == 0.0, 0.0, (mat @ q) / np.where(norms == 0.0, 1.0, norms))
         num += np.where(has[p], weights.get(p, 0.0) * cos[p], 0.0)
         den += np.where(has[p], weights.get(p, 0.0), 0.0)
     shared = np.zeros(n, dtype=bool)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session, defer
 
 from jobfit.shared.orm import DocumentRow, StaleRevisionRow, table_of, utcnow
+from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked, id_array
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
@@ -221,6 +222,33 @@ def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, Docume
             .options(defer(DocumentRow.payload))
         )
         out.update((r.id, r) for r in session.execute(stmt).scalars())
+    return out
+
+
+@dataclass(frozen=True)
+class DocumentHead:
+    """What a match row records of a document: its row id, kind and content hash."""
+
+    id: int
+    kind: str
+    content_hash: str
+
+    @classmethod
+    def of(cls, row: DocumentRow) -> DocumentHead:
+        return cls(row.id, row.kind, row.content_hash)
+
+
+_DOCUMENT_HEADS = "SELECT id, kind, content_hash FROM documents WHERE id = ANY(%(ids)s::bigint[])"
+
+
+def document_heads(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentHead]:
+    """The heads of these documents (those that exist), by row id: a constant statement
+    whatever the ids, read as plain rows (``repository.binary``), not ORM objects (a
+    retrieval's 200 candidates: README "Matching at scale")."""
+    out: dict[int, DocumentHead] = {}
+    for part in chunked(sorted(set(ids))):
+        for i, kind, h in binary_rows(session, _DOCUMENT_HEADS, {"ids": list(part)}):
+            out[int(i)] = DocumentHead(int(i), str(kind), str(h))
     return out
 
 

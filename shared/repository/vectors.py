@@ -20,9 +20,10 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, LiteralString
 
-from sqlalchemy import bindparam, func, select
+from pgvector import HalfVector
+from sqlalchemy import func, select
 from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -30,7 +31,6 @@ from sqlalchemy.orm import Session
 from jobfit.shared.orm import DocumentRow, DocumentVectorRow, table_of, utcnow
 from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked
-from jobfit.shared.vector_types import BinaryHalfVector
 
 Kind = Literal["resume", "job"]
 # pgvector's hnsw.ef_search accepts 1..1000; a query returns at most ef_search rows.
@@ -112,22 +112,20 @@ def upsert_vectors(
 
 # Stored vectors of documents, by id or a page of a kind: constant statement texts whatever
 # the ids (``repository.binary``).
-_LOAD_VECTORS = (
+_VECTOR_COLUMNS = (
     "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
     " FROM document_vectors"
-    " WHERE model_version_id = %(v)s AND document_id = ANY(%(ids)s::bigint[])"
+)
+_LOAD_VECTORS = (
+    _VECTOR_COLUMNS + " WHERE model_version_id = %(v)s AND document_id = ANY(%(ids)s::bigint[])"
 )
 _VECTOR_PAGE = (
-    "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
-    " FROM document_vectors"
-    " WHERE model_version_id = %(v)s AND kind = %(k)s AND document_id > %(after)s"
+    _VECTOR_COLUMNS + " WHERE model_version_id = %(v)s AND kind = %(k)s AND document_id > %(after)s"
     " ORDER BY document_id LIMIT %(n)s"
 )
 # A pseudo-random draw that is the same for the same rows (a hash of the row id).
 _SAMPLE_VECTORS = (
-    "SELECT document_id, kind, content_hash, scoring_key, slots::text, halfvec_send(fields)"
-    " FROM document_vectors"
-    " WHERE model_version_id = %(v)s AND kind = %(k)s"
+    _VECTOR_COLUMNS + " WHERE model_version_id = %(v)s AND kind = %(k)s"
     " ORDER BY hashint8(document_id), document_id LIMIT %(n)s"
 )
 
@@ -370,7 +368,7 @@ def ensure_index(
     return bool(created)
 
 
-def nearest_entries(
+def nearest_vectors(
     *,
     session: Session,
     model_version_id: int,
@@ -380,14 +378,18 @@ def nearest_entries(
     limit: int,
     ef_search: int | None = None,
     probes: int | None = None,
-) -> list[int]:
-    """Ids of the (at most ``limit``, at most ``MAX_EF_SEARCH``) documents of ``kind`` whose
-    index entries are nearest ``entry_query`` (the query projected on the kind's basis,
-    ``entry_dims`` wide) by Euclidean distance through the entry index: the largest inner
-    product, every entry having one norm (``workers.vectors``). Approximate: ``ef_search``
-    is the HNSW search breadth, ``probes`` the IVFFlat lists read
+) -> list[StoredVectors]:
+    """Stored vectors of the (at most ``limit``, at most ``MAX_EF_SEARCH``) documents of
+    ``kind`` whose index entries are nearest ``entry_query`` (the query projected on the
+    kind's basis, ``entry_dims`` wide) by Euclidean distance through the entry index: the
+    largest inner product, every entry having one norm (``workers.vectors``), nearest first.
+    Approximate: ``ef_search`` is the HNSW search breadth, ``probes`` the IVFFlat lists read
     (``workers.index_basis.probes``). Fewer than asked: an HNSW graph left some entries
-    unreachable, or the kind has fewer (the caller reads them all)."""
+    unreachable, or the kind has fewer (the caller reads them all).
+
+    One statement: the index scan's own row visits read the field vectors (binary,
+    ``repository.binary``), where reading the ids first and their vectors by id after
+    looked every row up a second time (README "Matching at scale")."""
     n = min(MAX_EF_SEARCH, int(limit))
     ef = min(MAX_EF_SEARCH, max(ef_search or 0, n, 40))
     session.execute(sql(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
@@ -397,25 +399,25 @@ def nearest_entries(
     # ordered index scan (measured: 620 ms instead of milliseconds at 100,000 rows). Without
     # a sort the index is the way; with no index the sort still runs.
     session.execute(sql("SET LOCAL enable_sort = off"))
-    found = list(
-        session.execute(
-            _index_sql(model_version_id, kind, entry_dims), {"e": entry_query, "n": n}
-        ).scalars()
+    rows = binary_rows(
+        session,
+        _nearest_sql(model_version_id, kind, entry_dims),
+        {"e": HalfVector(entry_query), "n": n},
     )
     session.execute(sql("SET LOCAL enable_sort = on"))  # the rest of the transaction as it was
-    return found
+    return _stored(rows)
 
 
-def _index_sql(model_version_id: int, kind: Kind, entry_dims: int) -> Any:
+def _nearest_sql(model_version_id: int, kind: Kind, entry_dims: int) -> LiteralString:
     """The index query (literals for the partial index's predicate and its expression: ints
-    and a checked kind; the vector is bound)."""
-    stmt = sql(
-        "SELECT document_id FROM document_vectors"  # noqa: S608 (ints and a checked kind; values bound)
+    and a checked kind; the vector and the limit are bound). A constant text per (version,
+    kind, width): psycopg prepares it after a few runs, as it does the other reads."""
+    d = int(entry_dims)
+    return (
+        f"{_VECTOR_COLUMNS}"
         f" WHERE model_version_id = {int(model_version_id)} AND kind = '{_kind(kind)}'"
-        f" ORDER BY index_entry::halfvec({int(entry_dims)})"
-        f" <-> CAST(:e AS halfvec({int(entry_dims)})) LIMIT :n"
+        f" ORDER BY index_entry::halfvec({d}) <-> CAST(%(e)s AS halfvec({d})) LIMIT %(n)s"
     )
-    return stmt.bindparams(bindparam("e", type_=BinaryHalfVector()), bindparam("n"))
 
 
 def _kind(kind: str) -> str:

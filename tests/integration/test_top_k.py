@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from jobfit.shared import repository as repo
 from jobfit.shared.client import read_documents
@@ -183,6 +183,51 @@ def test_a_changed_document_is_reranked_and_leaves_nothing_stale(session_factory
     assert top[0].job_id == target.id
     assert [m.score for m in top] == pytest.approx(best(scores, resume=after.id), abs=1e-6)
     assert hashes == {row.content_hash} == {vec_hash}, "every row of it scored on the new content"
+
+
+def test_a_candidate_ranked_on_stale_stored_vectors_is_scored_on_its_content(
+    session_factory, ctx, sample
+):
+    """A candidate's match is stored as its ranking computed it only where the vectors it was
+    ranked on hold its content now. Here a resume's worst job holds its best job's vectors
+    under an old content hash (as a version's vectors can while a rebuild has not reached
+    them), so it ranks first; what is stored for it is the exact match of its content, on
+    vectors made again, which replace the stale ones."""
+    resumes, jobs = sample
+    ingest(session_factory, ctx, [*jobs, *resumes])
+    scores = exhaustive(session_factory, ctx)
+    last = resumes[-1]
+    ranked = sorted((sc, j) for (r, j), sc in scores.items() if r == last.id)
+    (_, worst), (_, top) = ranked[0], ranked[-1]
+    with session_factory.begin() as s:
+        ids = {
+            d.external_id: (d.id, d.content_hash)
+            for d in repo.list_documents(session=s, kind="job")
+        }
+        (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
+        s.execute(delete(MatchRow).where(MatchRow.resume_id == row.id))
+        vectors = DocumentVectorRow.__table__
+        slots, fields = s.execute(
+            select(vectors.c.slots, vectors.c.fields).where(vectors.c.document_id == ids[top][0])
+        ).one()
+        s.execute(
+            vectors.update()
+            .where(vectors.c.document_id == ids[worst][0])
+            .values(content_hash="old content", slots=slots, fields=fields)
+        )
+    with session_factory.begin() as s:
+        (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
+        matching.match_top_k(session=s, ctx=ctx, rows=[row])
+    with session_factory() as s:
+        stored = {m.job_id: m.score for m in repo.ranked(session=s, resume_id=last.id, top=K)}
+        vec_hash = s.execute(
+            select(vectors.c.content_hash).where(vectors.c.document_id == ids[worst][0])
+        ).scalar_one()
+    assert len(stored) == K
+    for j, sc in stored.items():
+        assert sc == pytest.approx(scores[(last.id, j)], abs=1e-6), j
+    assert worst not in stored
+    assert vec_hash == ids[worst][1], "the stale vectors were made again"
 
 
 def test_a_rebuild_under_a_new_version_stores_its_own_top_k(session_factory, ctx, sample, minilm):

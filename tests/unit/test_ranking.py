@@ -57,10 +57,10 @@ def test_rank_is_score_many_sorted(kind: str) -> None:
         if w.score is None:
             assert g.score is None
         else:
-            assert g.score == pytest.approx(w.score, abs=1e-6)
+            assert g.score == pytest.approx(w.score, abs=1e-12)
         assert g.pair_scores.keys() == w.pair_scores.keys()
         for p in w.pair_scores:
-            assert g.pair_scores[p] == pytest.approx(w.pair_scores[p], abs=1e-6)
+            assert g.pair_scores[p] == pytest.approx(w.pair_scores[p], abs=1e-12)
     assert any(m.score is None for _, m in got)  # there are some, and they come last
     assert got[-1][1].score is None
 
