@@ -32,7 +32,7 @@ ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching
               recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
               the index query plus exact rescoring of its candidates, p50/p95 (and the index
-              query alone); after ``pg_prewarm`` has read ``document_vectors`` (heap, TOAST
+              query alone, which reads the pool's stored vectors too); after ``pg_prewarm`` has read ``document_vectors`` (heap, TOAST
               table, indexes) into shared buffers, and ``QUERIES`` other queries of the
               same kind have run (``warm_up``), as a serving database has them.
 recall        of that top 10 and top 100 against exhaustive exact scoring of the whole
@@ -373,8 +373,8 @@ def query_top(
     factory: sessionmaker[Session], ctx: ModelContext, q: DocumentVectors, k: int
 ) -> tuple[list[int], float, float]:
     """A new document's top ``k`` ids as a reader would get them, nothing written (the index
-    query, then exact ranking of its pool on the stored vectors: ``matching.nearest``), with
-    the seconds of the index query alone and of the whole."""
+    query, which reads its pool's stored vectors, then exact ranking of the pool on them:
+    ``matching.nearest``), with the seconds of the index query alone and of the whole."""
     with factory() as session:
         limit = max(ctx.scoring.candidates, k)
         t0 = time.perf_counter()

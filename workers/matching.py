@@ -5,12 +5,17 @@ all    (``scoring.mode``) every pair: a resume against every stored job, a job a
        stored resume. Storage grows with the product of the corpora.
 top_k  a document's query finds ``index_oversample`` times ``scoring.candidates`` documents
        of the other kind through the version's entry index (``repository.vectors``), whose
-       stored vectors rank them exactly (``workers.ranking``): the best ``candidates`` are
-       its candidates (``nearest``), scored exactly; stored are its best ``top_k``, the
-       candidates whose own top K it enters (their k-th best stored score is lower: a new
-       job appears in the rankings of the resumes it beats), and its existing rows
-       (rescored, so a changed document leaves nothing stale). Rows written per document
-       are bounded by ``top_k + candidates``, whatever the corpus.
+       stored vectors, read by the same statement, rank them exactly (``workers.ranking``):
+       the best ``candidates`` are its candidates (``nearest``), with the match that ranking
+       computed; stored are its best ``top_k``, the candidates whose own top K it enters
+       (their k-th best stored score is lower: a new job appears in the rankings of the
+       resumes it beats), and its existing rows (rescored, so a changed document leaves
+       nothing stale). Rows written per document are bounded by ``top_k + candidates``,
+       whatever the corpus. A candidate's row records the content hash of the vectors it
+       was scored on, which is its document's under the serving version (a document and
+       its vectors are written in one transaction); a version whose vectors of a document
+       are older than its content (a rebuild that has not reached it yet) stores a row
+       that the document's own next turn finds stale and rescores (``stale_partners``).
 
 Pairs already stored on the same contents, version and weights are not written again, so a
 redelivered task writes nothing.
@@ -121,19 +126,16 @@ def match_top_k(
         existing |= repo.stale_partners(
             session=session, model_version_id=version, side=kind, ids=ids, key=ctx.scoring_key
         )
-    heads = repo.document_heads(
-        session=session, ids=[o for i in found for o in found[i].keys() | existing[i]]
+    # A candidate is recorded with the content its stored vectors were made from: what its
+    # match was scored on (module docstring: a version's vectors of a document changed since,
+    # as a rebuild can leave them for a while, make a row that that document's next turn
+    # finds stale and rescores).
+    heads = {i: repo.DocumentHead(i, s.kind, s.content_hash) for i, s in pooled.items()}
+    again, more = _existing_scored(
+        session=session, ctx=ctx, rows=rows, own=own, found=found, existing=existing
     )
-    again, more = _scored_again(
-        session=session,
-        ctx=ctx,
-        rows=rows,
-        own=own,
-        found=found,
-        existing=existing,
-        heads=heads,
-        pooled=pooled,
-    )
+    for scored in again.values():
+        heads |= {h.id: h for h, _ in scored.values()}
     kth: dict[int, float | None] = {}
     if reverse:
         for kind in ("resume", "job"):
@@ -141,9 +143,9 @@ def match_top_k(
             kth |= repo.kth_best(session=session, model_version_id=version, side=kind, ids=ids, k=k)
     chosen: Scored = {}
     for row in rows:
-        mine = found[row.id] | again.get(row.id, {})
-        order = _ranked(repo.DocumentHead.of(row), [(heads[o], m) for o, m in mine.items()])
-        for place, (pair, r, j, m) in enumerate(order):
+        mine = [(heads[o], m) for o, m in found[row.id].items()]
+        mine += list(again.get(row.id, {}).values())
+        for place, (pair, r, j, m) in enumerate(_ranked(repo.DocumentHead.of(row), mine)):
             other = j if row.kind == "resume" else r
             enters = reverse and m.score is not None and _beats(m.score, kth.get(other.id, None))
             if place < k or enters or other.id in existing[row.id]:
@@ -158,44 +160,31 @@ def match_top_k(
     return _write(session, ctx, todo, per_doc), embedded + more
 
 
-def _scored_again(
+def _existing_scored(
     *,
     session: Session,
     ctx: ModelContext,
     rows: Sequence[DocumentRow],
     own: Mapping[int, DocumentVectors],
-    found: dict[int, dict[int, MatchScore]],
+    found: Mapping[int, Mapping[int, MatchScore]],
     existing: Mapping[int, set[int]],
-    heads: Mapping[int, repo.DocumentHead],
-    pooled: Mapping[int, repo.StoredVectors],
-) -> tuple[dict[int, dict[int, MatchScore]], int]:
-    """The matches ``match_top_k`` scores on vectors read (or made) for the purpose, as
-    ``all`` mode does, per document: its existing partners that are not among its
-    candidates, and the candidates whose stored vectors, which ranked them, hold other content
-    than theirs now or were made under other weights (these leave ``found``); a document gone
-    since is dropped. Most often none: a candidate's match is the one its ranking computed,
-    on the vectors the index query read, which are not read twice. Returns them and the texts
-    embedded."""
-    todo: dict[int, set[int]] = {}
-    for row in rows:
-        stale = {
-            o
-            for o in found[row.id]
-            if o not in heads
-            or pooled[o].content_hash != heads[o].content_hash
-            or pooled[o].scoring_key != ctx.vectors_key
-        }
-        found[row.id] = {o: m for o, m in found[row.id].items() if o not in stale}
-        todo[row.id] = (stale | (existing[row.id] - found[row.id].keys())) & heads.keys()
+) -> tuple[dict[int, dict[int, tuple[repo.DocumentHead, MatchScore]]], int]:
+    """Per document, its existing partners that are not among its candidates, scored again
+    on their vectors as ``all`` mode scores (made again where stale), each with its head
+    (a partner gone since is dropped); and the texts embedded. Most often none: a new
+    document has no rows yet."""
+    todo = {row.id: existing[row.id] - found[row.id].keys() for row in rows}
     if not any(todo.values()):
         return {}, 0
     others = repo.documents_by_id(session=session, ids=[o for t in todo.values() for o in t])
     vecs, embedded = document_vectors(session=session, ctx=ctx, rows=list(others.values()))
-    out: dict[int, dict[int, MatchScore]] = {}
+    out: dict[int, dict[int, tuple[repo.DocumentHead, MatchScore]]] = {}
     for row in rows:
-        them = sorted(o for o in todo[row.id] if o in vecs)
+        them = sorted(o for o in todo[row.id] if o in others)
         scores = score_many(own[row.id], [vecs[o] for o in them], ctx.weights)
-        out[row.id] = dict(zip(them, scores, strict=True))
+        out[row.id] = {
+            o: (repo.DocumentHead.of(others[o]), m) for o, m in zip(them, scores, strict=True)
+        }
     return out, embedded
 
 

@@ -20,7 +20,6 @@ from jobfit.shared.repository.deliveries import Delivery, begin_deliveries, set_
 from jobfit.shared.repository.documents import (
     DocStatus,
     DocumentHead,
-    document_heads,
     document_ids,
     documents_by_id,
     get_document,
@@ -130,7 +129,6 @@ __all__ = [
     "assign_splits",
     "begin_deliveries",
     "count_vectors",
-    "document_heads",
     "document_ids",
     "documents_by_id",
     "drop_replaced_entry_indexes",

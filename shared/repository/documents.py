@@ -20,7 +20,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session, defer
 
 from jobfit.shared.orm import DocumentRow, StaleRevisionRow, table_of, utcnow
-from jobfit.shared.repository.binary import binary_rows
 from jobfit.shared.repository.chunks import chunked, id_array
 from jobfit.shared.schemas import Document, JobDocument, ResumeDocument
 
@@ -236,20 +235,6 @@ class DocumentHead:
     @classmethod
     def of(cls, row: DocumentRow) -> DocumentHead:
         return cls(row.id, row.kind, row.content_hash)
-
-
-_DOCUMENT_HEADS = "SELECT id, kind, content_hash FROM documents WHERE id = ANY(%(ids)s::bigint[])"
-
-
-def document_heads(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentHead]:
-    """The heads of these documents (those that exist), by row id: a constant statement
-    whatever the ids, read as plain rows (``repository.binary``), not ORM objects (a
-    retrieval's 200 candidates: README "Matching at scale")."""
-    out: dict[int, DocumentHead] = {}
-    for part in chunked(sorted(set(ids))):
-        for i, kind, h in binary_rows(session, _DOCUMENT_HEADS, {"ids": list(part)}):
-            out[int(i)] = DocumentHead(int(i), str(kind), str(h))
-    return out
 
 
 def parse_document(row: DocumentRow) -> ResumeDocument | JobDocument:

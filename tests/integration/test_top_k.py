@@ -185,20 +185,21 @@ def test_a_changed_document_is_reranked_and_leaves_nothing_stale(session_factory
     assert hashes == {row.content_hash} == {vec_hash}, "every row of it scored on the new content"
 
 
-def test_a_candidate_ranked_on_stale_stored_vectors_is_scored_on_its_content(
+def test_a_match_made_on_stale_vectors_says_so_and_is_rescored_at_that_documents_turn(
     session_factory, ctx, sample
 ):
-    """A candidate's match is stored as its ranking computed it only where the vectors it was
-    ranked on hold its content now. Here a resume's worst job holds its best job's vectors
-    under an old content hash (as a version's vectors can while a rebuild has not reached
-    them), so it ranks first; what is stored for it is the exact match of its content, on
-    vectors made again, which replace the stale ones."""
+    """A candidate's row records the content its stored vectors were made from. Here a
+    resume's worst job holds its best job's vectors under an old content hash (as a new
+    version's vectors can while a rebuild has not reached the job), so it ranks first and
+    its row says it was scored on the old content; the job's own turn (its ingest, or the
+    rebuild's) makes its vectors again and rescores that row exactly."""
     resumes, jobs = sample
     ingest(session_factory, ctx, [*jobs, *resumes])
     scores = exhaustive(session_factory, ctx)
     last = resumes[-1]
     ranked = sorted((sc, j) for (r, j), sc in scores.items() if r == last.id)
     (_, worst), (_, top) = ranked[0], ranked[-1]
+    vectors = DocumentVectorRow.__table__
     with session_factory.begin() as s:
         ids = {
             d.external_id: (d.id, d.content_hash)
@@ -206,7 +207,6 @@ def test_a_candidate_ranked_on_stale_stored_vectors_is_scored_on_its_content(
         }
         (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
         s.execute(delete(MatchRow).where(MatchRow.resume_id == row.id))
-        vectors = DocumentVectorRow.__table__
         slots, fields = s.execute(
             select(vectors.c.slots, vectors.c.fields).where(vectors.c.document_id == ids[top][0])
         ).one()
@@ -215,18 +215,33 @@ def test_a_candidate_ranked_on_stale_stored_vectors_is_scored_on_its_content(
             .where(vectors.c.document_id == ids[worst][0])
             .values(content_hash="old content", slots=slots, fields=fields)
         )
+
+    def worst_row() -> tuple[float, str]:
+        with session_factory() as s:
+            return s.execute(
+                select(MatchRow.score, MatchRow.job_hash).where(
+                    MatchRow.job_id == ids[worst][0], MatchRow.resume_id == row.id
+                )
+            ).one()
+
     with session_factory.begin() as s:
         (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
         matching.match_top_k(session=s, ctx=ctx, rows=[row])
     with session_factory() as s:
         stored = {m.job_id: m.score for m in repo.ranked(session=s, resume_id=last.id, top=K)}
+    assert worst in stored, "its stale vectors rank it first"
+    assert worst_row() == (pytest.approx(scores[(last.id, top)], abs=1e-6), "old content")
+    for j, sc in stored.items():
+        if j != worst:
+            assert sc == pytest.approx(scores[(last.id, j)], abs=1e-6), j
+    with session_factory.begin() as s:
+        jobs_rows = repo.list_documents(session=s, kind="job", external_ids=[worst])
+        matching.match_top_k(session=s, ctx=ctx, rows=jobs_rows)
+    assert worst_row() == (pytest.approx(scores[(last.id, worst)], abs=1e-6), ids[worst][1])
+    with session_factory() as s:
         vec_hash = s.execute(
             select(vectors.c.content_hash).where(vectors.c.document_id == ids[worst][0])
         ).scalar_one()
-    assert len(stored) == K
-    for j, sc in stored.items():
-        assert sc == pytest.approx(scores[(last.id, j)], abs=1e-6), j
-    assert worst not in stored
     assert vec_hash == ids[worst][1], "the stale vectors were made again"
 
 
