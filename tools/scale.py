@@ -31,10 +31,11 @@ ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching
               They are deleted after (their rows cascade): the next size's queries and
               recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
-              the index query plus exact rescoring of its candidates, p50/p95 (and the index
-              query alone, which reads the pool's stored vectors too); after ``pg_prewarm`` has read ``document_vectors`` (heap, TOAST
-              table, indexes) into shared buffers, and ``QUERIES`` other queries of the
-              same kind have run (``warm_up``), as a serving database has them.
+              the index query plus exact rescoring of its candidates, p50/p95 (and the
+              index query alone, which reads the pool's stored vectors too); after
+              ``pg_prewarm`` has read ``document_vectors`` (heap, TOAST table, indexes)
+              into shared buffers, and ``QUERIES`` other queries of the same kind have run
+              (``warm_up``), as a serving database has them.
 recall        of that top 10 and top 100 against exhaustive exact scoring of the whole
               other side (computed here with numpy over the regenerated corpus).
 bytes         per document in Postgres (each table with its indexes; matches and pair scores
