@@ -112,25 +112,25 @@ def match_top_k(
     k, version = ctx.scoring.top_k, ctx.model_version_id
     own, embedded = document_vectors(session=session, ctx=ctx, rows=rows)
     found: dict[int, dict[int, MatchScore]] = {}
-    pooled: dict[int, repo.StoredVectors] = {}
+    # A candidate is recorded with the content its stored vectors were made from: what its
+    # match was scored on (module docstring: a version's vectors of a document changed since,
+    # as a rebuild can leave them for a while, make a row that that document's next turn
+    # finds stale and rescores). Only that is kept of them, not their vectors.
+    heads: dict[int, repo.DocumentHead] = {}
     for row in rows:
         found[row.id] = {}
         if own[row.id].slots:
             ranked, stored = nearest_found(
                 session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
             )
-            found[row.id], pooled = dict(ranked), pooled | stored
+            found[row.id] = dict(ranked)
+            heads |= {i: repo.DocumentHead(i, s.kind, s.content_hash) for i, s in stored.items()}
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
         existing |= repo.stale_partners(
             session=session, model_version_id=version, side=kind, ids=ids, key=ctx.scoring_key
         )
-    # A candidate is recorded with the content its stored vectors were made from: what its
-    # match was scored on (module docstring: a version's vectors of a document changed since,
-    # as a rebuild can leave them for a while, make a row that that document's next turn
-    # finds stale and rescores).
-    heads = {i: repo.DocumentHead(i, s.kind, s.content_hash) for i, s in pooled.items()}
     again, more = _existing_scored(
         session=session, ctx=ctx, rows=rows, own=own, found=found, existing=existing
     )
