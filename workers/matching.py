@@ -12,10 +12,12 @@ top_k  a document's query finds ``index_oversample`` times ``scoring.candidates`
        resumes it beats), and its existing rows (rescored, so a changed document leaves
        nothing stale). Rows written per document are bounded by ``top_k + candidates``,
        whatever the corpus. A candidate's row records the content hash of the vectors it
-       was scored on, which is its document's under the serving version (a document and
-       its vectors are written in one transaction); a version whose vectors of a document
-       are older than its content (a rebuild that has not reached it yet) stores a row
-       that the document's own next turn finds stale and rescores (``stale_partners``).
+       was scored on: its document's, where ingest wrote the two in one transaction under
+       this version. Where a document's vectors lag its content (a new version's rebuild
+       has not reached it, a rollout's workers of the previous version ingested it, the
+       dataset import stored it without vectors), the row records the old hash, and the
+       document's next turn (its ingest, ``jobfit rescore``) finds it stale and rescores
+       it (``stale_partners``).
 
 Pairs already stored on the same contents, version and weights are not written again, so a
 redelivered task writes nothing.
@@ -47,6 +49,7 @@ EXACT_PAGE = 2_000
 Pair = tuple[int, int]  # (resume row id, job row id)
 # A ranking (``ranking.rank``), with the stored vectors it was made on, by document row id.
 Found = tuple[list[Ranked], dict[int, repo.StoredVectors]]
+Headed = tuple[repo.DocumentHead, MatchScore]  # a match, with what it records of the other side
 Scored = dict[Pair, tuple[repo.MatchSide, repo.MatchSide, MatchScore]]
 
 
@@ -111,40 +114,39 @@ def match_top_k(
     document's own top K."""
     k, version = ctx.scoring.top_k, ctx.model_version_id
     own, embedded = document_vectors(session=session, ctx=ctx, rows=rows)
-    found: dict[int, dict[int, MatchScore]] = {}
-    # A candidate is recorded with the content its stored vectors were made from: what its
-    # match was scored on (module docstring: a version's vectors of a document changed since,
-    # as a rebuild can leave them for a while, make a row that that document's next turn
-    # finds stale and rescores). Only that is kept of them, not their vectors.
-    heads: dict[int, repo.DocumentHead] = {}
+    # Per document, its candidates and existing partners, each with its match and its head.
+    # A candidate's head holds the content its stored vectors were made from, as its own
+    # pool read them: what its match was scored on (module docstring: vectors that lag a
+    # document's content make a row that the document's next turn finds stale and
+    # rescores). Only that is kept of them, not their vectors.
+    found: dict[int, dict[int, Headed]] = {}
     for row in rows:
         found[row.id] = {}
         if own[row.id].slots:
             ranked, stored = nearest_found(
                 session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
             )
-            found[row.id] = dict(ranked)
-            heads |= {i: repo.DocumentHead(i, s.kind, s.content_hash) for i, s in stored.items()}
+            found[row.id] = {
+                i: (repo.DocumentHead(i, stored[i].kind, stored[i].content_hash), m)
+                for i, m in ranked
+            }
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
         existing |= repo.stale_partners(
             session=session, model_version_id=version, side=kind, ids=ids, key=ctx.scoring_key
         )
-    again, more = _existing_scored(
+    more = _existing_scored(
         session=session, ctx=ctx, rows=rows, own=own, found=found, existing=existing
     )
-    for scored in again.values():
-        heads |= {h.id: h for h, _ in scored.values()}
     kth: dict[int, float | None] = {}
     if reverse:
         for kind in ("resume", "job"):
-            ids = [h.id for h in heads.values() if h.kind == kind]
+            ids = list({h.id for f in found.values() for h, _ in f.values() if h.kind == kind})
             kth |= repo.kth_best(session=session, model_version_id=version, side=kind, ids=ids, k=k)
     chosen: Scored = {}
     for row in rows:
-        mine = [(heads[o], m) for o, m in found[row.id].items()]
-        mine += list(again.get(row.id, {}).values())
+        mine = list(found[row.id].values())
         for place, (pair, r, j, m) in enumerate(_ranked(repo.DocumentHead.of(row), mine)):
             other = j if row.kind == "resume" else r
             enters = reverse and m.score is not None and _beats(m.score, kth.get(other.id, None))
@@ -166,26 +168,25 @@ def _existing_scored(
     ctx: ModelContext,
     rows: Sequence[DocumentRow],
     own: Mapping[int, DocumentVectors],
-    found: Mapping[int, Mapping[int, MatchScore]],
+    found: dict[int, dict[int, Headed]],
     existing: Mapping[int, set[int]],
-) -> tuple[dict[int, dict[int, tuple[repo.DocumentHead, MatchScore]]], int]:
-    """Per document, its existing partners that are not among its candidates, scored again
-    on their vectors as ``all`` mode scores (made again where stale), each with its head
-    (a partner gone since is dropped); and the texts embedded. Most often none: a new
-    document has no rows yet."""
+) -> int:
+    """Add to each document's ``found`` its existing partners that are not among its
+    candidates, scored again on their vectors as ``all`` mode scores (made again where
+    stale), with their heads as ``documents`` holds them (a partner gone since is dropped);
+    the texts embedded. Most often none: a new document has no rows yet."""
     todo = {row.id: existing[row.id] - found[row.id].keys() for row in rows}
     if not any(todo.values()):
-        return {}, 0
+        return 0
     others = repo.documents_by_id(session=session, ids=[o for t in todo.values() for o in t])
     vecs, embedded = document_vectors(session=session, ctx=ctx, rows=list(others.values()))
-    out: dict[int, dict[int, tuple[repo.DocumentHead, MatchScore]]] = {}
     for row in rows:
         them = sorted(o for o in todo[row.id] if o in others)
         scores = score_many(own[row.id], [vecs[o] for o in them], ctx.weights)
-        out[row.id] = {
+        found[row.id] |= {
             o: (repo.DocumentHead.of(others[o]), m) for o, m in zip(them, scores, strict=True)
         }
-    return out, embedded
+    return embedded
 
 
 def nearest(

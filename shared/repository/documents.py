@@ -211,8 +211,8 @@ def document_ids(*, session: Session, kind: str) -> list[int]:
 
 
 def documents_by_id(*, session: Session, ids: Sequence[int]) -> dict[int, DocumentRow]:
-    """Documents by row id (those that exist). The payload is loaded when first read: a
-    retrieval's candidates need only their ids and content hashes."""
+    """Documents by row id (those that exist). The payload is loaded when first read: most
+    callers need only their ids and content hashes."""
     out: dict[int, DocumentRow] = {}
     for part in chunked(sorted(set(ids))):
         stmt = (

@@ -69,6 +69,8 @@ def fresh_match_keys(
     """The (resume, job) pairs already scored on the current content, model and weights."""
     wanted = {(r.id, j.id): (r.content_hash, j.content_hash) for r, j in pairs}
     fresh: set[tuple[int, int]] = set()
+    if not wanted:
+        return fresh
     session.execute(sql("SET LOCAL enable_seqscan = off"))
     for part in chunked(list(wanted)):
         params = {

@@ -191,14 +191,28 @@ def test_a_match_made_on_stale_vectors_says_so_and_is_rescored_at_that_documents
     """A candidate's row records the content its stored vectors were made from. Here a
     resume's worst job holds its best job's vectors under an old content hash (as a new
     version's vectors can while a rebuild has not reached the job), so it ranks first and
-    its row says it was scored on the old content; the job's own turn (its ingest, or the
-    rebuild's) makes its vectors again and rescores that row exactly."""
+    its row says it was scored on the old content, even where another resume of the same
+    batch rescores its own stale row with that job on the job's current content; the job's
+    own turn (its ingest, or the rebuild's) makes its vectors again and rescores that row
+    exactly."""
     resumes, jobs = sample
+    ctx = ModelContext(
+        ctx.embedder, ctx.model_version_id, ctx.weights, TOP_K.model_copy(update={"candidates": K})
+    )
     ingest(session_factory, ctx, [*jobs, *resumes])
     scores = exhaustive(session_factory, ctx)
     last = resumes[-1]
     ranked = sorted((sc, j) for (r, j), sc in scores.items() if r == last.id)
     (_, worst), (_, top) = ranked[0], ranked[-1]
+
+    def place(resume: str, job: str) -> int:
+        return sorted((-sc, j) for (r, j), sc in scores.items() if r == resume).index(
+            (-scores[(resume, job)], job)
+        )
+
+    # Another resume, for which the stale vectors (the top job's) are far from its candidates,
+    # with a stale row of its own with the worst job: its turn rescores that pair.
+    other = next(r for r in resumes[:-1] if place(r.id, top) > 3 * K)
     vectors = DocumentVectorRow.__table__
     with session_factory.begin() as s:
         ids = {
@@ -206,7 +220,16 @@ def test_a_match_made_on_stale_vectors_says_so_and_is_rescored_at_that_documents
             for d in repo.list_documents(session=s, kind="job")
         }
         (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
+        (other_row,) = repo.list_documents(session=s, kind="resume", external_ids=[other.id])
         s.execute(delete(MatchRow).where(MatchRow.resume_id == row.id))
+        repo.upsert_matches(
+            session=s,
+            model_version_id=ctx.model_version_id,
+            key=ctx.scoring_key,
+            writes=[
+                repo.MatchWrite(other_row.id, ids[worst][0], 0.0, {}, "changed", ids[worst][1])
+            ],
+        )
         slots, fields = s.execute(
             select(vectors.c.slots, vectors.c.fields).where(vectors.c.document_id == ids[top][0])
         ).one()
@@ -226,11 +249,22 @@ def test_a_match_made_on_stale_vectors_says_so_and_is_rescored_at_that_documents
 
     with session_factory.begin() as s:
         (row,) = repo.list_documents(session=s, kind="resume", external_ids=[last.id])
-        matching.match_top_k(session=s, ctx=ctx, rows=[row])
+        (other_row,) = repo.list_documents(session=s, kind="resume", external_ids=[other.id])
+        matching.match_top_k(session=s, ctx=ctx, rows=[row, other_row])
     with session_factory() as s:
         stored = {m.job_id: m.score for m in repo.ranked(session=s, resume_id=last.id, top=K)}
+        rescored = s.execute(
+            select(MatchRow.score, MatchRow.resume_hash, MatchRow.job_hash).where(
+                MatchRow.job_id == ids[worst][0], MatchRow.resume_id == other_row.id
+            )
+        ).one()
     assert worst in stored, "its stale vectors rank it first"
     assert worst_row() == (pytest.approx(scores[(last.id, top)], abs=1e-6), "old content")
+    assert rescored == (
+        pytest.approx(scores[(other.id, worst)], abs=1e-6),
+        other_row.content_hash,
+        ids[worst][1],
+    )
     for j, sc in stored.items():
         if j != worst:
             assert sc == pytest.approx(scores[(last.id, j)], abs=1e-6), j
