@@ -707,13 +707,10 @@ def load_size(
 
 
 def vacuum(factory: sessionmaker[Session]) -> float:
-    """``VACUUM (ANALYZE)`` the loaded tables, as autovacuum does after a bulk load before a
-    serving database is measured; seconds. Without it, by inference, autovacuum's pass over
-    ``document_vectors`` (its TOAST table: 4.9 GB at 1,000,000 resumes) was due while the
-    bench measured: during the load the index rebuilds' locks cancel it (the server log of
-    a run on d41a31f), and that run's ingest at 1,000,000 showed a tail (p95 0.5-0.9 s
-    against medians near 0.1 s) that the same ingest on a kept corpus did not (scratch
-    profiles: 0.18 s at most)."""
+    """``VACUUM (ANALYZE)`` the loaded tables, as autovacuum would after a bulk load before
+    a database serves (during the load the index rebuilds' locks cancel its pass over
+    ``document_vectors``: the server log of a run on d41a31f); seconds. It did not remove
+    the tail of the ingest at 1,000,000 resumes (README "Matching at scale")."""
     engine = factory.kw["bind"]
     t0 = time.perf_counter()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
