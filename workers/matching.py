@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 EXACT_PAGE = 2_000
 
 Pair = tuple[int, int]  # (resume row id, job row id)
-# A ranking (``ranking.rank``), with the stored vectors it was made on, by document row id.
-Found = tuple[list[Ranked], dict[int, repo.StoredVectors]]
+# A ranking (``ranking.rank``), with the head of each document in it as the stored vectors it
+# was ranked on recorded it (the content those were made from), by document row id.
+Found = tuple[list[Ranked], dict[int, repo.DocumentHead]]
 Headed = tuple[repo.DocumentHead, MatchScore]  # a match, with what it records of the other side
 Scored = dict[Pair, tuple[repo.MatchSide, repo.MatchSide, MatchScore]]
 
@@ -118,18 +119,15 @@ def match_top_k(
     # A candidate's head holds the content its stored vectors were made from, as its own
     # pool read them: what its match was scored on (module docstring: vectors that lag a
     # document's content make a row that the document's next turn finds stale and
-    # rescores). Only that is kept of them, not their vectors.
+    # rescores).
     found: dict[int, dict[int, Headed]] = {}
     for row in rows:
         found[row.id] = {}
         if own[row.id].slots:
-            ranked, stored = nearest_found(
+            ranked, heads = nearest_found(
                 session=session, ctx=ctx, doc=own[row.id], limit=max(ctx.scoring.candidates, k)
             )
-            found[row.id] = {
-                i: (repo.DocumentHead(i, stored[i].kind, stored[i].content_hash), m)
-                for i, m in ranked
-            }
+            found[row.id] = {i: (heads[i], m) for i, m in ranked}
     existing: dict[int, set[int]] = {}
     for kind in ("resume", "job"):
         ids = [r.id for r in rows if r.kind == kind]
@@ -203,8 +201,8 @@ def nearest(
 def nearest_found(
     *, session: Session, ctx: ModelContext, doc: DocumentVectors, limit: int
 ) -> Found:
-    """``nearest``, with the stored vectors each was ranked on (their content hash and
-    weights say whether its match can be stored as it is: ``match_top_k``)."""
+    """``nearest``, with each document's head as the stored vectors it was ranked on
+    recorded it (what ``match_top_k`` stores its match with)."""
     return rank_pool(
         session=session,
         ctx=ctx,
@@ -250,13 +248,13 @@ def rank_pool(
     limit: int,
 ) -> Found:
     """The ``limit`` best for ``doc`` of the ``pool`` (``index_pool``), by exact score on
-    their stored vectors, with those vectors; of every stored document of the other kind,
+    their stored vectors, with their heads; of every stored document of the other kind,
     read in pages, where there is no pool or it holds fewer entries than the index was asked
     for."""
     version = ctx.model_version_id
     asked = min(repo.MAX_EF_SEARCH, limit * ctx.scoring.index_oversample)
     if pool is not None and len(pool) >= asked:
-        return _with_stored(rank(doc, pool, ctx.weights, limit), pool)
+        return _found(rank(doc, pool, ctx.weights, limit), _heads(pool))
     kind = other_kind(doc.kind)
     best: Found = ([], {})
     after = seen = 0
@@ -265,7 +263,7 @@ def rank_pool(
             session=session, model_version_id=version, kind=kind, after=after, n=EXACT_PAGE
         )
         ranked = merge(best[0], rank(doc, page, ctx.weights, limit), limit)
-        best = _with_stored(ranked, [*best[1].values(), *page])
+        best = _found(ranked, best[1] | _heads(page))
         seen += len(page)
         if len(page) < EXACT_PAGE:
             break
@@ -286,10 +284,14 @@ def rank_pool(
     return best
 
 
-def _with_stored(ranked: list[Ranked], stored: Iterable[repo.StoredVectors]) -> Found:
-    """A ranking, with the stored vectors of the documents in it."""
-    ids = {i for i, _ in ranked}
-    return ranked, {s.document_id: s for s in stored if s.document_id in ids}
+def _heads(stored: Iterable[repo.StoredVectors]) -> dict[int, repo.DocumentHead]:
+    """Heads as stored vectors record them (the content they were made from), by row id."""
+    return {s.document_id: repo.DocumentHead(s.document_id, s.kind, s.content_hash) for s in stored}
+
+
+def _found(ranked: list[Ranked], heads: Mapping[int, repo.DocumentHead]) -> Found:
+    """A ranking, with the heads of the documents in it."""
+    return ranked, {i: heads[i] for i, _ in ranked}
 
 
 def _beats(score_: float, kth: float | None) -> bool:

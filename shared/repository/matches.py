@@ -44,8 +44,8 @@ def scoring_key(weights: dict[str, float]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-# Per pair asked, a lookup in the unique index (``OFFSET 0`` keeps the subquery a nested
-# loop of its own, and sequential scans are off for the statement). The planner prices
+# Per pair asked, an index lookup (``OFFSET 0`` keeps the subquery a nested loop of its
+# own, and sequential scans are off for the statement). The planner prices
 # ``matches`` by its last statistics: on a table that had grown since them (a new
 # deployment, a bench size after a bulk delete) it read the whole table on every ingest,
 # hashed as a join (25 ms at p50, 104 ms at p95 for a new job's 200 candidates among
