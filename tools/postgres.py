@@ -63,17 +63,24 @@ def start(data_dir: Path = DATA_DIR, *, keep_running: bool = False) -> str:
 
 
 def settings() -> dict[str, str]:
-    """The project server's settings beyond initdb's defaults. ``shared_buffers``: a quarter of
-    the memory this process may use (the machine's, or its cgroup's limit where lower;
-    Postgres's own guidance for a dedicated server), at most 8 GB, instead of 128 MB. With
-    128 MB the scale bench's 100,000 resumes (1.6 GB of vectors) were read through the page
-    cache, which this machine's kernel evicts within seconds of last use (DAMON reclaim): a
-    new job's top-10 p95 203 ms, against 100 ms with 6 GB and the binary reads
-    (``docs/bench/cpu-scale-amd-f451255.json``, ``cpu-scale-cold.json``)."""
+    """The project server's settings beyond initdb's defaults. ``shared_buffers``: 40 % of
+    the memory this process may use (the machine's, or its cgroup's limit where lower), at
+    most 16 GB, instead of 128 MB. Postgres's guidance for a dedicated server is a quarter,
+    up to 40 %, because the kernel's page cache holds the rest of what is read; this
+    machine's kernel does not keep it: DAMON pages out what has not been touched for a
+    minute (``/sys/kernel/mm/damon/admin``: a ``pageout`` scheme, minimum age 12 × 5 s), so
+    a working set must fit in shared buffers (shared memory, which nothing pages out
+    without swap). With 128 MB the scale bench's 100,000 resumes (1.6 GB of vectors) were
+    read through the page cache: a new job's top-10 p95 203 ms, against 100 ms with 6 GB
+    and the binary reads (``docs/bench/cpu-scale-amd-f451255.json``,
+    ``cpu-scale-cold.json``); with a quarter (6 GB), 1,000,000 resumes and 100,000 jobs
+    (7.1 GB of ``documents`` and ``document_vectors``) did not fit, and their ingest read
+    pages from disk (README "Matching at scale"). Shared buffers are allocated as pages
+    are first used, so a small database costs no more."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     with contextlib.suppress(OSError, ValueError):
         memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
-    return {"shared_buffers": f"{max(128, min(memory // 4, 8 << 30) >> 20)}MB"}
+    return {"shared_buffers": f"{max(128, min(memory * 2 // 5, 16 << 30) >> 20)}MB"}
 
 
 def _running(data_dir: Path) -> bool:
@@ -86,7 +93,11 @@ def _running(data_dir: Path) -> bool:
 
 def _configured(data_dir: Path) -> bool:
     auto = data_dir / "postgresql.auto.conf"
-    return auto.exists() and all(f"{name} = " in auto.read_text() for name in settings())
+    # The values too: a server configured by older code (or on a machine since resized)
+    # takes the current ones at its next start from stopped.
+    return auto.exists() and all(
+        f"{name} = '{value}'" in auto.read_text() for name, value in settings().items()
+    )
 
 
 def configure(data_dir: str) -> None:

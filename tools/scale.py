@@ -27,15 +27,16 @@ Per size:
 ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
               (retrieval, exact scoring of the candidates, top K and reverse updates written),
               each in its own transaction, after its row and vectors are stored as ingest's
-              first transaction does: seconds and rows written per document.
+              first transaction does: seconds and rows written per document, and the
+              blocks each table read into shared buffers per document (its misses).
               They are deleted after (their rows cascade): the next size's queries and
               recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
               the index query plus exact rescoring of its candidates, p50/p95 (and the
               index query alone, which reads the pool's stored vectors too); after
-              ``pg_prewarm`` has read ``document_vectors`` (heap, TOAST table, indexes)
-              into shared buffers, and ``QUERIES`` other queries of the same kind have run
-              (``warm_up``), as a serving database has them.
+              ``pg_prewarm`` has read ``document_vectors`` and ``documents`` (heaps,
+              TOAST tables, indexes) into shared buffers, and ``QUERIES`` other queries
+              of the same kind have run (``warm_up``), as a serving database has them.
 recall        of that top 10 and top 100 against exhaustive exact scoring of the whole
               other side (computed here with numpy over the regenerated corpus).
 bytes         per document in Postgres (each table with its indexes; matches and pair scores
@@ -510,7 +511,7 @@ def ingest_new(
     kind: str,
     size_no: int,
     n: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``n`` new documents of ``kind``: stored, then matched one at a time (as a worker does
     with a batch of one)."""
     docs = synthetic(bases, kind, 0, n, salt=100 + size_no)
@@ -519,6 +520,10 @@ def ingest_new(
     t0 = time.perf_counter()
     copy_documents(factory, ctx=ctx, kind=kind, start=0, docs=docs, ids=ids)
     store_s = time.perf_counter() - t0
+    # The pool's backends exit (and flush their counts) before the first count is read.
+    factory.kw["bind"].dispose()
+    time.sleep(1.0)
+    misses = blocks_read(factory)
     secs, rows = [], []
     for i in ids:
         with factory.begin() as s:
@@ -526,8 +531,10 @@ def ingest_new(
             t0 = time.perf_counter()
             written, _ = match_top_k(session=s, ctx=ctx, rows=[row])
             t = time.perf_counter() - t0
+            s.execute(text("SELECT pg_stat_force_next_flush()"))  # counted at the commit
         secs.append(t)
         rows.append(written)
+    after = blocks_read(factory)
     return {
         "docs": n,
         # rows and vectors written, entries added to the HNSW graph (one COPY for all n)
@@ -536,6 +543,10 @@ def ingest_new(
         "ms_p50": round(pct(secs, 50), 1),
         "ms_p95": round(pct(secs, 95), 1),
         "rows_per_doc_mean": round(statistics.fmean(rows), 1),
+        # shared-buffer misses: blocks read from the page cache or the disk, per table
+        "blocks_read_per_doc": {
+            t: round((after.get(t, 0) - misses.get(t, 0)) / n, 1) for t in MISS_TABLES
+        },
     }
 
 
@@ -724,24 +735,48 @@ def shared_buffers(factory: sessionmaker[Session]) -> str:
 
 
 def prewarm(factory: sessionmaker[Session]) -> float:
-    """Read ``document_vectors`` (its heap, its TOAST table, its indexes) into Postgres's
-    shared buffers with ``pg_prewarm``, as a serving database has them; seconds. The queries
-    then measure a database whose working set is in memory, whatever the load and the build
-    left there (what is not in shared buffers is read through the kernel's page cache, which
-    this machine evicts within seconds of last use: DAMON reclaim)."""
+    """Read ``document_vectors`` and ``documents`` (heaps, TOAST tables, indexes) into
+    Postgres's shared buffers with ``pg_prewarm``, as a serving database has them; seconds.
+    The queries and ingests then measure a database whose working set is in memory,
+    whatever the load and the build left there (what is not in shared buffers is read
+    through the kernel's page cache, which this machine pages out after a minute unused:
+    ``tools.postgres.settings``). ``documents`` belongs to it: every match row an ingest
+    writes checks both its documents' rows (the foreign keys)."""
     t0 = time.perf_counter()
     with factory.begin() as s:
         s.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
         s.execute(
             text(
-                "WITH t AS (SELECT 'document_vectors'::regclass::oid AS rel"
+                "WITH t AS (SELECT oid AS rel FROM pg_class"
+                "  WHERE oid IN ('documents'::regclass, 'document_vectors'::regclass)"
                 " UNION SELECT reltoastrelid FROM pg_class"
-                "  WHERE oid = 'document_vectors'::regclass AND reltoastrelid <> 0)"
+                "  WHERE oid IN ('documents'::regclass, 'document_vectors'::regclass)"
+                "  AND reltoastrelid <> 0)"
                 " SELECT pg_prewarm(r) FROM (SELECT rel AS r FROM t"
                 " UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT rel FROM t)) x"
             )
         )
     return time.perf_counter() - t0
+
+
+MISS_TABLES = ("documents", "document_vectors", "matches", "pair_scores")
+
+
+def blocks_read(factory: sessionmaker[Session]) -> dict[str, int]:
+    """Blocks each of ``MISS_TABLES`` (heap, indexes, TOAST) has read into shared buffers
+    since the server started: its misses, served by the page cache or the disk. Counts
+    reach these views when a backend flushes them (``pg_stat_force_next_flush``, or its
+    exit)."""
+    with factory() as s:
+        rows = s.execute(
+            text(
+                "SELECT relname, coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0)"
+                " + coalesce(toast_blks_read, 0) + coalesce(tidx_blks_read, 0)"
+                " FROM pg_statio_user_tables WHERE relname = ANY(:t)"
+            ),
+            {"t": list(MISS_TABLES)},
+        ).all()
+    return {str(name): int(n) for name, n in rows}
 
 
 def bench_context(model_version_id: int, scoring: ScoringSettings) -> ModelContext:
