@@ -138,7 +138,7 @@ def bench_scale(
     quick: Annotated[bool, typer.Option(help="Small sizes (a check of the bench).")] = False,
     budget_s: Annotated[
         float, typer.Option(help="Stop before a size that would pass this many seconds.")
-    ] = 2100.0,
+    ] = 2400.0,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
     noise: Annotated[
         str,

@@ -74,11 +74,11 @@ def settings() -> dict[str, str]:
     read through the page cache: a new job's top-10 p95 203 ms, against 100 ms with 6 GB
     and the binary reads (``docs/bench/cpu-scale-amd-f451255.json``,
     ``cpu-scale-cold.json``); with a quarter (6 GB), 1,000,000 resumes and 100,000 jobs
-    (7.1 GB of ``documents`` and ``document_vectors``) did not fit: a new job's top-10 p95
+    (7.0 GB of ``documents`` and ``document_vectors``) did not fit: a new job's top-10 p95
     89 ms instead of 50.5 with 9.4 GB, its ingest reading 60 blocks from outside shared
     buffers instead of none (``docs/bench/cpu-scale-1m-6gb-buffers.json``, README
     "Matching at scale"). Shared buffers are allocated as pages are first used, so a
-    small database costs no more."""
+    small database costs no more; once used, they stay the server's until it stops."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     with contextlib.suppress(OSError, ValueError):
         memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
