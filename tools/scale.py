@@ -576,7 +576,7 @@ def query_figures(
     factory: sessionmaker[Session], ctx: ModelContext, queries: Sequence[DocumentVectors]
 ) -> tuple[dict[str, float], list[list[int]]]:
     """Latency of the queries' top 10 (index query, and with exact rescoring), and their top
-    100s, whose recall ``with_recall`` adds once the exhaustive reference is computed."""
+    100s, whose recall ``recalls`` gives once the exhaustive reference is computed."""
     got, index_s, whole_s = [], [], []
     for q in queries:
         ids, a, b = query_top(factory, ctx, q, 100)
@@ -592,11 +592,9 @@ def query_figures(
     return figures, got
 
 
-def with_recall(
-    figures: dict[str, float], got: Sequence[Sequence[int]], want: Sequence[Sequence[int]]
-) -> dict[str, float]:
-    """``figures`` with the recall of ``got``'s top 10 and 100 against ``want`` (exhaustive)."""
-    return figures | {
+def recalls(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]]) -> dict[str, float]:
+    """The recall of ``got``'s top 10 and 100 against ``want`` (exhaustive)."""
+    return {
         "recall_at_10": round(recall(got, want, 10), 4),
         "recall_at_100": round(recall(got, want, min(100, len(want[0]))), 4),
     }
@@ -652,11 +650,10 @@ def measure_size(
         other, other_total = ("job", n_jobs) if kind == "resume" else ("resume", n_resumes)
         want = exhaustive_top(ctx, bases=bases, queries=qs, kind=other, total=other_total, k=100)
         key = f"{kind}_queries"
-        out[key] |= with_recall({}, got_by[None], want)
+        out[key] |= recalls(got_by[None], want)
         for swept, got in got_by.items():
             if swept is not None:
-                sweep = out[key][f"by_{setting}"]
-                sweep[swept] = with_recall(sweep[swept], got, want)
+                out[key][f"by_{setting}"][swept] |= recalls(got, want)
         console.print(f"  {key}: {out[key]}")
     docs = n_resumes + n_jobs
     out["bytes_per_document"] = {
@@ -765,6 +762,9 @@ def shared_buffers(factory: sessionmaker[Session]) -> str:
         return str(s.execute(text("SHOW shared_buffers")).scalar())
 
 
+PREWARM_TABLES = ("documents", "document_vectors")
+
+
 def prewarm(factory: sessionmaker[Session]) -> float:
     """Read ``document_vectors`` and ``documents`` (heaps, TOAST tables, indexes) into
     Postgres's shared buffers with ``pg_prewarm``, as a serving database has them; seconds.
@@ -778,14 +778,13 @@ def prewarm(factory: sessionmaker[Session]) -> float:
         s.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
         s.execute(
             text(
-                "WITH t AS (SELECT oid AS rel FROM pg_class"
-                "  WHERE oid IN ('documents'::regclass, 'document_vectors'::regclass)"
-                " UNION SELECT reltoastrelid FROM pg_class"
-                "  WHERE oid IN ('documents'::regclass, 'document_vectors'::regclass)"
-                "  AND reltoastrelid <> 0)"
+                "WITH t AS (SELECT oid AS rel, reltoastrelid AS toast FROM pg_class"
+                "  WHERE oid = ANY(CAST(:tables AS regclass[])))"
                 " SELECT pg_prewarm(r) FROM (SELECT rel AS r FROM t"
+                " UNION SELECT toast FROM t WHERE toast <> 0"
                 " UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT rel FROM t)) x"
-            )
+            ),
+            {"tables": list(PREWARM_TABLES)},
         )
     return time.perf_counter() - t0
 
