@@ -513,7 +513,7 @@ def ingest_new(
     n: int,
 ) -> dict[str, Any]:
     """``n`` new documents of ``kind``: stored, then matched one at a time (as a worker does
-    with a batch of one)."""
+    with a batch of one); ``matches`` analysed after the first (``analyze_matches``)."""
     docs = synthetic(bases, kind, 0, n, salt=100 + size_no)
     base = NEW_IDS + doc_id(kind, 0) + size_no * 1000
     ids = [base + k for k in range(n)]
@@ -527,7 +527,7 @@ def ingest_new(
     with factory() as s:  # pg_stat_force_next_flush: Postgres 15 and newer
         counted = int(s.execute(text("SHOW server_version_num")).scalar_one()) >= 150000
     secs, rows = [], []
-    for i in ids:
+    for k, i in enumerate(ids):
         with factory.begin() as s:
             (row,) = repo.documents_by_id(session=s, ids=[i]).values()
             t0 = time.perf_counter()
@@ -537,6 +537,8 @@ def ingest_new(
                 s.execute(text("SELECT pg_stat_force_next_flush()"))  # counted at the commit
         secs.append(t)
         rows.append(written)
+        if k == 0:
+            analyze_matches(factory)
     after = blocks_read(factory)
     return {
         "docs": n,
@@ -554,6 +556,21 @@ def ingest_new(
         if counted
         else None,
     }
+
+
+def analyze_matches(factory: sessionmaker[Session]) -> None:
+    """``ANALYZE`` ``matches`` and ``pair_scores``, as autoanalyze does in a serving database
+    within a minute of rows arriving in a table it found empty. The bench empties them at
+    each size's end (its ingested documents go, and their rows cascade), so once autovacuum
+    has recorded them empty, the first ingest's connections plan the ``pair_scores`` foreign
+    key's check (a plan each connection keeps) as a sequential scan of ``matches``: each
+    ingest then scanned every row the ones before it wrote, once per pair score (58,057
+    scans for 50 new resumes, 35 ms growing to 408; with this after the first, 36 ms
+    throughout: a scratch run at 10,000 × 1,000; README "Matching at scale"). An
+    ``ANALYZE`` invalidates those plans; the next ones see the rows."""
+    engine = factory.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE matches, pair_scores"))
 
 
 def warm_up(
@@ -612,10 +629,11 @@ def measure_size(
 ) -> dict[str, Any]:
     """Queries and ingests first, then the exhaustive references their recall is measured
     against: computing those takes minutes of both cores at 1,000,000 resumes (numpy here),
-    after which the job queries and the ingests measured were slower than in a run without
-    it (a new job's top-10 p95 61.9 ms against 50.5; a new resume's ingest median 383 ms
-    against 61, with no block read from outside shared buffers; cause not found) (README
-    "Matching at scale")."""
+    after which the job queries measured were slower than in a run without it (top-10 p95
+    61.9 ms against 50.5 on the AVX2 EPYC). The ingests' slowdown then (a new resume's
+    median 383 ms against 61, no block read from outside shared buffers) was most likely
+    the plan ``analyze_matches`` is about: those minutes let autovacuum record the emptied
+    ``matches`` (README "Matching at scale")."""
     out: dict[str, Any] = {"resumes": n_resumes, "jobs": n_jobs}
     answers: dict[str, tuple[list[DocumentVectors], dict[int | None, list[list[int]]]]] = {}
     setting, values = SWEEPS[ctx.scoring.index_method]
