@@ -28,7 +28,8 @@ ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching
               (retrieval, exact scoring of the candidates, top K and reverse updates written),
               each in its own transaction, after its row and vectors are stored as ingest's
               first transaction does: seconds and rows written per document, and the
-              blocks each table read into shared buffers per document (its misses).
+              blocks each table read into shared buffers per document (its misses);
+              ``matches`` and ``pair_scores`` analysed after the first (``analyze_matches``).
               They are deleted after (their rows cascade): the next size's queries and
               recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
