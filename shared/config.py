@@ -212,11 +212,13 @@ class ScoringSettings(BaseModel):
     # 1,000,000 resumes the 400 nearest entries hold 0.99 of a new job's true top 10; with
     # 128 dimensions 0.96 (and 1,000 entries to read back for 0.99).
     index_dims: int = Field(default=256, ge=8, le=1024)
-    # 1,000: a basis fitted on the first 500, 1,000, 2,000 or 20,000 of 200,000 synthetic
-    # resumes puts all of a new job's true top 10 into the 400 nearest entries (scratch
-    # numpy run), and until the fit a query reads back every document of the kind (with
-    # 2,000, a new resume's ingest among 1,000 jobs cost 1.4 times one among 100,000).
-    index_fit_at: int = Field(default=1000, ge=2)
+    # Also where an IVFFlat index's rebuilds fall (``index_basis.build_index``: each time
+    # ceil(2 sqrt(n)) reaches twice its lists): from 2,000, a kind of 1,000,000 is read
+    # through 1,440 lists built at 517,681 (about 56,000 entries a query); from 1,000 it
+    # would be 1,024 lists built at 261,633 (78,000), so 1,000's gain below 2,000 documents
+    # (no kind ranked whole past 1,000: a new resume's ingest among 1,000 jobs cost 1.5
+    # times one among 100,000) is not taken (README "Matching at scale").
+    index_fit_at: int = Field(default=2000, ge=2)
     # The index returns this many times ``candidates`` entries (at most 1,000), IVFFlat or
     # HNSW, whose stored field vectors rank them exactly (``workers.ranking``): the best
     # ``candidates`` are scored and stored. Each costs its field vectors read back (about

@@ -53,6 +53,7 @@ WAL flush: a bulk load, not a durability test); it is dropped at the end.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import statistics
 import time
@@ -434,10 +435,11 @@ def load_kind(
         if skip >= len(docs):
             continue
         lo = start + skip
-        cut = ctx.scoring.index_fit_at - lo  # documents before the fitting point
         rest = docs[skip:]
-        parts = [rest[:cut], rest[cut:]] if 0 < cut < len(rest) else [rest]
-        for part in parts:
+        while rest:
+            at = next_build_at(factory, ctx, kind)
+            n = at - lo if at is not None and lo < at < lo + len(rest) else len(rest)
+            part, rest = rest[:n], rest[n:]
             copy_documents(factory, ctx=ctx, kind=kind, start=lo, docs=part)
             lo += len(part)
             with factory() as s:
@@ -460,6 +462,26 @@ def load_kind(
             elif fitted is not None:
                 upkeep_s += time.perf_counter() - t0
     return fit_s, round(upkeep_s, 2)
+
+
+def next_build_at(factory: sessionmaker[Session], ctx: ModelContext, kind: str) -> int | None:
+    """How many documents of the kind a worker would next fit or build its index at: its
+    basis's fitting point, then each count whose ``index_basis.ivf_lists`` reach twice the
+    IVFFlat index's lists (``index_basis.build_index``); None: nothing more (HNSW). The load
+    writes up to each, so the index a size is measured on is the one a worker that stored
+    the same documents one by one would have built (the lists, and the entries they were
+    fitted on), not one the bench's writes of ``CHUNK`` happened to land on."""
+    with factory() as s:
+        v = ctx.model_version_id
+        if index_basis.lookup(session=s, model_version_id=v, kind=kind) is None:
+            return ctx.scoring.index_fit_at
+        current = repo.entry_index(session=s, model_version_id=v, kind=kind)
+    if ctx.scoring.index_method == "hnsw" or current is None or current.lists is None:
+        return None
+    n = math.floor((current.lists - 0.5) ** 2)  # ceil(2 sqrt(n)) >= 2 lists from about here
+    while index_basis.ivf_lists(n) < 2 * current.lists:
+        n += 1
+    return n
 
 
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:
@@ -799,9 +821,9 @@ def prewarm(factory: sessionmaker[Session]) -> float:
             text(
                 "WITH t AS (SELECT oid AS rel, reltoastrelid AS toast FROM pg_class"
                 "  WHERE oid = ANY(CAST(:tables AS regclass[])))"
-                " SELECT pg_prewarm(r) FROM (SELECT rel AS r FROM t"
-                " UNION SELECT toast FROM t WHERE toast <> 0"
-                " UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT rel FROM t)) x"
+                ", r AS (SELECT rel FROM t UNION SELECT toast FROM t WHERE toast <> 0)"
+                " SELECT pg_prewarm(x) FROM (SELECT rel AS x FROM r"
+                " UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT rel FROM r)) y"
             ),
             {"tables": list(PREWARM_TABLES)},
         )
