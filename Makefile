@@ -84,11 +84,11 @@ bench-quality: $(STAMP)
 # Top-K retrieval at 10k..1M resumes (vectors around the real dataset's, written directly into
 # Postgres with pgvector): ingest time and rows per document, query p50/p95, recall@10/@100
 # against exact scoring, bytes per document, index build. Stops before a size that would pass
-# SCALE_BUDGET_S; not part of make test. On the 2-core AVX-512 EPYC the 1,000,000-resume step
+# SCALE_BUDGET_S; not part of make test. On an earlier 2-core AVX-512 EPYC the 1,000,000-resume step
 # took 24 min (the whole run 29), but its estimate from the 100,000 step is ~27 (~32 in all):
 # at 1800 it stopped before that step. On the 2-core AVX2 EPYC the estimate was 2,079 s of
 # 2,100 and the run took 1,970 s (33 min): 2,400 leaves a slower run that step. On the
-# AVX-512 EPYC with AVX-VNNI (CPU family 26) the run took 1,215 s (20 min).
+# AVX-512 EPYC with AVX-VNNI (CPU family 26) the run took 1,145 s (19 min).
 SCALE_BUDGET_S ?= 2400
 bench-scale: $(STAMP)
 	$(BIN)/python -m tools bench-scale --dataset $(DATASET) --budget-s $(SCALE_BUDGET_S) --out bench-scale.json

@@ -195,8 +195,9 @@ class ScoringSettings(BaseModel):
     # An index of the other method, once built, stays until the version is replaced.
     index_method: Literal["ivfflat", "hnsw"] = "ivfflat"
     # How many of an IVFFlat index's lists a query reads (pgvector's ivfflat.probes; more
-    # where those hold fewer than 5,000 entries in all). 80: a fifth of the 400 lists of
-    # 100,000 resumes, a twentieth of the 1,600 of 1,000,000 (recall@10 0.998 and 0.98).
+    # where those hold fewer than 5,000 entries in all). 80: a fifth of the 360 lists of
+    # 100,000 resumes, an eighteenth of the 1,440 of 1,000,000, as workers rebuild them from
+    # a basis fitted at 2,000 (recall@10 1.0 and 0.99: make bench-scale, README).
     ivf_probes: int = Field(default=80, ge=1, le=32_768)
     # HNSW search breadth (pgvector's hnsw.ef_search, at most 1,000); at least ``candidates``.
     ef_search: int = Field(default=1000, ge=1, le=1000)
