@@ -190,12 +190,12 @@ class ScoringSettings(BaseModel):
     # ivfflat: the entries in ceil(2 sqrt(n)) lists (k-means cells of the n entries it is
     # built on), rebuilt with twice the lists each time the kind has grown fourfold; a query
     # reads ``ivf_probes`` of its lists whole (at least 5,000 entries' worth). A list holds
-    # about sqrt(n) / 2 entries, so its cost grows with sqrt(n).
+    # sqrt(n) / 2 to sqrt(n) entries, so its cost grows with sqrt(n).
     # hnsw: a graph; its cost grows with log n, but recall stops short of 0.98 on this data.
     # An index of the other method, once built, stays until the version is replaced.
     index_method: Literal["ivfflat", "hnsw"] = "ivfflat"
     # How many of an IVFFlat index's lists a query reads (pgvector's ivfflat.probes; more
-    # where those hold fewer than 5,000 entries in all). 80: a fifth of the 360 lists of
+    # where those hold fewer than 5,000 entries in all). 80: 22 % of the 360 lists of
     # 100,000 resumes, an eighteenth of the 1,440 of 1,000,000, as workers rebuild them from
     # a basis fitted at 2,000 (recall@10 1.0 and 0.99: make bench-scale, README).
     ivf_probes: int = Field(default=80, ge=1, le=32_768)
@@ -216,9 +216,11 @@ class ScoringSettings(BaseModel):
     # Also where an IVFFlat index's rebuilds fall (``index_basis.build_index``: each time
     # ceil(2 sqrt(n)) reaches twice its lists): from 2,000, a kind of 1,000,000 is read
     # through 1,440 lists built at 517,681 (about 56,000 entries a query); from 1,000 it
-    # would be 1,024 lists built at 261,633 (78,000), so 1,000's gain below 2,000 documents
-    # (no kind ranked whole past 1,000: a new resume's ingest among 1,000 jobs cost 1.5
-    # times one among 100,000) is not taken (README "Matching at scale").
+    # would be 1,024 lists built at 261,633 (78,000, computed), though 1,000 gives more
+    # lists between 261,633 and 517,680 and between 1,047,553 and 2,072,160. 1,000's gain
+    # below 2,000 documents (a new resume's ingest among 1,000 jobs: 32.4 ms against 42.5,
+    # bench runs 6b58f26 and 7beaaca) is not taken for that phase (README "Matching at
+    # scale").
     index_fit_at: int = Field(default=2000, ge=2)
     # The index returns this many times ``candidates`` entries (at most 1,000), IVFFlat or
     # HNSW, whose stored field vectors rank them exactly (``workers.ranking``): the best

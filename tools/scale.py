@@ -18,10 +18,10 @@ isotropic   the same norm spread over all 384 dimensions: directions no real tex
 Sizes grow in steps (each step adds to the previous corpus). A kind's index basis is fitted
 as a worker fits it: when the kind reaches ``scoring.index_fit_at`` documents, on those
 (``workers.index_basis``); the documents after are written with their entries. An IVFFlat
-index (the default, ``--index-method``) is kept as workers keep it: after each write of
-``CHUNK`` documents, ``index_basis.fit`` rebuilds it with more lists once its kind has grown
-fourfold; an HNSW index is dropped during a step's load and built after it (a bulk build is
-faster than inserting into the graph).
+index (the default, ``--index-method``) is kept as workers keep it: the load writes up to
+each point where a worker would rebuild it with more lists (``next_build_at``), then calls
+``index_basis.fit`` as a worker does after its commit; an HNSW index is dropped during a
+step's load and built after it (a bulk build is faster than inserting into the graph).
 
 Per size:
 ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching.match_top_k``
@@ -478,8 +478,14 @@ def next_build_at(factory: sessionmaker[Session], ctx: ModelContext, kind: str) 
         current = repo.entry_index(session=s, model_version_id=v, kind=kind)
     if ctx.scoring.index_method == "hnsw" or current is None or current.lists is None:
         return None
-    n = math.floor((current.lists - 0.5) ** 2)  # ceil(2 sqrt(n)) >= 2 lists from about here
-    while index_basis.ivf_lists(n) < 2 * current.lists:
+    return rebuild_point(current.lists)
+
+
+def rebuild_point(lists: int) -> int:
+    """The fewest entries at which ``index_basis.ivf_lists`` reaches twice ``lists``: where
+    ``index_basis.build_index`` rebuilds an IVFFlat index of ``lists`` lists."""
+    n = math.floor((lists - 0.5) ** 2)  # ceil(2 sqrt(n)) >= 2 lists from about here
+    while index_basis.ivf_lists(n) < 2 * lists:
         n += 1
     return n
 
@@ -653,10 +659,10 @@ def measure_size(
     """Queries and ingests first, then the exhaustive references their recall is measured
     against: computing those takes minutes of both cores at 1,000,000 resumes (numpy here),
     after which the job queries measured were slower than in a run without it (top-10 p95
-    61.9 ms against 50.5 on the AVX2 EPYC). The ingests' slowdown then (a new resume's
-    median 383 ms against 61, no block read from outside shared buffers) was most likely
-    the plan ``analyze_matches`` is about: those minutes let autovacuum record the emptied
-    ``matches`` (README "Matching at scale")."""
+    61.9 ms against 50.5 on the AVX2 EPYC; not explained). The ingests' slowdown then (a
+    new resume's median 383 ms against 61, no block read from outside shared buffers) fits
+    the plan ``analyze_matches`` is about, but was not re-examined (README "Matching at
+    scale")."""
     out: dict[str, Any] = {"resumes": n_resumes, "jobs": n_jobs}
     answers: dict[str, tuple[list[DocumentVectors], dict[int | None, list[list[int]]]]] = {}
     setting, values = SWEEPS[ctx.scoring.index_method]
