@@ -53,7 +53,6 @@ WAL flush: a bulk load, not a durability test); it is dropped at the end.
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import statistics
 import time
@@ -466,8 +465,8 @@ def load_kind(
 
 def next_build_at(factory: sessionmaker[Session], ctx: ModelContext, kind: str) -> int | None:
     """How many documents of the kind a worker would next fit or build its index at: its
-    basis's fitting point, then each count whose ``index_basis.ivf_lists`` reach twice the
-    IVFFlat index's lists (``index_basis.build_index``); None: nothing more (HNSW). The load
+    basis's fitting point, then each where a worker rebuilds the IVFFlat index
+    (``index_basis.rebuild_at``); None: nothing more (HNSW). The load
     writes up to each, so the index a size is measured on is the one a worker that stored
     the same documents one by one would have built (the lists, and the entries they were
     fitted on), not one the bench's writes of ``CHUNK`` happened to land on."""
@@ -478,16 +477,7 @@ def next_build_at(factory: sessionmaker[Session], ctx: ModelContext, kind: str) 
         current = repo.entry_index(session=s, model_version_id=v, kind=kind)
     if ctx.scoring.index_method == "hnsw" or current is None or current.lists is None:
         return None
-    return rebuild_point(current.lists)
-
-
-def rebuild_point(lists: int) -> int:
-    """The fewest entries at which ``index_basis.ivf_lists`` reaches twice ``lists``: where
-    ``index_basis.build_index`` rebuilds an IVFFlat index of ``lists`` lists."""
-    n = math.floor((lists - 0.5) ** 2)  # ceil(2 sqrt(n)) >= 2 lists from about here
-    while index_basis.ivf_lists(n) < 2 * lists:
-        n += 1
-    return n
+    return index_basis.rebuild_at(current.lists)
 
 
 def build_indexes(factory: sessionmaker[Session], ctx: ModelContext) -> dict[str, float]:

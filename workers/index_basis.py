@@ -293,6 +293,16 @@ def ivf_lists(n: int) -> int:
     return max(1, math.ceil(2.0 * math.sqrt(max(n, 1))))
 
 
+def rebuild_at(lists: int) -> int:
+    """How many entries an IVFFlat index of ``lists`` lists is built again at (``build_index``):
+    the fewest whose ``ivf_lists`` reach twice its lists, about four times what it was built
+    on."""
+    n = math.floor((lists - 0.5) ** 2)  # ceil(2 sqrt(n)) >= 2 lists from about here
+    while ivf_lists(n) < 2 * lists:
+        n += 1
+    return n
+
+
 # An IVFFlat query reads at least this many entries (all of a small kind's): below a few
 # thousand, reading only some of a few coarse lists misses too much (recall@10 0.90 among
 # 2,000 resumes reading 9 of 45 lists, under an earlier, coarser lists rule) and reading them
@@ -326,11 +336,10 @@ def build_index(
         return "HNSW" if made else None
     if current is not None and current.method != "ivfflat":
         return None
-    lists = ivf_lists(
-        repo.count_vectors(session=session, model_version_id=model_version_id, kind=k)
-    )
-    if current is not None and 2 * (current.lists or 0) > lists:
+    n = repo.count_vectors(session=session, model_version_id=model_version_id, kind=k)
+    if current is not None and n < rebuild_at(current.lists or 0):
         return None
+    lists = ivf_lists(n)
     made = repo.ensure_ivfflat_index(
         session=session, model_version_id=model_version_id, kind=k, dims=basis.width, lists=lists
     )

@@ -88,3 +88,20 @@ def test_the_build_memory_covers_what_pgvector_asked_for() -> None:
     and grows with the lists squared (the k-means bounds)."""
     assert 137 * 1024 <= ivfflat_build_kb(800, 129) <= 1.5 * 137 * 1024
     assert 3.5 < ivfflat_build_kb(1600, 129) / ivfflat_build_kb(800, 129) < 4.1
+
+
+@pytest.mark.parametrize("lists", [2, 3, 45, 64, 90, 180, 359, 360, 1024, 1440, 16_384])
+def test_an_ivfflat_index_is_rebuilt_at_the_first_count_with_twice_the_lists(lists: int) -> None:
+    n = index_basis.rebuild_at(lists)
+    assert index_basis.ivf_lists(n) >= 2 * lists
+    assert index_basis.ivf_lists(n - 1) < 2 * lists
+
+
+def test_the_rebuilds_of_a_basis_fitted_at_2000() -> None:
+    # what tools/scale.py's load writes up to (next_build_at): 1,440 lists at 1,000,000
+    points, lists = [], index_basis.ivf_lists(2000)
+    while (n := index_basis.rebuild_at(lists)) <= 1_000_000:
+        points.append(n)
+        lists = index_basis.ivf_lists(n)
+    assert points == [8011, 32221, 129_241, 517_681]
+    assert lists == 1440
