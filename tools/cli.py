@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
-from jobfit.shared.config import get_settings
+from jobfit.shared.config import ScoringSettings, get_settings
 from jobfit.shared.console import console, err, progress_bar, worker_env
 from jobfit.workers.cli import ModelChoice, provision
 
@@ -150,6 +151,16 @@ def bench_scale(
     index_method: Annotated[
         str, typer.Option(help="ivfflat (the default) or hnsw: the entry index measured.")
     ] = "ivfflat",
+    sizes: Annotated[
+        str | None,
+        typer.Option(help="RESUMESxJOBS, comma-separated, instead of 10k/100k/1M resumes."),
+    ] = None,
+    hnsw_m: Annotated[
+        int | None, typer.Option(help="HNSW graph degree (with --index-method hnsw).")
+    ] = None,
+    hnsw_ef_construction: Annotated[
+        int | None, typer.Option(help="HNSW build breadth (with --index-method hnsw).")
+    ] = None,
 ) -> None:
     """Top-K retrieval at 10k to 1M resumes (vectors around the real dataset's, written
     directly): time and rows per ingested document, query latency, recall against exact
@@ -157,7 +168,7 @@ def bench_scale(
     worker_env()
     from jobfit.workers.provision import minilm_path
     from tools.postgres import pgvector_settings
-    from tools.scale import NOISE_MODELS, run
+    from tools.scale import NOISE_MODELS, parse_sizes, run
 
     settings, database = pgvector_settings(get_settings(), "postgres")
     err.print(database)
@@ -165,6 +176,21 @@ def bench_scale(
         raise typer.BadParameter(f"--noise must be one of {', '.join(NOISE_MODELS)}")
     if index_method not in ("ivfflat", "hnsw"):
         raise typer.BadParameter("--index-method must be ivfflat or hnsw")
+    graph = {
+        k: v
+        for k, v in (("hnsw_m", hnsw_m), ("hnsw_ef_construction", hnsw_ef_construction))
+        if v is not None
+    }
+    if graph and index_method != "hnsw":
+        raise typer.BadParameter("--hnsw-m and --hnsw-ef-construction need --index-method hnsw")
+    try:
+        ScoringSettings(index_method="hnsw", **graph)
+    except ValidationError as e:
+        raise typer.BadParameter(str(e)) from e
+    try:
+        steps = parse_sizes(sizes) if sizes is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     report = run(
         settings,
         minilm_path(),
@@ -174,6 +200,8 @@ def bench_scale(
         budget_s=budget_s,
         noise=noise,
         index_method=index_method,
+        sizes=steps,
+        graph=graph,
     )
     emit_json(report, out)
 

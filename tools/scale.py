@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import statistics
 import time
 import uuid
@@ -887,7 +888,12 @@ def run(
     keep: bool = False,
     noise: str = "real",
     index_method: str = "ivfflat",
+    sizes: Sequence[tuple[int, int]] | None = None,
+    graph: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """The bench (module docstring): ``sizes`` (resumes, jobs) instead of ``FULL_SIZES``
+    (``QUICK_SIZES`` with ``quick``); ``graph``: ``hnsw_m`` and ``hnsw_ef_construction``
+    instead of the settings' (with ``index_method`` hnsw)."""
     from sentence_transformers import SentenceTransformer
 
     from tools.bench import cpu_model
@@ -916,7 +922,8 @@ def run(
                 model=repo.ModelInfo("minilm-real@bench", "minilm-real", "-", DIM),
                 status=repo.ModelStatus.REGISTERED,
             ).id
-        ctx = bench_context(v, ScoringSettings(mode="top_k", index_method=index_method))
+        scoring = ScoringSettings(mode="top_k", index_method=index_method, **(graph or {}))
+        ctx = bench_context(v, scoring)
         report["settings"] = ctx.scoring.model_dump()
         report["reference_max_abs_diff"] = check_reference(ctx, bases)
         report["real_dataset"] = real_recall(
@@ -925,7 +932,8 @@ def run(
         console.print(f"real dataset: {report['real_dataset']}")
         have = {"resume": 0, "job": 0}
         last_step_s = 0.0
-        for size_no, (n_resumes, n_jobs) in enumerate(QUICK_SIZES if quick else FULL_SIZES):
+        steps = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+        for size_no, (n_resumes, n_jobs) in enumerate(steps):
             elapsed = time.perf_counter() - t_start
             growth = (n_resumes + n_jobs) / max(1, have["resume"] + have["job"])
             if last_step_s and elapsed + last_step_s * growth > budget_s:
@@ -966,6 +974,22 @@ def run(
         if not keep:
             drop()
     return report
+
+
+def parse_sizes(spec: str) -> tuple[tuple[int, int], ...]:
+    """``RESUMESxJOBS`` pairs, comma-separated (``100000x10000,1000000x100000``), growing."""
+    out: list[tuple[int, int]] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        m = re.fullmatch(r"(\d+)x(\d+)", part.replace("_", ""))
+        if m is None:
+            raise ValueError(f"a size is RESUMESxJOBS (e.g. 100000x10000), not {part!r}")
+        size = (int(m[1]), int(m[2]))
+        if min(size) < 1 or (out and (size[0] < out[-1][0] or size[1] < out[-1][1])):
+            raise ValueError(f"sizes must be positive and grow: {spec!r}")
+        out.append(size)
+    if not out:
+        raise ValueError("no size given")
+    return tuple(out)
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
