@@ -170,8 +170,6 @@ def bench_scale(
     from tools.postgres import pgvector_settings
     from tools.scale import NOISE_MODELS, parse_sizes, run
 
-    settings, database = pgvector_settings(get_settings(), "postgres")
-    err.print(database)
     if noise not in NOISE_MODELS:
         raise typer.BadParameter(f"--noise must be one of {', '.join(NOISE_MODELS)}")
     if index_method not in ("ivfflat", "hnsw"):
@@ -187,10 +185,14 @@ def bench_scale(
         ScoringSettings(index_method="hnsw", **graph)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from e
+    if sizes is not None and quick:
+        raise typer.BadParameter("--sizes and --quick: give one")
     try:
         steps = parse_sizes(sizes) if sizes is not None else None
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    settings, database = pgvector_settings(get_settings(), "postgres")
+    err.print(database)
     report = run(
         settings,
         minilm_path(),

@@ -25,6 +25,7 @@ def test_sizes_are_read_in_order() -> None:
         "10x0",
         "100x10,50x20",
         "9x9,10x8",
+        "100x10,100x10",
     ],
 )
 def test_a_malformed_or_shrinking_size_is_refused(spec: str) -> None:
