@@ -30,7 +30,7 @@ ingest        ``NEW_DOCS`` new documents of each kind through ``workers.matching
               first transaction does: seconds and rows written per document, and the
               blocks each table read into shared buffers per document (its misses);
               ``matches`` and ``pair_scores`` analysed after the first (``analyze_matches``);
-              the buffers a checkpoint wrote meanwhile.
+              after how many an autovacuum worker was at work.
               They are deleted after (their rows cascade): the next size's queries and
               recall see that size's corpus only.
 query         a new document's top 10 as a reader would get it without storing anything:
@@ -549,8 +549,7 @@ def ingest_new(
     misses = blocks_read(factory)
     with factory() as s:  # pg_stat_force_next_flush: Postgres 15 and newer
         counted = int(s.execute(text("SHOW server_version_num")).scalar_one()) >= 150000
-    secs, rows = [], []
-    checkpointed = checkpointer_writes(factory)
+    secs, rows, busy = [], [], 0
     for k, i in enumerate(ids):
         with factory.begin() as s:
             (row,) = repo.documents_by_id(session=s, ids=[i]).values()
@@ -561,10 +560,10 @@ def ingest_new(
                 s.execute(text("SELECT pg_stat_force_next_flush()"))  # counted at the commit
         secs.append(t)
         rows.append(written)
+        busy += autovacuum_busy(factory)
         if k == 0:
             analyze_matches(factory)
     after = blocks_read(factory)
-    checkpointed = checkpointer_writes(factory) - checkpointed
     return {
         "docs": n,
         # rows and vectors written, entries added to the HNSW graph (one COPY for all n)
@@ -580,8 +579,10 @@ def ingest_new(
         }
         if counted
         else None,
-        # a checkpoint's writes while these ingests ran (a count as the checkpointer reports)
-        "checkpointer_buffers_written": checkpointed,
+        # ingests after which an autovacuum worker was at work (a look after each): on two
+        # cores it would take one. Why the first 37 of 50 new jobs' ingests among 1,000,000
+        # resumes took about 20 ms more than the rest (05f2a7a's run) is not known.
+        "autovacuum_seen_after": busy,
     }
 
 
@@ -773,9 +774,10 @@ def load_size(
     build = build_indexes(factory, ctx)
     checkpoint_s = checkpoint(factory)
     warm_s = prewarm(factory)
+    checkpointed = "refused" if checkpoint_s is None else f"{checkpoint_s:.1f} s"
     console.print(
         f"  loaded in {load_s:.0f} s, vacuumed in {vacuum_s:.0f} s, bases fitted {fitted},"
-        f" indexes built in {build}, checkpoint {checkpoint_s} s,"
+        f" indexes built in {build}, checkpoint {checkpointed},"
         f" prewarmed in {warm_s:.0f} s"
     )
     return {
@@ -810,14 +812,12 @@ def vacuum(factory: sessionmaker[Session]) -> float:
 
 def checkpoint(factory: sessionmaker[Session]) -> float | None:
     """``CHECKPOINT`` after the load, as a serving database is not in the middle of writing
-    out a bulk load; seconds. Without it, a checkpoint the load's WAL started goes on
-    writing its dirty buffers, spread over minutes, while the measurements run on two
-    cores. Scratch runs at 1,000,000 resumes on one machine: 50 new jobs' ingests took 67.0
-    ms on average while the checkpointer wrote 2,243 buffers, the next 50 81.8 ms while it
-    wrote 9,559, and another run's 91.6 ms (writes not recorded); whether the checkpoint is
-    the whole difference is not established (README "Matching at scale"). None: this
-    role may not (a superuser, or ``pg_checkpoint`` from Postgres 15, may); the run goes
-    on without it."""
+    out a bulk load; seconds. The load fills ``max_wal_size`` over and over, and the next
+    few megabytes of WAL would start a checkpoint in the middle of the measurements, on two
+    cores: in a scratch run at 1,000,000 resumes, two rounds of 50 new jobs' ingests took
+    67.0 and 81.8 ms on average, and the server log has such a checkpoint (9,990 buffers)
+    through the second and none through the first. None: this role may not (a superuser,
+    or ``pg_checkpoint`` from Postgres 15, may); the run goes on without it."""
     try:
         return autocommit(factory, "CHECKPOINT")
     except DBAPIError as e:
@@ -826,16 +826,18 @@ def checkpoint(factory: sessionmaker[Session]) -> float | None:
         return None
 
 
-def checkpointer_writes(factory: sessionmaker[Session]) -> int:
-    """Shared buffers the checkpointer has written since the server started, as far as it
-    has reported them (it reports while it paces a checkpoint's writes, and at its end: a
-    count across a short window can miss some a later one gets)."""
+def autovacuum_busy(factory: sessionmaker[Session]) -> int:
+    """1 if an autovacuum worker is at work now, else 0. (The checkpointer's own count,
+    ``pg_stat_checkpointer``, was no use here: Postgres 18 reported a checkpoint's writes
+    when it ended, so a spread checkpoint through a size's measurements counted 0.)"""
     with factory() as s:
-        if int(s.execute(text("SHOW server_version_num")).scalar_one()) < 170000:
-            found = s.execute(text("SELECT buffers_checkpoint FROM pg_stat_bgwriter"))
-        else:
-            found = s.execute(text("SELECT buffers_written FROM pg_stat_checkpointer"))
-        return int(found.scalar_one())
+        found = s.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                " AND state IS DISTINCT FROM 'idle'"
+            )
+        )
+        return 1 if int(found.scalar_one()) else 0
 
 
 def shared_buffers(factory: sessionmaker[Session]) -> str:
