@@ -816,8 +816,9 @@ def checkpoint(factory: sessionmaker[Session]) -> float | None:
     few megabytes of WAL would start a checkpoint in the middle of the measurements, on two
     cores: in a scratch run at 1,000,000 resumes, two rounds of 50 new jobs' ingests took
     67.0 and 81.8 ms on average, and the server log has such a checkpoint (9,990 buffers)
-    through the second and none through the first. None: this role may not (a superuser,
-    or ``pg_checkpoint`` from Postgres 15, may); the run goes on without it."""
+    from about when the second began (by the run's timing) to when it ended. None: this
+    role may not (a superuser, or ``pg_checkpoint`` from Postgres 15, may); the run goes on
+    without it."""
     try:
         return autocommit(factory, "CHECKPOINT")
     except DBAPIError as e:
